@@ -1,0 +1,107 @@
+"""Composition: warmup, sequential (torch SequentialLR) and chained (torch ChainedScheduler).
+
+Each is itself a spec. Its leaves are its children's leaves with narrowed windows and added
+shifts (see base.py), so a composition of compositions is still one flat fold in the kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fused_lrs.schedules.base import INF, Schedule, check_int, check_real, check_schedule
+from fused_lrs.schedules.decay import anneal_leaf
+
+
+@dataclass(frozen=True, repr=False)
+class Warmup(Schedule):
+    factory = "warmup"
+    schedule: Schedule
+    steps: int
+    start_factor: float = 0.0
+
+    def _lr(self, t, base):
+        ramp = base * (self.start_factor + (1.0 - self.start_factor) * t / max(1, self.steps))
+        return torch.where(t < self.steps, ramp, self.schedule.lr(t - self.steps, base))
+
+    def leaves(self):
+        ramp = (anneal_leaf(self.start_factor, 1.0, self.steps, hi=self.steps),) if self.steps else ()
+        return ramp + tuple(leaf.placed(self.steps, lo=self.steps)
+                            for leaf in self.schedule.leaves())
+
+
+def warmup(schedule: Schedule, steps: int, start_factor: float = 0.0) -> Schedule:
+    """Linear warmup from ``start_factor * base`` to ``base`` over ``steps`` steps, then
+    ``schedule`` shifted by ``steps`` (its own t = 0 at the end of warmup). With
+    ``start_factor=0`` this is the warmup of HF's ``*_with_warmup`` schedules: ``t / steps``."""
+    return Warmup(check_schedule("warmup", "schedule", schedule),
+                  check_int("warmup", "steps", steps, 0),
+                  check_real("warmup", "start_factor", start_factor, 0.0, 1.0))
+
+
+@dataclass(frozen=True, repr=False)
+class Sequential(Schedule):
+    factory = "sequential"
+    schedules: tuple[Schedule, ...]
+    milestones: tuple[int, ...]
+
+    def _lr(self, t, base):
+        out = self.schedules[0].lr(t, base)
+        for m, schedule in zip(self.milestones, self.schedules[1:]):
+            out = torch.where(t >= m, schedule.lr(t - m, base), out)
+        return out
+
+    def leaves(self):
+        starts = (0, *self.milestones)
+        ends = (*self.milestones, INF)
+        return tuple(leaf.placed(start, lo=start if i else -INF, hi=end)
+                     for i, (schedule, start, end) in enumerate(zip(self.schedules, starts, ends))
+                     for leaf in schedule.leaves())
+
+
+def sequential(schedules, milestones) -> Schedule:
+    """torch ``SequentialLR``: ``schedules[i]`` runs from ``milestones[i-1]``, restarted at its
+    own t = 0 there."""
+    schedules = tuple(schedules)
+    milestones = tuple(milestones)
+    if not schedules:
+        raise ValueError("sequential: schedules must hold at least one schedule, got none")
+    for s in schedules:
+        check_schedule("sequential", "each of schedules", s)
+    if len(milestones) != len(schedules) - 1:
+        raise ValueError(f"sequential: milestones must have len(schedules) - 1 = "
+                         f"{len(schedules) - 1} entries, got {len(milestones)}")
+    previous = 0
+    for m in milestones:
+        check_int("sequential", "each milestone", m, previous + 1)
+        previous = m
+    return Sequential(schedules, milestones)
+
+
+@dataclass(frozen=True, repr=False)
+class Chained(Schedule):
+    factory = "chained"
+    schedules: tuple[Schedule, ...]
+
+    def _lr(self, t, base):
+        lr = base
+        for schedule in self.schedules:
+            lr = schedule.lr(t, lr)
+        return lr + 0.0 * t
+
+    def leaves(self):
+        return tuple(leaf for schedule in self.schedules for leaf in schedule.leaves())
+
+
+def chained(schedules) -> Schedule:
+    """torch ``ChainedScheduler``: every schedule applies at every step, each to the lr the
+    previous one produced: ``lr = s_n(t, ... s_1(t, base))``. For factor schedules (step,
+    exponential, multistep, constant, linear, polynomial, cosine with eta_min = 0) that is the
+    product of their factors, as torch computes it."""
+    schedules = tuple(schedules)
+    if not schedules:
+        raise ValueError("chained: schedules must hold at least one schedule, got none")
+    for s in schedules:
+        check_schedule("chained", "each of schedules", s)
+    return Chained(schedules)

@@ -1,0 +1,144 @@
+"""Cyclical rates: torch's CyclicLR and OneCycleLR. Both set absolute lrs, ignoring the group's
+lr, as their torch peers do."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from fused_lrs.kernels import kinds
+from fused_lrs.schedules.base import (INF, Leaf, Schedule, check_choice, check_int, check_real)
+from fused_lrs.schedules.decay import anneal_leaf
+
+_MODES = {"triangular": kinds.MODE_TRIANGULAR, "triangular2": kinds.MODE_TRIANGULAR2,
+          "exp_range": kinds.MODE_EXP_RANGE}
+
+
+@dataclass(frozen=True, repr=False)
+class Cyclic(Schedule):
+    factory = "cyclic"
+    base_lr: float
+    max_lr: float
+    step_size_up: int = 2000
+    step_size_down: int | None = None
+    mode: str = "triangular"
+    gamma: float = 1.0
+
+    @property
+    def _sizes(self) -> tuple[float, float]:
+        down = self.step_size_up if self.step_size_down is None else self.step_size_down
+        total = float(self.step_size_up + down)
+        return total, self.step_size_up / total
+
+    def _lr(self, t, base):
+        total, ratio = self._sizes
+        cycle = torch.floor(1 + t / total)
+        x = 1.0 + t / total - cycle
+        scale = torch.where(x <= ratio, x / ratio, (x - 1) / (ratio - 1))
+        if self.mode == "triangular":
+            amplitude = torch.ones_like(t)
+        elif self.mode == "triangular2":
+            amplitude = 1 / (2.0 ** (cycle - 1))
+        else:  # exp_range scales by gamma ** iterations
+            amplitude = self.gamma ** t
+        return self.base_lr + (self.max_lr - self.base_lr) * scale * amplitude + 0.0 * base
+
+    def leaves(self):
+        total, ratio = self._sizes
+        return (Leaf(kinds.CYCLIC, (self.base_lr, self.max_lr, total, ratio, _MODES[self.mode],
+                                    math.log(self.gamma))),)
+
+
+def cyclic(base_lr: float, max_lr: float, step_size_up: int = 2000,
+           step_size_down: int | None = None, mode: str = "triangular", gamma: float = 1.0
+           ) -> Schedule:
+    """torch ``CyclicLR`` (built-in modes; a custom ``scale_fn`` has no device twin)."""
+    fn = "cyclic"
+    if step_size_down is not None:
+        check_int(fn, "step_size_down", step_size_down, 1)
+    return Cyclic(check_real(fn, "base_lr", base_lr, 0.0), check_real(fn, "max_lr", max_lr, 0.0),
+                  check_int(fn, "step_size_up", step_size_up, 1), step_size_down,
+                  check_choice(fn, "mode", mode, tuple(_MODES)),
+                  check_real(fn, "gamma", gamma, 0.0, INF, lo_open=True))
+
+
+@dataclass(frozen=True, repr=False)
+class OneCycle(Schedule):
+    factory = "one_cycle"
+    max_lr: float
+    total_steps: int
+    pct_start: float = 0.3
+    anneal_strategy: str = "cos"
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    three_phase: bool = False
+
+    def phases(self) -> list[tuple[float, float, float]]:
+        """(end_step, start_lr, end_lr) per phase, as torch's OneCycleLR builds them."""
+        initial = self.max_lr / self.div_factor
+        minimum = initial / self.final_div_factor
+        up_end = float(self.pct_start * self.total_steps) - 1
+        if self.three_phase:
+            return [(up_end, initial, self.max_lr),
+                    (float(2 * self.pct_start * self.total_steps) - 2, self.max_lr, initial),
+                    (self.total_steps - 1, initial, minimum)]
+        return [(up_end, initial, self.max_lr), (self.total_steps - 1, self.max_lr, minimum)]
+
+    def _anneal(self, start, end, pct):
+        if self.anneal_strategy == "cos":
+            return end + (start - end) / 2.0 * (torch.cos(math.pi * pct) + 1)
+        return (end - start) * pct + start
+
+    def _lr(self, t, base):
+        # torch raises past total_steps; the spec holds the last value torch would give.
+        t = torch.clamp(t, max=self.total_steps)
+        lr = torch.zeros_like(t)
+        start = 0.0
+        chosen = torch.zeros_like(t, dtype=torch.bool)
+        for i, (end, start_lr, end_lr) in enumerate(self.phases()):
+            here = ~chosen & ((t <= end) | (i == len(self.phases()) - 1))
+            lr = torch.where(here, self._anneal(start_lr, end_lr, (t - start) / (end - start)), lr)
+            chosen |= here
+            start = end
+        return lr + 0.0 * base
+
+    def leaves(self):
+        shape = kinds.SHAPE_COS if self.anneal_strategy == "cos" else kinds.SHAPE_LINEAR
+        phases = self.phases()
+        out, start = [], 0.0
+        for i, (end, start_lr, end_lr) in enumerate(phases):
+            last = i == len(phases) - 1
+            # Phase i owns the integer steps start < t <= end (torch's `step_num <= end_step`).
+            out.append(anneal_leaf(
+                start_lr, end_lr, end - start, shape, relative=False,
+                pct_max=(self.total_steps - start) / (end - start) if last else 1.0,
+                lo=math.floor(start) + 1 if i else -INF,
+                hi=INF if last else math.floor(end) + 1, shift=start))
+            start = end
+        return tuple(out)
+
+
+def one_cycle(max_lr: float, total_steps: int, pct_start: float = 0.3,
+              anneal_strategy: str = "cos", div_factor: float = 25.0,
+              final_div_factor: float = 1e4, three_phase: bool = False) -> Schedule:
+    """torch ``OneCycleLR``: from ``max_lr / div_factor`` up to ``max_lr`` and down to
+    ``max_lr / div_factor / final_div_factor``. Past ``total_steps`` (where torch raises) the
+    last value holds."""
+    fn = "one_cycle"
+    spec = OneCycle(check_real(fn, "max_lr", max_lr, 0.0, INF, lo_open=True),
+                    check_int(fn, "total_steps", total_steps, 1),
+                    check_real(fn, "pct_start", pct_start, 0.0, 1.0),
+                    check_choice(fn, "anneal_strategy", anneal_strategy, ("cos", "linear")),
+                    check_real(fn, "div_factor", div_factor, 0.0, INF, lo_open=True),
+                    check_real(fn, "final_div_factor", final_div_factor, 0.0, INF, lo_open=True),
+                    bool(three_phase))
+    start = 0.0
+    for end, _, _ in spec.phases():
+        if not end > start:
+            raise ValueError(f"{fn}: pct_start={pct_start} with total_steps={total_steps} leaves "
+                             f"a phase of no length (ends at step {end}, starts after {start}); "
+                             "every phase needs at least one step")
+        start = end
+    return spec

@@ -1,0 +1,38 @@
+"""Shared test fixtures.
+
+Kernel tests without CUDA run under the Triton interpreter, which must be chosen before any
+``@triton.jit`` runs its decorator, so it is set here, before fused_lrs is imported.
+"""
+
+import os
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+KERNEL_DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip)
+
+
+def assert_close(actual, expected, rtol, atol=0.0, what=""):
+    """Compare two tensors; on failure report the count and the first mismatching entries."""
+    actual = torch.as_tensor(actual).detach().cpu().double()
+    expected = torch.as_tensor(expected).detach().cpu().double()
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    bad = ~((actual - expected).abs() <= atol + rtol * expected.abs())
+    bad &= ~(actual.isnan() & expected.isnan())
+    if bad.any():
+        idx = bad.nonzero()[:5].tolist()
+        rows = [f"  at {i}: got {actual[tuple(i)].item()!r}, expected {expected[tuple(i)].item()!r}"
+                for i in idx]
+        raise AssertionError(f"{what}: {int(bad.sum())} of {bad.numel()} entries differ "
+                             f"(rtol={rtol}, atol={atol})\n" + "\n".join(rows))
