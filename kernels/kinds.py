@@ -24,6 +24,6 @@ SHAPE_LINEAR, SHAPE_COS, SHAPE_SQRT, SHAPE_ONE_MINUS_SQRT = 0.0, 1.0, 2.0, 3.0
 # CYCLIC modes, a runtime value.
 MODE_TRIANGULAR, MODE_TRIANGULAR2, MODE_EXP_RANGE = 0.0, 1.0, 2.0
 
-# A leaf's row in the float64 table: window lo, window hi, shift, then its parameters.
-ROW = tl.constexpr(10)
+# A leaf's row in the float64 table: window lo, hi; clock offset, period, shift; parameters.
+ROW = tl.constexpr(12)
 N_PARAMS = 7

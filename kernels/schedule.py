@@ -24,8 +24,8 @@ PI = tl.constexpr(3.141592653589793)
 
 @triton.jit
 def _param(row, I: tl.constexpr):
-    # Row layout: lo, hi, shift, then the leaf's parameters.
-    return tl.load(row + 3 + I)
+    # Row layout: lo, hi, offset, period, shift, then the leaf's parameters.
+    return tl.load(row + 5 + I)
 
 
 @triton.jit
@@ -128,7 +128,7 @@ def schedule_lr(t, base_lr, table_ptr, KINDS: tl.constexpr):
     v = base_lr + t * 0.0
     for i in tl.static_range(len(KINDS)):
         row = table_ptr + i * ROW
-        tau = t - tl.load(row + 2)
+        tau = tl.floor((t - tl.load(row + 2)) / tl.load(row + 3)) - tl.load(row + 4)
         active = (t >= tl.load(row)) & (t < tl.load(row + 1))
         v = tl.where(active, _leaf(KINDS[i], tau, v, row), v)
     return v

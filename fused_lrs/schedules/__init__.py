@@ -5,7 +5,7 @@
 """
 
 from fused_lrs.schedules.base import Leaf, Schedule
-from fused_lrs.schedules.compose import chained, sequential, warmup
+from fused_lrs.schedules.compose import chained, every, sequential, warmup
 from fused_lrs.schedules.cosine import cosine, cosine_restarts
 from fused_lrs.schedules.cyclic import cyclic, one_cycle
 from fused_lrs.schedules.decay import (constant, exponential, inverse_sqrt, linear, multistep,
@@ -14,7 +14,7 @@ from fused_lrs.schedules.wsd import wsd
 
 FACTORIES = {f.__name__: f for f in (
     constant, step, multistep, exponential, cosine, cosine_restarts, cyclic, one_cycle, linear,
-    polynomial, inverse_sqrt, wsd, warmup, sequential, chained)}
+    polynomial, inverse_sqrt, wsd, warmup, sequential, chained, every)}
 
 from fused_lrs.schedules.convert import from_torch  # noqa: E402
 from fused_lrs.schedules.parse import parse  # noqa: E402

@@ -8,15 +8,17 @@ A spec gives
   * ``lr(t, base_lr)``: the float64 PyTorch reference, vectorized over ``t``. Readable, and the
     definition every other evaluation is tested against.
   * ``leaves()``: the Triton program. Every spec, composed or not, flattens to a list of leaves
-    ``(kind, params, lo, hi, shift)``; the kernel folds them over the group's base lr::
+    ``(kind, params, window, clock)``; the kernel folds them over the group's base lr::
 
         v = base_lr
         for leaf in leaves:
             if leaf.lo <= t < leaf.hi:
-                v = leaf(t - leaf.shift, v)
+                v = leaf(floor((t - leaf.offset) / leaf.period) - leaf.shift, v)
 
-    ``sequential`` only narrows windows and adds shifts, ``chained`` concatenates lists, so any
-    tree of compositions is one flat loop with no recursion in the kernel.
+    ``sequential`` and ``warmup`` narrow windows and add offsets, ``every`` scales offsets and
+    periods, ``chained`` concatenates lists, so any tree of compositions is one flat loop with no
+    recursion in the kernel. ``shift`` is a leaf's own (possibly fractional) start, ``offset``
+    and ``period`` are its integer clock as compositions place it.
 """
 
 from __future__ import annotations
@@ -35,25 +37,37 @@ INF = math.inf
 
 @dataclass(frozen=True)
 class Leaf:
-    """One step of the kernel's fold: apply ``kind`` with ``params`` while ``lo <= t < hi``."""
+    """One step of the kernel's fold: apply ``kind`` with ``params`` while ``lo <= t < hi``, on
+    the local clock ``floor((t - offset) / period) - shift``."""
 
     kind: int
     params: tuple[float, ...]
     lo: float = -INF
     hi: float = INF
     shift: float = 0.0
+    offset: int = 0
+    period: int = 1
 
     def __post_init__(self) -> None:
         assert len(self.params) <= kinds.N_PARAMS, (self.kind, self.params)
 
-    def placed(self, offset: float, lo: float = -INF, hi: float = INF) -> Leaf:
+    def placed(self, offset: int, lo: float = -INF, hi: float = INF) -> Leaf:
         """This leaf inside a parent window ``[lo, hi)`` whose own clock starts at ``offset``."""
-        return Leaf(self.kind, self.params, max(lo, self.lo + offset), min(hi, self.hi + offset),
-                    self.shift + offset)
+        return dataclasses.replace(self, lo=max(lo, self.lo + offset), hi=min(hi, self.hi + offset),
+                                   offset=self.offset + offset)
+
+    def slowed(self, n: int) -> Leaf:
+        """This leaf on the clock ``floor(t / n)``: the inner window ``lo <= s < hi`` over integer
+        ``s`` is ``n * ceil(lo) <= t < n * ceil(hi)``."""
+        def scale(x):
+            return x if math.isinf(x) else n * math.ceil(x)
+        return dataclasses.replace(self, lo=scale(self.lo), hi=scale(self.hi),
+                                   offset=n * self.offset, period=n * self.period)
 
     def row(self) -> list[float]:
         pad = [0.0] * (kinds.N_PARAMS - len(self.params))
-        return [self.lo, self.hi, self.shift, *map(float, self.params), *pad]
+        return [self.lo, self.hi, self.offset, self.period, self.shift, *map(float, self.params),
+                *pad]
 
 
 class Schedule:

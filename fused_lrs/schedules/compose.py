@@ -1,4 +1,5 @@
-"""Composition: warmup, sequential (torch SequentialLR) and chained (torch ChainedScheduler).
+"""Composition: warmup, sequential (torch SequentialLR), chained (torch ChainedScheduler) and
+every (a schedule stepped once per N optimizer steps).
 
 Each is itself a spec. Its leaves are its children's leaves with narrowed windows and added
 shifts (see base.py), so a composition of compositions is still one flat fold in the kernel.
@@ -105,3 +106,24 @@ def chained(schedules) -> Schedule:
     for s in schedules:
         check_schedule("chained", "each of schedules", s)
     return Chained(schedules)
+
+
+@dataclass(frozen=True, repr=False)
+class Every(Schedule):
+    factory = "every"
+    schedule: Schedule
+    n: int
+
+    def _lr(self, t, base):
+        return self.schedule.lr(torch.floor(t / self.n), base)
+
+    def leaves(self):
+        return tuple(leaf.slowed(self.n) for leaf in self.schedule.leaves())
+
+
+def every(schedule: Schedule, n: int) -> Schedule:
+    """``schedule`` advanced once per ``n`` optimizer steps: ``lr(t) = schedule.lr(t // n)``.
+    For a torch scheduler stepped once per epoch of ``n`` batches."""
+    schedule = check_schedule("every", "schedule", schedule)
+    n = check_int("every", "n", n, 1)
+    return schedule if n == 1 else Every(schedule, n)
