@@ -11,3 +11,9 @@ if not _os.path.isdir(_os.path.join(__path__[0], "kernels")) and _os.path.isfile
     __path__.append(_checkout)
 
 __version__ = "0.1.0"
+
+from fused_lrs import schedules  # noqa: E402
+from fused_lrs.optim import (FusedAdamScheduled, FusedAdamWScheduled,  # noqa: E402
+                             FusedSGDScheduled)
+
+__all__ = ["schedules", "FusedAdamScheduled", "FusedAdamWScheduled", "FusedSGDScheduled"]

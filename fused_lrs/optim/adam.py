@@ -1,0 +1,110 @@
+"""FusedAdamScheduled and FusedAdamWScheduled.
+
+.. math::
+    \\begin{aligned}
+    &\\eta_t = \\mathrm{schedule}(t, \\mathrm{lr}) \\quad (t = \\text{steps completed}) \\\\
+    &g \\leftarrow \\pm\\nabla_\\theta f \\;(\\text{maximize}), \\quad
+      g \\leftarrow g + \\lambda\\theta \\;(\\text{Adam}) \\quad\\text{or}\\quad
+      \\theta \\leftarrow \\theta(1 - \\eta_t\\lambda) \\;(\\text{AdamW}) \\\\
+    &m \\leftarrow \\beta_1 m + (1-\\beta_1) g, \\quad v \\leftarrow \\beta_2 v + (1-\\beta_2) g^2,
+      \\quad \\hat v = \\max(\\hat v, v) \\;(\\text{amsgrad}) \\\\
+    &\\theta \\leftarrow \\theta - \\frac{\\eta_t}{1-\\beta_1^k}
+      \\frac{m}{\\sqrt{v}/\\sqrt{1-\\beta_2^k} + \\epsilon}
+      \\quad (k = \\text{this parameter's step count})
+    \\end{aligned}
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fused_lrs.optim import reference
+from fused_lrs.optim.base import ScheduledOptimizer
+from fused_lrs.schedules import Schedule
+
+_ARGS_DOC = """
+    Args:
+        params: parameters or parameter groups, as for ``torch.optim.Adam``.
+        lr: the base learning rate of each group (torch's ``base_lrs``); the schedule scales it.
+        betas, eps, weight_decay, amsgrad, maximize: as ``torch.optim.Adam``; per group.
+        schedule: a spec from ``fused_lrs.schedules`` (default: constant).
+        impl: ``"auto"`` (Triton on CUDA for fp32/bf16/fp16, reference otherwise), ``"triton"``
+            or ``"reference"``.
+        foreach, fused, capturable: accepted so that existing code runs; the Triton path is
+            always fused, capturable and sync-free.
+        differentiable: must be False.
+"""
+
+
+class FusedAdamScheduled(ScheduledOptimizer):
+    __doc__ = "Adam with the learning-rate schedule evaluated inside the update." + _ARGS_DOC
+    algorithm = "adam"
+    _decoupled_default = False
+
+    def __init__(self, params, lr: float | torch.Tensor = 1e-3, betas=(0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0, amsgrad: bool = False, *,
+                 foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None,
+                 decoupled_weight_decay: bool | None = None, schedule: Schedule | None = None,
+                 impl: str = "auto") -> None:
+        if decoupled_weight_decay is None:
+            decoupled_weight_decay = self._decoupled_default
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        maximize=maximize, foreach=foreach, capturable=capturable,
+                        differentiable=differentiable, fused=fused,
+                        decoupled_weight_decay=decoupled_weight_decay)
+        self._check_group(defaults)
+        super().__init__(params, defaults, schedule=schedule, impl=impl,
+                         differentiable=differentiable)
+
+    def _check_group(self, group) -> None:
+        # torch.optim.Adam's messages, applied to every group (torch checks only the defaults).
+        self._check_lr(group["lr"])
+        if not 0.0 <= group["eps"]:
+            raise ValueError(f"Invalid epsilon value: {group['eps']}")
+        betas = group["betas"]
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"Invalid betas: expected a pair, got {betas!r}")
+        for i, beta in enumerate(betas):
+            if isinstance(beta, torch.Tensor) and beta.numel() != 1:
+                raise ValueError("Tensor betas[0] and betas[1] must be 1-element")
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
+        if not 0.0 <= group["weight_decay"]:
+            raise ValueError(f"Invalid weight_decay value: {group['weight_decay']}")
+
+    def _ensure_state(self, p, state, group) -> None:
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if group["amsgrad"] and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _expected_state(self, group):
+        required = {"step", "exp_avg", "exp_avg_sq"}
+        amsgrad = {"max_exp_avg_sq"} if group.get("amsgrad") else set()
+        return required | amsgrad, required | {"max_exp_avg_sq"}
+
+    def _reference_update(self, p, state, group, lr) -> None:
+        beta1, beta2 = group["betas"]
+        reference.adam(p, p.grad, state["exp_avg"], state["exp_avg_sq"],
+                       state.get("max_exp_avg_sq"), state["step"], lr=lr, beta1=beta1,
+                       beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+                       amsgrad=group["amsgrad"], maximize=group["maximize"],
+                       decoupled=group["decoupled_weight_decay"])
+
+
+class FusedAdamWScheduled(FusedAdamScheduled):
+    __doc__ = ("AdamW (decoupled weight decay, default 1e-2) with the learning-rate schedule "
+               "evaluated inside the update." + _ARGS_DOC)
+    _decoupled_default = True
+
+    def __init__(self, params, lr: float | torch.Tensor = 1e-3, betas=(0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
+                 maximize: bool = False, foreach: bool | None = None, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None,
+                 schedule: Schedule | None = None, impl: str = "auto") -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
+                         maximize=maximize, capturable=capturable, differentiable=differentiable,
+                         fused=fused, decoupled_weight_decay=True, schedule=schedule, impl=impl)

@@ -1,0 +1,282 @@
+"""ScheduledOptimizer: what FusedAdamScheduled, FusedAdamWScheduled and FusedSGDScheduled share.
+
+It is a ``torch.optim.Optimizer`` with two device tensors of its own:
+  * ``_t``, int64: the schedule counter, the number of ``step()`` calls completed;
+  * ``state[p]["step"]``, float32 on the parameter's device: each parameter's own count, which
+    advances only when the parameter had a gradient (torch's rule).
+``step()`` evaluates ``lr(t)`` on the device and never reads a value back to the host, on either
+implementation: ``impl="reference"`` (plain PyTorch, the specification) or ``impl="triton"`` (one
+kernel launch per step).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+import torch
+
+from fused_lrs.schedules import Schedule, constant, parse
+from fused_lrs.schedules.base import check_schedule
+
+IMPLS = ("auto", "triton", "reference")
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class ScheduledOptimizer(torch.optim.Optimizer):
+    """Base class: argument checks, state, checkpoints and the choice of implementation.
+
+    A subclass names its ``algorithm`` ("adam" or "sgd"), the state tensors it keeps, its
+    ``_check_group`` and its reference update ``_reference_update``.
+    """
+
+    algorithm: ClassVar[str]
+
+    def __init__(self, params, defaults: dict[str, Any], *, schedule: Schedule | None,
+                 impl: str, differentiable: bool) -> None:
+        if differentiable:
+            raise NotImplementedError(
+                f"{type(self).__name__}: differentiable=True is not supported: the update runs as "
+                "in-place tensor ops (or a Triton kernel) outside autograd, so no gradient can "
+                "flow through step(); use torch.optim for higher-order optimization")
+        if impl not in IMPLS:
+            raise ValueError(f"{type(self).__name__}: impl must be one of {IMPLS}, got {impl!r}")
+        self.schedule = check_schedule(type(self).__name__, "schedule",
+                                       constant() if schedule is None else schedule)
+        self.impl_requested = impl
+        self._device: torch.device | None = None
+        super().__init__(params, defaults)
+        self._t = torch.zeros((), dtype=torch.int64, device=self._device)
+        self._launcher = None
+
+    # ---------------------------------------------------------------- groups and checks
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's ``add_param_group``, plus this class's checks. On any error the optimizer is
+        left exactly as it was."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._check_params(group["params"])
+            self._check_group(group)
+        except Exception:
+            self.param_groups.pop()
+            raise
+        self._launcher = None
+
+    def _check_params(self, params: list[torch.Tensor]) -> None:
+        name = type(self).__name__
+        if len(params) != len({id(p) for p in params}):
+            raise ValueError(f"{name}: a parameter group lists the same parameter twice")
+        for p in params:
+            if p.is_complex():
+                raise ValueError(f"{name}: complex parameters are not supported; optimize "
+                                 "torch.view_as_real(p) as a real parameter instead")
+            if not p.is_floating_point():
+                raise ValueError(f"{name}: parameters must be floating point, got {p.dtype}")
+            if p.is_sparse:
+                raise ValueError(f"{name}: sparse parameters are not supported")
+            device = self._device or p.device
+            if p.device != device:
+                raise ValueError(f"{name}: all parameters must be on one device (one launch per "
+                                 f"step), got {device} and {p.device}; use one optimizer per device")
+            self._device = device
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _check_lr(lr) -> None:
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+
+    # ---------------------------------------------------------------- the step
+
+    @property
+    def impl(self) -> str:
+        """The implementation ``step()`` uses: ``impl=`` resolved against the parameters."""
+        if self.impl_requested != "auto":
+            return self.impl_requested
+        dtypes = {p.dtype for g in self.param_groups for p in g["params"]}
+        on_cuda = self._device is not None and self._device.type == "cuda"
+        return "triton" if on_cuda and dtypes <= set(KERNEL_DTYPES) else "reference"
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every parameter with a gradient, at ``lr(t)`` for ``t`` steps completed.
+
+        No host-device synchronisation: the schedule is evaluated on the device."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = self._gather()
+        if self.impl == "triton":
+            self._triton_step(work)
+        else:
+            for group, params in zip(self.param_groups, work):
+                lr = self.schedule.lr(self._t, group["lr"])
+                for p in params:
+                    self._reference_update(p, self.state[p], group, lr)
+            self._t += 1
+        return loss
+
+    def _gather(self) -> list[list[torch.Tensor]]:
+        """The parameters with a gradient, per group, after checking every gradient; then (and
+        only then) state is created for parameters that have none yet."""
+        name = type(self).__name__
+        work = [[p for p in g["params"] if p.grad is not None] for g in self.param_groups]
+        for params in work:
+            for p in params:
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{name} does not support sparse gradients")
+                if p.grad.shape != p.shape or p.grad.dtype != p.dtype:
+                    raise RuntimeError(f"{name}: a gradient of shape {tuple(p.grad.shape)} and "
+                                       f"dtype {p.grad.dtype} does not match its parameter "
+                                       f"({tuple(p.shape)}, {p.dtype})")
+        for group, params in zip(self.param_groups, work):
+            for p in params:
+                self._ensure_state(p, self.state[p], group)
+        return work
+
+    def _ensure_state(self, p: torch.Tensor, state: dict, group: dict[str, Any]) -> None:
+        """Create whatever state ``group``'s options need and ``state`` lacks."""
+        raise NotImplementedError
+
+    def _reference_update(self, p, state, group, lr) -> None:
+        raise NotImplementedError
+
+    def _triton_step(self, work) -> None:
+        if self._device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError(f"{type(self).__name__}: impl='triton' needs CUDA tensors (or "
+                               "TRITON_INTERPRET=1 to interpret the kernel on CPU)")
+        from fused_lrs.optim.launcher import Launcher
+
+        if self._launcher is None:
+            self._launcher = Launcher(self)
+        self._launcher.step(work)
+
+    # ---------------------------------------------------------------- the schedule
+
+    @property
+    def last_lr(self) -> torch.Tensor:
+        """float64 device tensor: the lr of each group at the most recent ``step()`` (``lr(0)``
+        before the first). Computed on the device: logging it costs no sync until read."""
+        t = torch.clamp(self._t - 1, min=0)
+        return torch.stack([self.schedule.lr(t, g["lr"]) for g in self.param_groups])
+
+    def get_last_lr(self) -> list[float]:
+        """The lr of each group at the most recent ``step()``, as Python floats.
+
+        This synchronises with the device (it reads ``last_lr`` back); use ``last_lr`` in a
+        loop that must not wait."""
+        return self.last_lr.tolist()
+
+    @property
+    def schedule_step(self) -> torch.Tensor:
+        """The schedule counter: a 0-dim int64 device tensor (steps completed)."""
+        return self._t
+
+    def set_schedule(self, schedule: Schedule, t: int | None = None) -> None:
+        """Replace the schedule, and optionally its position ``t`` (steps completed), e.g. with
+        ``from_torch(sched)`` and ``torch_position(sched)`` when taking over a torch run."""
+        schedule = check_schedule(type(self).__name__, "schedule", schedule)
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 0):
+            raise ValueError(f"{type(self).__name__}: t must be an integer >= 0, got {t!r}")
+        self.schedule = schedule
+        if t is not None:
+            self._t.fill_(t)
+        self._launcher = None
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's layout (``state`` and ``param_groups``, loadable by the matching torch
+        optimizer) plus a ``"fused_lrs"`` entry: the schedule and its counter."""
+        sd = super().state_dict()
+        sd["fused_lrs"] = {"schedule": repr(self.schedule), "t": self._t.clone()}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a checkpoint saved here or by the matching torch optimizer. Everything is
+        checked first; a bad checkpoint raises and leaves this optimizer unchanged.
+
+        From torch: a group's ``initial_lr`` (left by a torch scheduler) becomes its base lr;
+        take over the scheduler's position with ``set_schedule(from_torch(s), torch_position(s))``.
+        """
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("fused_lrs", None)
+        schedule, t = self._check_checkpoint(state_dict, extra)
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            if "initial_lr" in group:
+                group["lr"] = group.pop("initial_lr")
+        for p, state in self.state.items():
+            self._adopt_state(p, state)
+        if schedule is not None:
+            self.schedule = schedule
+            self._t.fill_(t)
+        self._launcher = None
+
+    def _adopt_state(self, p: torch.Tensor, state: dict[str, Any]) -> None:
+        """Bring loaded state into this class's form: steps as float32 device tensors."""
+        if "step" in state:
+            state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(p.device)
+
+    def _expected_state(self, group: dict[str, Any]) -> tuple[set[str], set[str]]:
+        """(required, allowed) state keys for a parameter of a saved group."""
+        raise NotImplementedError
+
+    def _check_checkpoint(self, sd, extra):
+        name = type(self).__name__
+        if not isinstance(sd.get("state"), dict) or not isinstance(sd.get("param_groups"), list):
+            raise ValueError(f"{name}: not an optimizer state_dict (needs 'state' and "
+                             "'param_groups')")
+        saved_groups = sd["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"{name}: the checkpoint has {len(saved_groups)} parameter groups, "
+                             f"this optimizer has {len(self.param_groups)}")
+        params = {}
+        for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(f"{name}: group {i} of the checkpoint has "
+                                 f"{len(saved['params'])} parameters, this optimizer's has "
+                                 f"{len(group['params'])}")
+            params.update({k: (p, saved) for k, p in zip(saved["params"], group["params"])})
+        for key, state in sd["state"].items():
+            if key not in params:
+                raise ValueError(f"{name}: the checkpoint has state for parameter {key!r}, "
+                                 "which no group lists")
+            p, saved = params[key]
+            required, allowed = self._expected_state(saved)
+            keys = set(state)
+            if not required <= keys or not keys <= allowed:
+                raise ValueError(f"{name}: parameter {key} of the checkpoint has state "
+                                 f"{sorted(keys)}; this optimizer needs {sorted(required)} "
+                                 f"(and allows {sorted(allowed)}): a checkpoint of another "
+                                 "optimizer or option?")
+            for k, v in state.items():
+                if k == "step":
+                    if torch.as_tensor(v).numel() != 1:
+                        raise ValueError(f"{name}: parameter {key}: 'step' must be a scalar")
+                elif v is not None:
+                    if not isinstance(v, torch.Tensor) or v.shape != p.shape:
+                        shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v)
+                        raise ValueError(f"{name}: parameter {key}: state {k!r} has shape "
+                                         f"{shape}, the parameter has {tuple(p.shape)}")
+                    if not v.is_floating_point():
+                        raise ValueError(f"{name}: parameter {key}: state {k!r} has dtype "
+                                         f"{v.dtype}, expected floating point")
+        if extra is None:
+            return None, None
+        try:
+            schedule = parse(extra["schedule"])
+            t = int(extra["t"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{name}: the checkpoint's 'fused_lrs' entry is unreadable: {e}"
+                             ) from None
+        if t < 0:
+            raise ValueError(f"{name}: the checkpoint's schedule counter is negative ({t})")
+        return schedule, t
