@@ -1,0 +1,260 @@
+"""One launch per step: the schedule, the Adam/AdamW/SGD update and the counters, for every
+parameter of every group on a device.
+
+Design
+------
+Addressing. The launcher writes a device table with one int64 row per parameter that has a
+gradient: the addresses of the parameter, its gradient, up to three state tensors and its
+float32 step count, its element count, and ``group * 4 + dtype``. A program turns an address
+into a typed pointer with ``.to(tl.pointer_type(...))``, which works compiled and interpreted.
+The alternatives cost more: flattening every tensor into one buffer forces users' parameters to
+be views of it; one launch per dtype or per group breaks the one-launch promise. The table is
+rebuilt only when a tensor's identity or storage changes (148 rows of 64 B for GPT-2 small).
+
+Work. One program per (tensor, chunk) pair, listed in a second table. A chunk is a whole number
+of BLOCKs, chosen by the launcher so that a launch has about eight programs per SM; inside
+a chunk the program walks BLOCK elements at a time. Full blocks take an unmasked path, which
+the compiler turns into 128-bit accesses when the launcher can promise 16-byte alignment
+(ALIGNED); the one ragged block per tensor takes the masked path. Offsets are int64, so a
+tensor of more than 2^31 elements is addressed correctly.
+
+dtypes. A program branches once, at run time, on its tensor's dtype code into a body compiled
+for that dtype; only the dtypes present (DTYPES) are compiled. Math is fp32 whatever the
+storage dtype; schedule and bias-correction scalars are fp64 and cast once.
+
+Counters. Every program reads the schedule counter ``t`` and its tensor's step count at the
+start, and none of them writes those. When a program finishes, it takes a ticket with an
+acq_rel atomic on a per-optimizer int32; the program that draws the last ticket knows every
+other program has finished (and so has read the counters), advances each listed tensor's step
+count and ``t``, and resets the ticket to 0 for the next launch. A CTA barrier before the ticket
+makes the reads of all of a program's threads precede its release. No second launch and no host
+involvement, so the counters also advance on every replay of a captured CUDA graph.
+"""
+
+import triton
+import triton.language as tl
+
+from fused_lrs.kernels.schedule import schedule_lr
+
+ADAM = tl.constexpr(0)
+SGD = tl.constexpr(1)
+
+# Tensor table: int64 columns.
+(COL_PARAM, COL_GRAD, COL_STATE1, COL_STATE2, COL_STATE3, COL_STEP, COL_NUMEL,
+ COL_META) = map(tl.constexpr, range(8))
+TENSOR_COLS = tl.constexpr(8)
+# Group table: float64 columns. Adam: beta1, beta2, eps, amsgrad, decoupled. SGD: momentum,
+# dampening, -, nesterov, -.
+G_LR, G_A, G_B, G_EPS, G_WD, G_FLAG, G_MAXIMIZE, G_DECOUPLED = map(tl.constexpr, range(8))
+GROUP_COLS = tl.constexpr(8)
+# dtype codes of the tensor table.
+DTYPE_CODES = {"float32": 0, "bfloat16": 1, "float16": 2}
+
+
+@triton.jit
+def _typed(address, CODE: tl.constexpr, ALIGNED: tl.constexpr):
+    if CODE == 0:
+        ptr = address.to(tl.pointer_type(tl.float32))
+    elif CODE == 1:
+        ptr = address.to(tl.pointer_type(tl.bfloat16))
+    else:
+        ptr = address.to(tl.pointer_type(tl.float16))
+    if ALIGNED:
+        # The launcher checked every address is a multiple of 16 bytes; this hint is what
+        # lets the compiler emit ld.global.v4 / st.global.v4.
+        ptr = tl.multiple_of(ptr, 16)
+    return ptr
+
+
+@triton.jit
+def _load(ptr, offs, end, MASKED: tl.constexpr):
+    if MASKED:
+        x = tl.load(ptr + offs, mask=offs < end, other=0.0)
+    else:
+        x = tl.load(ptr + offs)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _round(x, DTYPE: tl.constexpr):
+    if DTYPE == tl.bfloat16:
+        # Round to nearest even by hand, exactly as c10::BFloat16 does (NaN kept NaN): the
+        # interpreter's fp32 -> bf16 cast truncates, and its "rtne" mode mishandles a carry
+        # out of the mantissa. Four integer ops per element, free in a memory-bound loop.
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        y = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        y = tl.where(x != x, x.to(tl.bfloat16), y)
+    else:
+        y = x.to(DTYPE)
+    return y
+
+
+@triton.jit
+def _store(ptr, offs, end, x, MASKED: tl.constexpr):
+    y = _round(x, ptr.dtype.element_ty)
+    if MASKED:
+        tl.store(ptr + offs, y, mask=offs < end)
+    else:
+        tl.store(ptr + offs, y)
+
+
+@triton.jit
+def _adam_block(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, offs, end, sign, decay, l2, one_minus_b1,
+                beta2, one_minus_b2, step_size, bc2_sqrt, eps,
+                AMSGRAD: tl.constexpr, MASKED: tl.constexpr):
+    p = _load(p_ptr, offs, end, MASKED)
+    g = _load(g_ptr, offs, end, MASKED) * sign       # maximize flips the gradient
+    m = _load(m_ptr, offs, end, MASKED)
+    v = _load(v_ptr, offs, end, MASKED)
+    p = p * decay                                     # AdamW: theta * (1 - lr * wd); else 1
+    g = g + l2 * p                                    # Adam: L2 into the gradient; else 0
+    m = m + one_minus_b1 * (g - m)                    # exp_avg.lerp_(g, 1 - beta1)
+    v = v * beta2 + one_minus_b2 * g * g              # exp_avg_sq.mul_(b2).addcmul_(g, g, 1 - b2)
+    if AMSGRAD:
+        v_hat = tl.maximum(_load(vmax_ptr, offs, end, MASKED), v)
+        _store(vmax_ptr, offs, end, v_hat, MASKED)
+    else:
+        v_hat = v
+    # IEEE sqrt and division (tl.sqrt and `/` are approximate on CUDA), as torch computes.
+    denom = tl.div_rn(tl.sqrt_rn(v_hat), bc2_sqrt) + eps
+    p = p - tl.div_rn(step_size * m, denom)
+    _store(p_ptr, offs, end, p, MASKED)
+    _store(m_ptr, offs, end, m, MASKED)
+    _store(v_ptr, offs, end, v, MASKED)
+
+
+@triton.jit
+def _sgd_block(p_ptr, g_ptr, buf_ptr, offs, end, sign, wd, lr, momentum, one_minus_dampening,
+               first, nesterov, MOMENTUM: tl.constexpr, MASKED: tl.constexpr):
+    p = _load(p_ptr, offs, end, MASKED)
+    d = _load(g_ptr, offs, end, MASKED) * sign + wd * p
+    if MOMENTUM:
+        buf = momentum * _load(buf_ptr, offs, end, MASKED) + one_minus_dampening * d
+        buf = tl.where(first, d, buf)                 # the first update copies the gradient
+        _store(buf_ptr, offs, end, buf, MASKED)
+        d = tl.where(nesterov, d + momentum * buf, buf)
+    p = p - lr * d
+    _store(p_ptr, offs, end, p, MASKED)
+
+
+@triton.jit
+def _chunk(trow, grow, lr, start, end, ALGO: tl.constexpr, CODE: tl.constexpr,
+           OPTION: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+    """Update elements [start, end) of one tensor. OPTION is amsgrad (Adam) or momentum (SGD)."""
+    p_ptr = _typed(tl.load(trow + COL_PARAM), CODE, ALIGNED)
+    g_ptr = _typed(tl.load(trow + COL_GRAD), CODE, ALIGNED)
+    s1_ptr = _typed(tl.load(trow + COL_STATE1), CODE, ALIGNED)
+    step = tl.load(tl.load(trow + COL_STEP).to(tl.pointer_type(tl.float32))).to(tl.float64)
+    sign = tl.where(tl.load(grow + G_MAXIMIZE) != 0.0, -1.0, 1.0).to(tl.float32)
+    wd = tl.load(grow + G_WD)
+    if ALGO == ADAM:
+        s2_ptr = _typed(tl.load(trow + COL_STATE2), CODE, ALIGNED)
+        s3_ptr = _typed(tl.load(trow + COL_STATE3), CODE, ALIGNED)
+        beta1 = tl.load(grow + G_A)
+        beta2 = tl.load(grow + G_B)
+        decoupled = tl.load(grow + G_DECOUPLED) != 0.0
+        k = step + 1.0                                # this update's step count, as torch's
+        # beta ** k as exp(k log beta): fp64 keeps it to ~1e-15 relative; beta = 0 gives 0.
+        bias_correction1 = 1.0 - tl.exp(k * tl.log(beta1))
+        bc2_sqrt = tl.sqrt(1.0 - tl.exp(k * tl.log(beta2))).to(tl.float32)
+        step_size = (lr / bias_correction1).to(tl.float32)
+        decay = tl.where(decoupled, 1.0 - lr * wd, 1.0).to(tl.float32)
+        l2 = tl.where(decoupled, 0.0, wd).to(tl.float32)
+        one_minus_b1 = (1.0 - beta1).to(tl.float32)
+        one_minus_b2 = (1.0 - beta2).to(tl.float32)
+        eps = tl.load(grow + G_EPS).to(tl.float32)
+        beta2 = beta2.to(tl.float32)
+        off = start
+        while off < end:  # a while, not range(): the interpreter cannot range over loaded ints
+            offs = off + tl.arange(0, BLOCK)
+            if off + BLOCK <= end:
+                _adam_block(p_ptr, g_ptr, s1_ptr, s2_ptr, s3_ptr, offs, end, sign, decay, l2,
+                            one_minus_b1, beta2, one_minus_b2, step_size, bc2_sqrt, eps,
+                            OPTION, False)
+            else:
+                _adam_block(p_ptr, g_ptr, s1_ptr, s2_ptr, s3_ptr, offs, end, sign, decay, l2,
+                            one_minus_b1, beta2, one_minus_b2, step_size, bc2_sqrt, eps,
+                            OPTION, True)
+            off += BLOCK
+    else:
+        momentum = tl.load(grow + G_A).to(tl.float32)
+        one_minus_dampening = (1.0 - tl.load(grow + G_B)).to(tl.float32)
+        nesterov = tl.load(grow + G_FLAG) != 0.0
+        first = step == 0.0
+        wd = wd.to(tl.float32)
+        lr = lr.to(tl.float32)
+        off = start
+        while off < end:
+            offs = off + tl.arange(0, BLOCK)
+            if off + BLOCK <= end:
+                _sgd_block(p_ptr, g_ptr, s1_ptr, offs, end, sign, wd, lr, momentum,
+                           one_minus_dampening, first, nesterov, OPTION, False)
+            else:
+                _sgd_block(p_ptr, g_ptr, s1_ptr, offs, end, sign, wd, lr, momentum,
+                           one_minus_dampening, first, nesterov, OPTION, True)
+            off += BLOCK
+
+
+@triton.jit
+def _dispatch(trow, grow, lr, start, end, code, option, ALGO: tl.constexpr,
+              DTYPES: tl.constexpr, HAS_OPTION: tl.constexpr, ALIGNED: tl.constexpr,
+              BLOCK: tl.constexpr):
+    # One run-time branch per program picks the body compiled for this tensor's dtype and
+    # option; bodies for dtypes or options absent from the optimizer are never compiled.
+    for i in tl.static_range(len(DTYPES)):
+        if code == DTYPES[i]:
+            if HAS_OPTION:
+                if option:
+                    _chunk(trow, grow, lr, start, end, ALGO, DTYPES[i], True, ALIGNED, BLOCK)
+                else:
+                    _chunk(trow, grow, lr, start, end, ALGO, DTYPES[i], False, ALIGNED, BLOCK)
+            else:
+                _chunk(trow, grow, lr, start, end, ALGO, DTYPES[i], False, ALIGNED, BLOCK)
+
+
+@triton.jit(do_not_specialize=["n_tensors", "n_programs", "blocks_per_program"])
+def fused_step_kernel(
+    tensors_ptr,   # int64 [n_tensors, TENSOR_COLS]: addresses, numel, group * 4 + dtype
+    work_ptr,      # int32 [n_programs, 2]: (tensor row, chunk index); row -1 = no work
+    groups_ptr,    # float64 [n_groups, GROUP_COLS]: base lr and hyperparameters
+    table_ptr,     # float64 [n_leaves, ROW]: the schedule's leaves
+    t_ptr,         # int64 []: the schedule counter, steps completed
+    ticket_ptr,    # int32 []: programs finished in this launch (0 between launches)
+    n_tensors,     # rows of the tensor table (every one's step count advances)
+    n_programs,    # rows of the work table = programs in this launch
+    blocks_per_program,  # elements per program / BLOCK (a count, so that every block start
+                         # is visibly a multiple of BLOCK to the compiler: aligned vector access)
+    ALGO: tl.constexpr,        # ADAM or SGD
+    KINDS: tl.constexpr,       # the schedule's leaf kinds
+    DTYPES: tl.constexpr,      # dtype codes present
+    HAS_OPTION: tl.constexpr,  # some group uses amsgrad (Adam) or momentum (SGD)
+    ALIGNED: tl.constexpr,     # every address is 16-byte aligned
+    BLOCK: tl.constexpr,       # elements per inner iteration
+):
+    pid = tl.program_id(0)
+    row = tl.load(work_ptr + pid * 2)
+    t = tl.load(t_ptr)
+    if row >= 0:
+        trow = tensors_ptr + row.to(tl.int64) * TENSOR_COLS
+        meta = tl.load(trow + COL_META)
+        grow = groups_ptr + (meta // 4) * GROUP_COLS
+        lr = schedule_lr(t.to(tl.float64), tl.load(grow + G_LR), table_ptr, KINDS)
+        start = tl.load(work_ptr + pid * 2 + 1).to(tl.int64) * blocks_per_program * BLOCK
+        end = tl.minimum(start + blocks_per_program * BLOCK, tl.load(trow + COL_NUMEL))
+        option = tl.load(grow + G_FLAG) != 0.0
+        if ALGO == SGD:
+            option = tl.load(grow + G_A) != 0.0       # momentum on: the buffer exists
+        _dispatch(trow, grow, lr, start, end, meta % 4, option, ALGO, DTYPES, HAS_OPTION,
+                  ALIGNED, BLOCK)
+    tl.debug_barrier()
+    if tl.atomic_add(ticket_ptr, 1) == n_programs - 1:
+        # Last program of the launch: every other one has read the counters.
+        i = 0
+        while i < n_tensors:
+            step_ptr = tl.load(tensors_ptr + i * TENSOR_COLS + COL_STEP).to(
+                tl.pointer_type(tl.float32))
+            tl.store(step_ptr, tl.load(step_ptr) + 1.0)
+            i += 1
+        tl.store(t_ptr, t + 1)
+        tl.store(ticket_ptr, 0)
