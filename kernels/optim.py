@@ -67,75 +67,63 @@ def _typed(address, CODE: tl.constexpr, ALIGNED: tl.constexpr):
 
 
 @triton.jit
-def _load(ptr, offs, end, MASKED: tl.constexpr):
-    if MASKED:
-        x = tl.load(ptr + offs, mask=offs < end, other=0.0)
-    else:
-        x = tl.load(ptr + offs)
-    return x.to(tl.float32)
+def _rne_bf16(x):
+    # fp32 -> bf16, round to nearest even by hand, exactly as c10::BFloat16 does (NaN kept
+    # NaN): the interpreter's cast truncates, and its "rtne" mode mishandles a carry out of the
+    # mantissa. Four integer ops per element, free in a memory-bound loop.
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = bits + 0x7FFF + ((bits >> 16) & 1)
+    y = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return tl.where(x != x, x.to(tl.bfloat16), y)
 
 
+# The block bodies take `mask=None` for full blocks (unmasked, vectorizable) and a mask for the
+# ragged tail. Loads and stores are written inline: under the interpreter every nested
+# @triton.jit call costs ~0.25 ms of re-patching, so fewer calls keep CI fast. BF16 rounds
+# the results by hand (see _rne_bf16); other dtypes round in the store's cast.
 @triton.jit
-def _round(x, DTYPE: tl.constexpr):
-    if DTYPE == tl.bfloat16:
-        # Round to nearest even by hand, exactly as c10::BFloat16 does (NaN kept NaN): the
-        # interpreter's fp32 -> bf16 cast truncates, and its "rtne" mode mishandles a carry
-        # out of the mantissa. Four integer ops per element, free in a memory-bound loop.
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = bits + 0x7FFF + ((bits >> 16) & 1)
-        y = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-        y = tl.where(x != x, x.to(tl.bfloat16), y)
-    else:
-        y = x.to(DTYPE)
-    return y
-
-
-@triton.jit
-def _store(ptr, offs, end, x, MASKED: tl.constexpr):
-    y = _round(x, ptr.dtype.element_ty)
-    if MASKED:
-        tl.store(ptr + offs, y, mask=offs < end)
-    else:
-        tl.store(ptr + offs, y)
-
-
-@triton.jit
-def _adam_block(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, offs, end, sign, decay, l2, one_minus_b1,
-                beta2, one_minus_b2, step_size, bc2_sqrt, eps,
-                AMSGRAD: tl.constexpr, MASKED: tl.constexpr):
-    p = _load(p_ptr, offs, end, MASKED)
-    g = _load(g_ptr, offs, end, MASKED) * sign       # maximize flips the gradient
-    m = _load(m_ptr, offs, end, MASKED)
-    v = _load(v_ptr, offs, end, MASKED)
+def _adam_block(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, offs, mask, sign, decay, l2, one_minus_b1,
+                beta2, one_minus_b2, step_size, bc2_sqrt, eps, AMSGRAD: tl.constexpr,
+                BF16: tl.constexpr):
+    p = tl.load(p_ptr + offs, mask=mask).to(tl.float32)
+    g = tl.load(g_ptr + offs, mask=mask).to(tl.float32) * sign   # maximize flips the gradient
+    m = tl.load(m_ptr + offs, mask=mask).to(tl.float32)
+    v = tl.load(v_ptr + offs, mask=mask).to(tl.float32)
     p = p * decay                                     # AdamW: theta * (1 - lr * wd); else 1
     g = g + l2 * p                                    # Adam: L2 into the gradient; else 0
     m = m + one_minus_b1 * (g - m)                    # exp_avg.lerp_(g, 1 - beta1)
     v = v * beta2 + one_minus_b2 * g * g              # exp_avg_sq.mul_(b2).addcmul_(g, g, 1 - b2)
     if AMSGRAD:
-        v_hat = tl.maximum(_load(vmax_ptr, offs, end, MASKED), v)
-        _store(vmax_ptr, offs, end, v_hat, MASKED)
+        v_hat = tl.maximum(tl.load(vmax_ptr + offs, mask=mask).to(tl.float32), v)
+        tl.store(vmax_ptr + offs, (_rne_bf16(v_hat) if BF16 else v_hat).to(
+            vmax_ptr.dtype.element_ty), mask=mask)
     else:
         v_hat = v
     # IEEE sqrt and division (tl.sqrt and `/` are approximate on CUDA), as torch computes.
     denom = tl.div_rn(tl.sqrt_rn(v_hat), bc2_sqrt) + eps
     p = p - tl.div_rn(step_size * m, denom)
-    _store(p_ptr, offs, end, p, MASKED)
-    _store(m_ptr, offs, end, m, MASKED)
-    _store(v_ptr, offs, end, v, MASKED)
+    if BF16:
+        p, m, v = _rne_bf16(p), _rne_bf16(m), _rne_bf16(v)
+    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+    tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
+    tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _sgd_block(p_ptr, g_ptr, buf_ptr, offs, end, sign, wd, lr, momentum, one_minus_dampening,
-               first, nesterov, MOMENTUM: tl.constexpr, MASKED: tl.constexpr):
-    p = _load(p_ptr, offs, end, MASKED)
-    d = _load(g_ptr, offs, end, MASKED) * sign + wd * p
+def _sgd_block(p_ptr, g_ptr, buf_ptr, offs, mask, sign, wd, lr, momentum, one_minus_dampening,
+               first, nesterov, MOMENTUM: tl.constexpr, BF16: tl.constexpr):
+    p = tl.load(p_ptr + offs, mask=mask).to(tl.float32)
+    d = tl.load(g_ptr + offs, mask=mask).to(tl.float32) * sign + wd * p
     if MOMENTUM:
-        buf = momentum * _load(buf_ptr, offs, end, MASKED) + one_minus_dampening * d
-        buf = tl.where(first, d, buf)                 # the first update copies the gradient
-        _store(buf_ptr, offs, end, buf, MASKED)
+        buf = momentum * tl.load(buf_ptr + offs, mask=mask).to(tl.float32)
+        buf = tl.where(first, d, buf + one_minus_dampening * d)  # the first copies the grad
+        tl.store(buf_ptr + offs, (_rne_bf16(buf) if BF16 else buf).to(
+            buf_ptr.dtype.element_ty), mask=mask)
         d = tl.where(nesterov, d + momentum * buf, buf)
     p = p - lr * d
-    _store(p_ptr, offs, end, p, MASKED)
+    if BF16:
+        p = _rne_bf16(p)
+    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -169,13 +157,13 @@ def _chunk(trow, grow, lr, start, end, ALGO: tl.constexpr, CODE: tl.constexpr,
         while off < end:  # a while, not range(): the interpreter cannot range over loaded ints
             offs = off + tl.arange(0, BLOCK)
             if off + BLOCK <= end:
-                _adam_block(p_ptr, g_ptr, s1_ptr, s2_ptr, s3_ptr, offs, end, sign, decay, l2,
-                            one_minus_b1, beta2, one_minus_b2, step_size, bc2_sqrt, eps,
-                            OPTION, False)
+                _adam_block(p_ptr, g_ptr, s1_ptr, s2_ptr, s3_ptr, offs, None, sign, decay, l2,
+                            one_minus_b1, beta2, one_minus_b2, step_size, bc2_sqrt, eps, OPTION,
+                            CODE == 1)
             else:
-                _adam_block(p_ptr, g_ptr, s1_ptr, s2_ptr, s3_ptr, offs, end, sign, decay, l2,
-                            one_minus_b1, beta2, one_minus_b2, step_size, bc2_sqrt, eps,
-                            OPTION, True)
+                _adam_block(p_ptr, g_ptr, s1_ptr, s2_ptr, s3_ptr, offs, offs < end, sign, decay,
+                            l2, one_minus_b1, beta2, one_minus_b2, step_size, bc2_sqrt, eps,
+                            OPTION, CODE == 1)
             off += BLOCK
     else:
         momentum = tl.load(grow + G_A).to(tl.float32)
@@ -188,11 +176,11 @@ def _chunk(trow, grow, lr, start, end, ALGO: tl.constexpr, CODE: tl.constexpr,
         while off < end:
             offs = off + tl.arange(0, BLOCK)
             if off + BLOCK <= end:
-                _sgd_block(p_ptr, g_ptr, s1_ptr, offs, end, sign, wd, lr, momentum,
-                           one_minus_dampening, first, nesterov, OPTION, False)
+                _sgd_block(p_ptr, g_ptr, s1_ptr, offs, None, sign, wd, lr, momentum,
+                           one_minus_dampening, first, nesterov, OPTION, CODE == 1)
             else:
-                _sgd_block(p_ptr, g_ptr, s1_ptr, offs, end, sign, wd, lr, momentum,
-                           one_minus_dampening, first, nesterov, OPTION, True)
+                _sgd_block(p_ptr, g_ptr, s1_ptr, offs, offs < end, sign, wd, lr, momentum,
+                           one_minus_dampening, first, nesterov, OPTION, CODE == 1)
             off += BLOCK
 
 

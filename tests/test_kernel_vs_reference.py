@@ -1,0 +1,183 @@
+"""impl="triton" against impl="reference": every optimizer x option x schedule family.
+
+Without CUDA the kernel runs under the Triton interpreter (conftest sets TRITON_INTERPRET=1);
+with CUDA the same tests run the compiled kernel.
+
+Tolerance: params and states within 1e-6 relative, where "relative" is to the tensor's own
+scale (atol = 1e-6 * max|reference|). The two paths evaluate the schedule and beta**k with
+different fp64 formulas, so a float32 scalar can differ by one ulp on some step; an element
+that later cancels towards 0 then carries that ~1e-7 absolute difference, which an
+element-wise relative test would call 1e-4. Everything else in the update is the same
+sequence of IEEE float32 operations on both paths.
+"""
+
+import pytest
+import torch
+from conftest import KERNEL_DEVICE, assert_close
+
+from fused_lrs import FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled
+from fused_lrs import schedules as S
+
+# Odd sizes around the 1024-element block: one element, a ragged block, a full block plus one,
+# an empty tensor. ODD_SIZES adds 65537 (64 full blocks and a tail, several programs) for the
+# tests that need it; the interpreter walks every block in Python, so the wide matrix below
+# uses the small list.
+SIZES = [1, 3, 1023, 0, 1025, 2049]
+ODD_SIZES = [1, 3, 1023, 0, 1025, 65537]
+STEPS = 20
+RTOL = 1e-6
+
+SCHEDULES = {
+    "constant": S.constant(),
+    "step": S.step(4, 0.5),
+    "multistep": S.multistep([3, 7, 7], 0.5),
+    "exponential": S.exponential(0.93),
+    "cosine": S.cosine(12, eta_min=1e-3),
+    "cosine_restarts": S.cosine_restarts(4, 2, 1e-4),
+    "cyclic": S.cyclic(0.01, 0.1, 3, 5, "triangular2"),
+    "one_cycle": S.one_cycle(0.1, STEPS),
+    "linear": S.linear(0.2, 1.0, 8),
+    "polynomial": S.polynomial(15, 2.0, 1e-4),
+    "inverse_sqrt": S.inverse_sqrt(4),
+    "wsd": S.wsd(3, 6, STEPS, decay_type="1-sqrt", min_lr_ratio=0.1),
+    "warmup_cosine": S.warmup(S.cosine(15), 5),
+    "sequential": S.sequential([S.linear(0.1, 1.0, 4), S.exponential(0.9)], [6]),
+    "chained": S.chained([S.step(5, 0.5), S.exponential(0.97)]),
+    "every": S.every(S.step(2, 0.5), 3),
+}
+
+ADAM_OPTIONS = [dict(amsgrad=a, maximize=m, weight_decay=w)
+                for a in (False, True) for m in (False, True) for w in (0.0, 0.05)]
+SGD_OPTIONS = [dict(), dict(momentum=0.9), dict(momentum=0.9, dampening=0.3),
+               dict(momentum=0.9, nesterov=True, weight_decay=0.01),
+               dict(momentum=0.5, maximize=True, weight_decay=0.02)]
+CASES = ([(FusedAdamScheduled, o) for o in ADAM_OPTIONS]
+         + [(FusedAdamWScheduled, o) for o in ADAM_OPTIONS[::3]]
+         + [(FusedSGDScheduled, o) for o in SGD_OPTIONS])
+
+
+def _ids(case):
+    cls, options = case
+    return cls.__name__.removeprefix("Fused").removesuffix("Scheduled") + "-" + (
+        "-".join(f"{k}={v}" for k, v in options.items()) or "defaults")
+
+
+def run_pair(cls, options, schedule, dtypes, sizes=SIZES, steps=STEPS, seed=0):
+    """Run the two impls side by side from the same params and gradients; return both."""
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(n, generator=gen).to(dtype) for n, dtype in zip(sizes, dtypes)]
+    runs = []
+    for impl in ("reference", "triton"):
+        ps = [p.clone().to(KERNEL_DEVICE).requires_grad_() for p in params]
+        groups = [{"params": ps[:3]},
+                  {"params": ps[3:], "lr": 0.03, "weight_decay": 0.02}]
+        if options.get("weight_decay") is not None:
+            groups[1]["weight_decay"] = options["weight_decay"] * 2
+        runs.append((ps, cls(groups, lr=0.1, schedule=schedule, impl=impl, **options)))
+    grad_gen = torch.Generator().manual_seed(seed + 1)
+    for k in range(steps):
+        grads = [torch.randn(p.shape, generator=grad_gen).to(p.dtype) for p in params]
+        for ps, opt in runs:
+            for i, (p, g) in enumerate(zip(ps, grads)):
+                # Some parameters skip some steps: their counts must not advance.
+                p.grad = None if (i + k) % 7 == 3 else g.to(KERNEL_DEVICE)
+            opt.step()
+    return runs
+
+
+def assert_same(runs, rtol=RTOL):
+    (ref_params, ref_opt), (tri_params, tri_opt) = runs
+    assert int(ref_opt.schedule_step) == int(tri_opt.schedule_step)
+    for i, (a, b) in enumerate(zip(ref_params, tri_params)):
+        scale = a.detach().abs().max().item() if a.numel() else 0.0
+        assert_close(b, a, rtol=rtol, atol=rtol * scale, what=f"param {i} ({a.dtype})")
+        ref_state, tri_state = ref_opt.state[a], tri_opt.state[b]
+        assert set(ref_state) == set(tri_state), f"param {i}: state keys differ"
+        for key, value in ref_state.items():
+            scale = value.abs().max().item() if value.numel() else 0.0
+            assert_close(tri_state[key], value, rtol=rtol, atol=rtol * scale,
+                         what=f"param {i} state {key!r}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_options(case):
+    cls, options = case
+    assert_same(run_pair(cls, options, SCHEDULES["warmup_cosine"], [torch.float32] * 6))
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+@pytest.mark.parametrize("cls", [FusedAdamWScheduled, FusedSGDScheduled],
+                         ids=["AdamW", "SGD"])
+def test_schedules(cls, name):
+    options = dict(momentum=0.9) if cls is FusedSGDScheduled else dict(amsgrad=True)
+    assert_same(run_pair(cls, options, SCHEDULES[name], [torch.float32] * 6))
+
+
+@pytest.mark.parametrize("case", [CASES[3], CASES[-2]], ids=_ids)
+def test_mixed_dtypes_one_launch(case):
+    # fp32 and 16-bit tensors in one optimizer. Both paths compute in fp32 and round once
+    # (round-to-nearest-even), so bf16/fp16 results agree to the same tolerance in the
+    # tensor's own ulps: 1e-6 relative of fp32 is far below one bf16 ulp (2^-8), so any
+    # rounding difference would show.
+    cls, options = case
+    dtypes = [torch.float32, torch.bfloat16, torch.float16, torch.float32, torch.bfloat16,
+              torch.float32]
+    assert_same(run_pair(cls, options, SCHEDULES["step"], dtypes, sizes=ODD_SIZES))
+
+
+def test_zero_lr_group_stays_put():
+    p = torch.randn(1025, device=KERNEL_DEVICE, requires_grad=True)
+    q = torch.randn(33, device=KERNEL_DEVICE, requires_grad=True)
+    before = p.detach().clone()
+    opt = FusedAdamWScheduled([{"params": [p], "lr": 0.0}, {"params": [q]}], lr=0.1,
+                              weight_decay=0.1, impl="triton")
+    for _ in range(3):
+        p.grad = torch.randn_like(p)
+        q.grad = torch.randn_like(q)
+        opt.step()
+    assert torch.equal(p.detach(), before)
+    assert opt.state[p]["step"].item() == 3
+
+
+def test_all_grads_none_still_advances_the_schedule():
+    p = torch.randn(10, device=KERNEL_DEVICE, requires_grad=True)
+    opt = FusedSGDScheduled([p], lr=0.1, momentum=0.9, impl="triton")
+    before = p.detach().clone()
+    for _ in range(4):
+        opt.step()
+    assert int(opt.schedule_step) == 4
+    assert torch.equal(p.detach(), before)
+    assert not opt.state[p]
+
+
+def test_misaligned_storage_takes_the_scalar_path():
+    # A parameter that starts 4 bytes into its storage defeats the 16-byte vector path; the
+    # launcher notices and compiles the unaligned variant, which must give the same result.
+    base = torch.randn(4097, device=KERNEL_DEVICE)
+    runs = []
+    for impl in ("reference", "triton"):
+        p = torch.nn.Parameter(base.clone()[1:])
+        opt = FusedAdamScheduled([p], lr=0.1, impl=impl)
+        runs.append(([p], opt))
+    assert runs[1][0][0].data_ptr() % 16 != 0
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        g = torch.randn(4096, generator=gen).to(KERNEL_DEVICE)
+        for ps, opt in runs:
+            ps[0].grad = g.clone()
+            opt.step()
+    assert runs[1][1]._launcher.aligned is False
+    assert_same(runs)
+
+
+def test_tables_are_rebuilt_only_when_tensors_change():
+    p = torch.randn(100, device=KERNEL_DEVICE, requires_grad=True)
+    opt = FusedAdamScheduled([p], lr=0.1, impl="triton")
+    p.grad = torch.randn_like(p)
+    opt.step()
+    tables = opt._launcher.tensors
+    opt.step()                                   # same grad tensor: same tables
+    assert opt._launcher.tensors is tables
+    opt.param_groups[0]["lr"] = 0.2              # a hyperparameter change: new group table
+    opt.step()
+    assert opt._launcher.tensors is not tables
