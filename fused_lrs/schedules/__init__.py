@@ -16,7 +16,7 @@ FACTORIES = {f.__name__: f for f in (
     constant, step, multistep, exponential, cosine, cosine_restarts, cyclic, one_cycle, linear,
     polynomial, inverse_sqrt, wsd, warmup, sequential, chained, every)}
 
-from fused_lrs.schedules.convert import from_torch  # noqa: E402
+from fused_lrs.schedules.convert import from_torch, torch_position  # noqa: E402
 from fused_lrs.schedules.parse import parse  # noqa: E402
 
-__all__ = ["Leaf", "Schedule", "FACTORIES", "from_torch", "parse", *FACTORIES]
+__all__ = ["Leaf", "Schedule", "FACTORIES", "from_torch", "torch_position", "parse", *FACTORIES]
