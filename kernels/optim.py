@@ -246,3 +246,10 @@ def fused_step_kernel(
             i += 1
         tl.store(t_ptr, t + 1)
         tl.store(ticket_ptr, 0)
+
+
+# Argument types as the launcher passes them: ahead-of-time compilation (tests/test_kernels_aot.py)
+# builds the kernel from this, so a change to the arguments must change it too.
+SIGNATURE = {"tensors_ptr": "*i64", "work_ptr": "*i32", "groups_ptr": "*fp64",
+             "table_ptr": "*fp64", "t_ptr": "*i64", "ticket_ptr": "*i32", "n_tensors": "i32",
+             "n_programs": "i32", "blocks_per_program": "i32"}

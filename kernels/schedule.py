@@ -158,3 +158,8 @@ def evaluate(kinds, table, t, base_lr=1.0):
     grid = (max(1, triton.cdiv(steps.numel(), block)),)
     _evaluate_kernel[grid](steps, out, table, base, steps.numel(), KINDS=tuple(kinds), BLOCK=block)
     return out.reshape(t.shape)
+
+
+# Argument types as `evaluate` passes them, for ahead-of-time compilation.
+SIGNATURE = {"t_ptr": "*i64", "out_ptr": "*fp64", "table_ptr": "*fp64", "base_ptr": "*fp64",
+             "n": "i32"}
