@@ -1,9 +1,9 @@
 """The Triton twin of every schedule spec.
 
 ``schedule_lr(t, base_lr, table_ptr, KINDS)`` folds the leaves of a spec (see
-``fused_lrs/schedules/base.py``) over ``base_lr``. ``KINDS`` is the constexpr tuple of leaf kinds, so
-the fold is unrolled and every ``if KIND == ...`` below is resolved at compile time; the numbers
-come from a float64 table, so a new value never recompiles.
+``fused_lrs/schedules/base.py``) over ``base_lr``. ``KINDS`` is the constexpr tuple of leaf
+kinds, so the fold is unrolled and every ``if KIND == ...`` below is resolved at compile time;
+the numbers come from a float64 table, so a new value never recompiles.
 
 All of it is float64 scalar (or small-vector) math: fp32 holds integers exactly only to 2^24, and
 the schedule must be right for t up to 10^7 and beyond. On an H100 the fp64 work of a whole
@@ -16,8 +16,17 @@ The same functions work on a scalar ``t`` (the optimizer kernels) and on a block
 import triton
 import triton.language as tl
 
-from fused_lrs.kernels.kinds import (ANNEAL, COSINE, COSINE_RESTARTS, CYCLIC, EXP, INV_SQRT, POLY,
-                                     ROW, SCALE)
+from fused_lrs.kernels.kinds import (
+    ANNEAL,
+    COSINE,
+    COSINE_RESTARTS,
+    CYCLIC,
+    EXP,
+    INV_SQRT,
+    POLY,
+    ROW,
+    SCALE,
+)
 
 PI = tl.constexpr(3.141592653589793)
 # A leaf's row: lo, hi, offset, period, shift, then its parameters from column P on. (Loads are

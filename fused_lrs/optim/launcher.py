@@ -48,7 +48,8 @@ class Launcher:
 
     def step(self, work: list[list[torch.Tensor]]) -> None:
         opt = self.opt
-        key = (tuple(tuple(_scalar_key(g[k]) for k in self._group_keys()) for g in opt.param_groups),
+        keys = self._group_keys()
+        key = (tuple(tuple(_scalar_key(g[k]) for k in keys) for g in opt.param_groups),
                tuple((p.data_ptr(), p.grad.data_ptr()) for params in work for p in params))
         if key != self.key:
             self._build(work)

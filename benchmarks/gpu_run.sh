@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one call of the device tool (about 10 minutes at most):
+#   install; the gpu-marked tests and the compiled triton-vs-reference suite; the benchmark.
+# Logs and JSON go to $OUT (default benchmarks/results); commit them under benchmarks/results/.
+#   device run:  bash benchmarks/gpu_run.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1 \
+    || { cat "$OUT/install.log"; exit 1; }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
+# Files that need hypothesis or transformers (absent on the GPU machines) are left out.
+timeout 300 python3 -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py \
+    tests/test_kernel_vs_reference.py tests/test_optim_vs_torch.py 2>&1 | tee "$OUT/gpu_tests.log"
+timeout 240 python3 benchmarks/bench_step.py --out "$OUT/bench_step.json" 2>&1 \
+    | tee "$OUT/bench_step.log"
