@@ -8,8 +8,15 @@ from fused_lrs.schedules.base import Leaf, Schedule
 from fused_lrs.schedules.compose import chained, every, sequential, warmup
 from fused_lrs.schedules.cosine import cosine, cosine_restarts
 from fused_lrs.schedules.cyclic import cyclic, one_cycle
-from fused_lrs.schedules.decay import (constant, exponential, inverse_sqrt, linear, multistep,
-                                       polynomial, step)
+from fused_lrs.schedules.decay import (
+    constant,
+    exponential,
+    inverse_sqrt,
+    linear,
+    multistep,
+    polynomial,
+    step,
+)
 from fused_lrs.schedules.wsd import wsd
 
 FACTORIES = {f.__name__: f for f in (
