@@ -25,8 +25,12 @@ def pytest_collection_modifyitems(config, items):
 
 def assert_close(actual, expected, rtol, atol=0.0, what=""):
     """Compare two tensors; on failure report the count and the first mismatching entries."""
-    actual = torch.as_tensor(actual).detach().cpu().double()
-    expected = torch.as_tensor(expected).detach().cpu().double()
+    # Python numbers and lists go straight to float64: via torch's default float32 they would
+    # lose precision before the comparison.
+    actual = (actual if isinstance(actual, torch.Tensor)
+              else torch.tensor(actual, dtype=torch.float64)).detach().cpu().double()
+    expected = (expected if isinstance(expected, torch.Tensor)
+                else torch.tensor(expected, dtype=torch.float64)).detach().cpu().double()
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
     bad = ~((actual - expected).abs() <= atol + rtol * expected.abs())
     bad &= ~(actual.isnan() & expected.isnan())

@@ -77,9 +77,15 @@ class Schedule:
     factory: ClassVar[str]
 
     def lr(self, t, base_lr=1.0) -> torch.Tensor:
-        """float64 learning rate after ``t`` completed steps, for a group whose lr is ``base_lr``."""
-        t = torch.as_tensor(t, dtype=torch.float64)
-        base = torch.as_tensor(base_lr, dtype=torch.float64, device=t.device)
+        """float64 learning rate after ``t`` completed steps, for a group whose lr is
+        ``base_lr``."""
+        t = torch.as_tensor(t).to(torch.float64)
+        # A Python base lr becomes a device tensor by a fill, not a host-to-device copy: on
+        # CUDA a copy from pageable memory synchronises, and step() must not.
+        if isinstance(base_lr, torch.Tensor):
+            base = base_lr.to(device=t.device, dtype=torch.float64)
+        else:
+            base = torch.full((), float(base_lr), dtype=torch.float64, device=t.device)
         return self._lr(t, base)
 
     def _lr(self, t: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
@@ -135,6 +141,13 @@ def check_real(fn: str, name: str, value, lo: float = -INF, hi: float = INF,
         right = ")" if hi_open else "]"
         raise _fail(fn, name, f"a finite number in {left}{lo}, {hi}{right}", value)
     return float(value)
+
+
+def check_bool(fn: str, name: str, value) -> bool:
+    # Strict: bool("no") is True, so a string or a number here is a mistake, not a flag.
+    if not isinstance(value, bool):
+        raise _fail(fn, name, "True or False", value)
+    return value
 
 
 def check_choice(fn: str, name: str, value, choices: tuple[str, ...]) -> str:

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 
 import torch
 
-from fused_lrs.schedules.base import INF, Schedule, check_int, check_real, check_schedule
+from fused_lrs.schedules.base import (
+    INF,
+    Schedule,
+    check_int,
+    check_real,
+    check_schedule,
+    torch_hint,
+)
 from fused_lrs.schedules.decay import anneal_leaf
 
 
@@ -27,7 +34,8 @@ class Warmup(Schedule):
         return torch.where(t < self.steps, ramp, self.schedule.lr(t - self.steps, base))
 
     def leaves(self):
-        ramp = (anneal_leaf(self.start_factor, 1.0, self.steps, hi=self.steps),) if self.steps else ()
+        ramp = ((anneal_leaf(self.start_factor, 1.0, self.steps, hi=self.steps),)
+                if self.steps else ())
         return ramp + tuple(leaf.placed(self.steps, lo=self.steps)
                             for leaf in self.schedule.leaves())
 
@@ -39,6 +47,14 @@ def warmup(schedule: Schedule, steps: int, start_factor: float = 0.0) -> Schedul
     return Warmup(check_schedule("warmup", "schedule", schedule),
                   check_int("warmup", "steps", steps, 0),
                   check_real("warmup", "start_factor", start_factor, 0.0, 1.0))
+
+
+def _schedule_list(fn: str, schedules) -> tuple:
+    # A lone spec (or torch scheduler) is not iterable; say so instead of "not iterable".
+    if isinstance(schedules, (Schedule, str)) or not hasattr(schedules, "__iter__"):
+        raise TypeError(f"{fn}: schedules must be a list of schedule specs, got "
+                        f"{type(schedules).__name__}" + torch_hint(schedules))
+    return tuple(schedules)
 
 
 @dataclass(frozen=True, repr=False)
@@ -64,8 +80,12 @@ class Sequential(Schedule):
 def sequential(schedules, milestones) -> Schedule:
     """torch ``SequentialLR``: ``schedules[i]`` runs from ``milestones[i-1]``, restarted at its
     own t = 0 there."""
-    schedules = tuple(schedules)
-    milestones = tuple(milestones)
+    schedules = _schedule_list("sequential", schedules)
+    try:
+        milestones = tuple(milestones)
+    except TypeError:
+        raise ValueError(f"sequential: milestones must be a list of integers, got "
+                         f"{milestones!r}") from None
     if not schedules:
         raise ValueError("sequential: schedules must hold at least one schedule, got none")
     for s in schedules:
@@ -100,7 +120,7 @@ def chained(schedules) -> Schedule:
     previous one produced: ``lr = s_n(t, ... s_1(t, base))``. For factor schedules (step,
     exponential, multistep, constant, linear, polynomial, cosine with eta_min = 0) that is the
     product of their factors, as torch computes it."""
-    schedules = tuple(schedules)
+    schedules = _schedule_list("chained", schedules)
     if not schedules:
         raise ValueError("chained: schedules must hold at least one schedule, got none")
     for s in schedules:

@@ -24,8 +24,12 @@ class Cosine(Schedule):
         # torch CosineAnnealingLR when num_cycles = 0.5; past T_max the cosine keeps going and the
         # lr climbs back, exactly as torch's recursive form does. HF's num_cycles and
         # min_lr_rate generalise it: a floor of eta_min + min_lr_rate * base.
+        # The phase is rounded as HF rounds it, pi * num_cycles * 2 * (t / T_max): far out (t =
+        # 10^7 is 10^5 periods) a different rounding of the phase moves the lr by parts in 1e9
+        # near its minimum. HF's LambdaLR is this closed form at every step; torch's cosine is a
+        # recursion, within 1e-7 of any rounding of it.
         eta = self.eta_min + self.min_lr_rate * base
-        phase = math.pi * (2.0 * self.num_cycles) * t / self.T_max
+        phase = math.pi * self.num_cycles * 2.0 * (t / self.T_max)
         return eta + (base - eta) * (1.0 + torch.cos(phase)) / 2.0
 
     def leaves(self):

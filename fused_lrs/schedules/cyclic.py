@@ -9,7 +9,15 @@ from dataclasses import dataclass
 import torch
 
 from fused_lrs.kernels import kinds
-from fused_lrs.schedules.base import (INF, Leaf, Schedule, check_choice, check_int, check_real)
+from fused_lrs.schedules.base import (
+    INF,
+    Leaf,
+    Schedule,
+    check_bool,
+    check_choice,
+    check_int,
+    check_real,
+)
 from fused_lrs.schedules.decay import anneal_leaf
 
 _MODES = {"triangular": kinds.MODE_TRIANGULAR, "triangular2": kinds.MODE_TRIANGULAR2,
@@ -133,7 +141,7 @@ def one_cycle(max_lr: float, total_steps: int, pct_start: float = 0.3,
                     check_choice(fn, "anneal_strategy", anneal_strategy, ("cos", "linear")),
                     check_real(fn, "div_factor", div_factor, 0.0, INF, lo_open=True),
                     check_real(fn, "final_div_factor", final_div_factor, 0.0, INF, lo_open=True),
-                    bool(three_phase))
+                    check_bool(fn, "three_phase", three_phase))
     start = 0.0
     for end, _, _ in spec.phases():
         if not end > start:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from fused_lrs.kernels import kinds
-from fused_lrs.schedules.base import INF, Leaf, Schedule, check_int, check_real
+from fused_lrs.schedules.base import INF, Leaf, Schedule, check_bool, check_int, check_real
 
 # ANNEAL leaf parameters: a, b, length, shape, relative (1 = multiply the incoming lr), pct_max.
 
@@ -80,7 +80,7 @@ def exponential(gamma: float | None = None, *, rate: float | None = None, decay_
     else:
         rate = check_real("exponential", "rate", rate, 0.0)
     return Exponential(gamma, rate, check_int("exponential", "decay_steps", decay_steps, 1),
-                       bool(staircase))
+                       check_bool("exponential", "staircase", staircase))
 
 
 @dataclass(frozen=True, repr=False)
@@ -109,10 +109,10 @@ class MultiStep(Schedule):
     gamma: float = 0.1
 
     def _lr(self, t, base):
-        # A milestone listed k times multiplies by gamma**k, as torch's MultiStepLR does.
-        passed = torch.searchsorted(torch.tensor(self.milestones, dtype=torch.float64,
-                                                 device=t.device), t, right=True)
-        return base * self.gamma ** passed.to(torch.float64)
+        # A milestone listed k times multiplies by gamma**k, as torch's MultiStepLR does. (A sum
+        # of comparisons rather than searchsorted: no milestone tensor to copy to the device.)
+        passed = sum((t >= m).to(torch.float64) for m in self.milestones) + 0.0 * t
+        return base * self.gamma ** passed
 
     def leaves(self):
         return tuple(Leaf(kinds.SCALE, (self.gamma,), lo=m) for m in self.milestones)

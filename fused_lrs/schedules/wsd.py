@@ -32,7 +32,8 @@ class WSD(Schedule):
         warm = {"linear": p, "cosine": 0.5 * (1.0 - torch.cos(math.pi * p)),
                 "1-sqrt": 1.0 - torch.sqrt(1.0 - p)}[self.warmup_type]
         q = (t - w - s) / max(1, d)
-        decay = {"linear": 1.0 - q, "cosine": 0.5 * (1.0 + torch.cos(math.pi * self.num_cycles * 2.0 * q)),
+        decay = {"linear": 1.0 - q,
+                 "cosine": 0.5 * (1.0 + torch.cos(math.pi * self.num_cycles * 2.0 * q)),
                  "1-sqrt": 1.0 - torch.sqrt(q)}[self.decay_type]
         factor = torch.where(t < w, warm * (1.0 - r) + r,
                              torch.where(t < w + s, 1.0,
