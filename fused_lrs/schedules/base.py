@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 from fused_lrs.kernels import kinds
@@ -126,14 +128,17 @@ def _fail(fn: str, name: str, allowed: str, value) -> ValueError:
 
 
 def check_int(fn: str, name: str, value, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    # numbers.Integral admits numpy integers (torch's schedulers accept them); bool is not one.
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
+            or value < minimum:
         raise _fail(fn, name, f"an integer >= {minimum}", value)
-    return value
+    return int(value)
 
 
 def check_real(fn: str, name: str, value, lo: float = -INF, hi: float = INF,
                lo_open: bool = False, hi_open: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+          and math.isfinite(value))
     if ok:
         ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
     if not ok:

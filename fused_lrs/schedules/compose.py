@@ -93,11 +93,11 @@ def sequential(schedules, milestones) -> Schedule:
     if len(milestones) != len(schedules) - 1:
         raise ValueError(f"sequential: milestones must have len(schedules) - 1 = "
                          f"{len(schedules) - 1} entries, got {len(milestones)}")
-    previous = 0
+    checked = []
     for m in milestones:
-        check_int("sequential", "each milestone", m, previous + 1)
-        previous = m
-    return Sequential(schedules, milestones)
+        checked.append(check_int("sequential", "each milestone", m, checked[-1] + 1 if checked
+                                 else 1))
+    return Sequential(schedules, tuple(checked))
 
 
 @dataclass(frozen=True, repr=False)

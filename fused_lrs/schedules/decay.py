@@ -125,8 +125,7 @@ def multistep(milestones, gamma: float = 0.1) -> Schedule:
     except TypeError:
         raise ValueError(f"multistep: milestones must be a list of integers >= 1, "
                          f"got {milestones!r}") from None
-    for m in ms:
-        check_int("multistep", "each milestone", m, 1)
+    ms = [check_int("multistep", "each milestone", m, 1) for m in ms]
     return MultiStep(tuple(sorted(ms)), check_real("multistep", "gamma", gamma, 0.0, INF,
                                                    lo_open=True))
 
