@@ -223,6 +223,8 @@ def _other(value):
 def test_numpy_numbers_are_accepted_as_torch_accepts_them():
     import numpy as np
 
+    from fused_lrs import schedules as S
+
     spec = S.sequential([S.multistep([np.int64(3), 5], np.float32(0.5)),
                          S.step(np.int32(2), np.float64(0.9))], [np.int64(8)])
     assert spec == S.sequential([S.multistep([3, 5], 0.5), S.step(2, 0.9)], [8])
