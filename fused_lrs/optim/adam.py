@@ -39,6 +39,7 @@ _ARGS_DOC = """
 class FusedAdamScheduled(ScheduledOptimizer):
     __doc__ = "Adam with the learning-rate schedule evaluated inside the update." + _ARGS_DOC
     algorithm = "adam"
+    group_keys = ("lr", "betas", "eps", "weight_decay")
     _decoupled_default = False
 
     def __init__(self, params, lr: float | torch.Tensor = 1e-3, betas=(0.9, 0.999),
@@ -108,3 +109,9 @@ class FusedAdamWScheduled(FusedAdamScheduled):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable, differentiable=differentiable,
                          fused=fused, decoupled_weight_decay=True, schedule=schedule, impl=impl)
+
+    def __setstate__(self, state) -> None:
+        # As torch's AdamW: whatever checkpoint is loaded, the weight decay stays decoupled.
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True

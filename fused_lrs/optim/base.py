@@ -31,6 +31,9 @@ class ScheduledOptimizer(torch.optim.Optimizer):
     """
 
     algorithm: ClassVar[str]
+    #: The hyperparameters every saved group of this optimizer holds: a checkpoint group that
+    #: lacks one was saved by another kind of optimizer.
+    group_keys: ClassVar[tuple[str, ...]]
 
     def __init__(self, params, defaults: dict[str, Any], *, schedule: Schedule | None,
                  impl: str, differentiable: bool) -> None:
@@ -57,14 +60,16 @@ class ScheduledOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
-            self._check_params(group["params"])
+            device = self._check_params(group["params"])
             self._check_group(group)
         except Exception:
             self.param_groups.pop()
             raise
+        self._device = device
         self._launcher = None
 
-    def _check_params(self, params: list[torch.Tensor]) -> None:
+    def _check_params(self, params: list[torch.Tensor]) -> torch.device | None:
+        """Check a new group's parameters; return the optimizer's device with them."""
         name = type(self).__name__
         if len(params) != len({id(p) for p in params}):
             raise ValueError(f"{name}: a parameter group lists the same parameter twice")
@@ -76,11 +81,13 @@ class ScheduledOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"{name}: parameters must be floating point, got {p.dtype}")
             if p.is_sparse:
                 raise ValueError(f"{name}: sparse parameters are not supported")
-            device = self._device or p.device
-            if p.device != device:
-                raise ValueError(f"{name}: all parameters must be on one device (one launch per "
-                                 f"step), got {device} and {p.device}; use one optimizer per device")
-            self._device = device
+        device = self._device or (params[0].device if params else None)
+        others = {p.device for p in params} - {device}
+        if others:
+            raise ValueError(f"{name}: all parameters must be on one device (one launch per "
+                             f"step), got {device} and {others.pop()}; use one optimizer per "
+                             "device")
+        return device
 
     def _check_group(self, group: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -162,13 +169,15 @@ class ScheduledOptimizer(torch.optim.Optimizer):
 
     @property
     def last_lr(self) -> torch.Tensor:
-        """float64 device tensor: the lr of each group at the most recent ``step()`` (``lr(0)``
-        before the first). Computed on the device: logging it costs no sync until read."""
+        """float64 device tensor: the lr each group's most recent ``step()`` used, ``lr(t - 1)``
+        after ``t`` steps (``lr(0)`` before the first). Computed on the device, so logging it
+        costs no sync until it is read. (A torch scheduler's ``get_last_lr()`` after
+        ``scheduler.step()`` is the lr of the *next* step, ``lr(t)``.)"""
         t = torch.clamp(self._t - 1, min=0)
         return torch.stack([self.schedule.lr(t, g["lr"]) for g in self.param_groups])
 
     def get_last_lr(self) -> list[float]:
-        """The lr of each group at the most recent ``step()``, as Python floats.
+        """``last_lr`` as Python floats: the lr each group's most recent ``step()`` used.
 
         This synchronises with the device (it reads ``last_lr`` back); use ``last_lr`` in a
         loop that must not wait."""
@@ -220,6 +229,20 @@ class ScheduledOptimizer(torch.optim.Optimizer):
             self._t.fill_(t)
         self._launcher = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # torch's keeps defaults, state and param_groups; a copy or a pickle also needs the
+        # schedule, its counter and the implementation (the launcher is rebuilt on demand).
+        return {**super().__getstate__(), "schedule": self.schedule, "_t": self._t,
+                "impl_requested": self.impl_requested, "_device": self._device,
+                "_launcher": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # As torch's Adam and SGD do: a group saved before an option existed gets its default.
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+
     def _adopt_state(self, p: torch.Tensor, state: dict[str, Any]) -> None:
         """Bring loaded state into this class's form: steps as float32 device tensors."""
         if "step" in state:
@@ -228,6 +251,25 @@ class ScheduledOptimizer(torch.optim.Optimizer):
     def _expected_state(self, group: dict[str, Any]) -> tuple[set[str], set[str]]:
         """(required, allowed) state keys for a parameter of a saved group."""
         raise NotImplementedError
+
+    def _check_saved_group(self, i: int, saved) -> None:
+        """A saved group is one of this kind of optimizer, with valid hyperparameters."""
+        name = type(self).__name__
+        if not isinstance(saved, dict) or not isinstance(saved.get("params"), list):
+            raise ValueError(f"{name}: group {i} of the checkpoint is not a parameter group (a "
+                             "dict with a 'params' list)")
+        missing = [k for k in self.group_keys if k not in saved]
+        if missing:
+            raise ValueError(f"{name}: group {i} of the checkpoint has no {missing}: a "
+                             f"checkpoint of another kind of optimizer? ({self.algorithm} groups "
+                             f"hold {list(self.group_keys)})")
+        group = {**self.defaults, **saved}
+        if "initial_lr" in saved:
+            group["lr"] = saved["initial_lr"]
+        try:
+            self._check_group(group)
+        except ValueError as e:
+            raise ValueError(f"{name}: group {i} of the checkpoint: {e}") from None
 
     def _check_checkpoint(self, sd, extra):
         name = type(self).__name__
@@ -238,6 +280,8 @@ class ScheduledOptimizer(torch.optim.Optimizer):
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"{name}: the checkpoint has {len(saved_groups)} parameter groups, "
                              f"this optimizer has {len(self.param_groups)}")
+        for i, saved in enumerate(saved_groups):
+            self._check_saved_group(i, saved)
         params = {}
         for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
             if len(saved["params"]) != len(group["params"]):
@@ -259,18 +303,26 @@ class ScheduledOptimizer(torch.optim.Optimizer):
                                  "optimizer or option?")
             for k, v in state.items():
                 if k == "step":
-                    if torch.as_tensor(v).numel() != 1:
-                        raise ValueError(f"{name}: parameter {key}: 'step' must be a scalar")
-                elif v is not None:
-                    if not isinstance(v, torch.Tensor) or v.shape != p.shape:
-                        shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v)
+                    if not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                            or isinstance(v, torch.Tensor) and v.numel() == 1):
+                        raise ValueError(f"{name}: parameter {key}: 'step' must be a scalar "
+                                         f"count, got {v!r}")
+                elif v is not None or k in required:
+                    if not isinstance(v, torch.Tensor):
+                        raise ValueError(f"{name}: parameter {key}: state {k!r} is "
+                                         f"{type(v).__name__}, expected a tensor")
+                    if v.shape != p.shape:
                         raise ValueError(f"{name}: parameter {key}: state {k!r} has shape "
-                                         f"{shape}, the parameter has {tuple(p.shape)}")
+                                         f"{tuple(v.shape)}, the parameter has "
+                                         f"{tuple(p.shape)}")
                     if not v.is_floating_point():
                         raise ValueError(f"{name}: parameter {key}: state {k!r} has dtype "
                                          f"{v.dtype}, expected floating point")
         if extra is None:
             return None, None
+        if not isinstance(extra, dict):
+            raise ValueError(f"{name}: the checkpoint's 'fused_lrs' entry is unreadable: "
+                             f"expected a dict, got {type(extra).__name__}")
         try:
             schedule = parse(extra["schedule"])
             t = int(extra["t"])

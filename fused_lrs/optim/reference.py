@@ -56,12 +56,15 @@ def sgd(param, grad, momentum_buffer, step, *, lr, momentum, dampening, weight_d
     p, d_p = param.to(cd), grad.to(cd)
     if maximize:
         d_p = -d_p
+    # torch's own ops (``add`` with ``alpha`` rounds once, as a fused multiply-add), so that the
+    # buffer, a sum of many gradients whose entries can cancel to near zero, rounds as torch's.
     if weight_decay != 0:
-        d_p = d_p + weight_decay * p
+        d_p = d_p.add(p, alpha=weight_decay)
     if momentum != 0:
         first = step == 0
-        buf = torch.where(first, d_p, momentum * momentum_buffer.to(cd) + (1 - dampening) * d_p)
+        later = momentum_buffer.to(cd).mul(momentum).add_(d_p, alpha=1 - dampening)
+        buf = torch.where(first, d_p, later)
         momentum_buffer.copy_(buf)
-        d_p = d_p + momentum * buf if nesterov else buf
+        d_p = d_p.add(buf, alpha=momentum) if nesterov else buf
     step += 1
     param.copy_(p - lr.to(cd) * d_p)

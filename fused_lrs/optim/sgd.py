@@ -35,6 +35,7 @@ class FusedSGDScheduled(ScheduledOptimizer):
     """
 
     algorithm = "sgd"
+    group_keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
 
     def __init__(self, params, lr: float | torch.Tensor = 1e-3, momentum: float = 0,
                  dampening: float = 0, weight_decay: float = 0, nesterov: bool = False, *,

@@ -1,0 +1,342 @@
+"""Checkpoints: torch's optimizers to ours and back, resuming in a new process, and validation.
+
+* A checkpoint of torch.optim.Adam/AdamW/SGD loads into the matching class here, which then
+  continues as torch would have (the torch scheduler's position taken over with
+  ``set_schedule(spec, t)``, by hand or with ``from_torch`` and ``torch_position``).
+* torch loads a checkpoint saved here and continues as we do.
+* Saved at step k and resumed in a new Python process, a run is bitwise the uninterrupted one.
+* A bad checkpoint raises a clear error and leaves the optimizer exactly as it was.
+"""
+
+import copy
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_optim_vs_torch import (
+    GROUPS,
+    SCHEDULES,
+    SHAPES,
+    drive_torch_lr,
+    flat_params,
+    has_grad,
+    make_pair,
+    run_both,
+)
+
+from fused_lrs.optim import FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled
+from fused_lrs.schedules import cosine, from_torch, torch_position
+
+SCHEDULE = {name: (factory, spec) for name, factory, spec in SCHEDULES}
+
+# name: (our class, torch class, options, schedule name)
+CASES = {
+    "Adam-amsgrad-wd": (FusedAdamScheduled, torch.optim.Adam,
+                        dict(amsgrad=True, weight_decay=0.1), "multistep"),
+    "AdamW-maximize": (FusedAdamWScheduled, torch.optim.AdamW,
+                       dict(weight_decay=0.1, maximize=True), "cosine"),
+    "SGD-nesterov-wd": (FusedSGDScheduled, torch.optim.SGD,
+                        dict(momentum=0.9, nesterov=True, weight_decay=0.01), "warmup+cosine"),
+    "SGD-dampening": (FusedSGDScheduled, torch.optim.SGD, dict(momentum=0.9, dampening=0.3),
+                      "one_cycle"),
+    "SGD-plain": (FusedSGDScheduled, torch.optim.SGD, {}, "chained"),
+}
+K, N = 12, 30  # save after K steps, continue to N
+
+
+def pair(case, dtype):
+    ours_cls, torch_cls, options, schedule = CASES[case]
+    factory, spec = SCHEDULE[schedule]
+    return (*make_pair(ours_cls, torch_cls, options, dtype, spec, schedule_factory=factory),
+            spec)
+
+
+def grad_at(k, i, p):
+    """The gradient of parameter i at step k: a function of (k, i) alone, so that a resumed
+    process feeds exactly what the uninterrupted run fed."""
+    gen = torch.Generator().manual_seed(1000 * k + i)
+    return torch.randn(p.shape, generator=gen, dtype=p.dtype)
+
+
+def train(opt, start, stop, sched=None):
+    for k in range(start, stop):
+        for i, p in enumerate(flat_params(opt)):
+            p.grad = grad_at(k, i, p) if has_grad(k, i) else None
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+
+def copy_params(dst, src):
+    with torch.no_grad():
+        for p, q in zip(flat_params(dst), src):
+            p.copy_(q)
+
+
+# ---------------------------------------------------------------- torch -> ours
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("case", CASES)
+def test_torch_checkpoint_continues_like_torch(case, dtype, tmp_path):
+    ours, theirs, sched, spec = pair(case, dtype)
+    train(theirs, 0, K, sched)
+    torch.save(theirs.state_dict(), tmp_path / "torch.pt")
+    copy_params(ours, flat_params(theirs))
+    ours.load_state_dict(torch.load(tmp_path / "torch.pt"))
+    # The groups' lr is the base lr again (torch's initial_lr), not the scheduled one.
+    assert [g["lr"] for g in ours.param_groups] == [g["initial_lr"] for g in theirs.param_groups]
+    ours.set_schedule(spec, K)
+    run_both(ours, theirs, sched, dtype, n=N - K)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_torch_checkpoint_continues_via_from_torch(case, tmp_path):
+    """The scheduler restored from its own state_dict gives the spec and the position."""
+    ours_cls, torch_cls, options, schedule = CASES[case]
+    factory, _ = SCHEDULE[schedule]
+    ours, theirs, sched, _ = pair(case, torch.float64)
+    train(theirs, 0, K, sched)
+    torch.save({"optimizer": theirs.state_dict(), "scheduler": sched.state_dict()},
+               tmp_path / "torch.pt")
+    saved = torch.load(tmp_path / "torch.pt")
+    # A new run rebuilds its scheduler and loads the scheduler's state into it.
+    scratch = torch_cls([{"params": [torch.zeros(1)], "lr": g["initial_lr"]}
+                         for g in theirs.param_groups], **options)
+    restored = factory(scratch)
+    restored.load_state_dict(saved["scheduler"])
+    copy_params(ours, flat_params(theirs))
+    ours.load_state_dict(saved["optimizer"])
+    assert torch_position(restored) == K
+    ours.set_schedule(from_torch(restored), torch_position(restored))
+    run_both(ours, theirs, sched, torch.float64, n=N - K)
+
+
+def test_old_torch_checkpoint_without_newer_flags_loads():
+    """Groups saved before an option existed get its default, as in torch's __setstate__;
+    a torch Adam checkpoint in the AdamW class keeps decoupled weight decay, as torch's AdamW."""
+    ours, theirs, sched, spec = pair("Adam-amsgrad-wd", torch.float64)
+    train(theirs, 0, K, sched)
+    sd = copy.deepcopy(theirs.state_dict())
+    for group in sd["param_groups"]:
+        for key in ("maximize", "foreach", "capturable", "differentiable", "fused",
+                    "decoupled_weight_decay"):
+            del group[key]
+    copy_params(ours, flat_params(theirs))
+    ours.load_state_dict(sd)
+    assert all(g["maximize"] is False and g["decoupled_weight_decay"] is False
+               for g in ours.param_groups)
+    ours.set_schedule(spec, K)
+    run_both(ours, theirs, sched, torch.float64, n=5)
+
+    adamw = FusedAdamWScheduled([p.detach().clone() for p in flat_params(ours)][:2])
+    adam = torch.optim.Adam(flat_params(adamw), weight_decay=0.1)
+    adamw.load_state_dict(adam.state_dict())
+    assert adamw.param_groups[0]["decoupled_weight_decay"] is True
+
+
+# ---------------------------------------------------------------- ours -> torch
+
+@pytest.mark.parametrize("case", CASES)
+def test_torch_loads_our_checkpoint(case, tmp_path):
+    ours_cls, torch_cls, options, schedule = CASES[case]
+    _, spec = SCHEDULE[schedule]
+    ours, theirs, _, _ = pair(case, torch.float64)
+    train(ours, 0, K)
+    torch.save(ours.state_dict(), tmp_path / "ours.pt")
+    copy_params(theirs, flat_params(ours))
+    theirs.load_state_dict(torch.load(tmp_path / "ours.pt"))
+    for mine, their in zip(ours.param_groups, theirs.param_groups):
+        assert {k: v for k, v in mine.items() if k != "params"} == \
+            {k: v for k, v in their.items() if k != "params"}
+    if ours_cls is FusedSGDScheduled:
+        # Our SGD's 'step' rides along in torch's state, which never reads it: drop it, so the
+        # comparison below sees torch's own state.
+        for state in theirs.state.values():
+            del state["step"]
+    bases = [g["lr"] for g in theirs.param_groups]
+    run_both(ours, theirs, None, torch.float64, n=N - K,
+             on_step=lambda k: drive_torch_lr(theirs, spec, bases, k))
+
+
+# ---------------------------------------------------------------- resume in a new process
+
+RESUME = """
+import sys
+import torch
+import test_optim_checkpoint as T
+
+k, n, jobs = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+for case, ckpt, out in zip(jobs[::3], jobs[1::3], jobs[2::3]):
+    opt = T.fresh(case)  # default hyperparameters and schedule: all must come from the checkpoint
+    saved = torch.load(ckpt)
+    T.copy_params(opt, saved["params"])
+    opt.load_state_dict(saved["optimizer"])
+    T.train(opt, k, n)
+    torch.save(T.checkpoint(opt), out)
+"""
+RESUMED = ["Adam-amsgrad-wd", "AdamW-maximize", "SGD-nesterov-wd"]
+
+
+def fresh(case):
+    """Our optimizer of ``case`` with the right groups and nothing else set."""
+    ours_cls = CASES[case][0]
+    params = [torch.zeros(s, requires_grad=True) for s in SHAPES]
+    return ours_cls([{"params": params[a:b]} for a, b, _ in GROUPS], impl="reference")
+
+
+def checkpoint(opt):
+    return {"params": [p.detach().clone() for p in flat_params(opt)],
+            "optimizer": opt.state_dict()}
+
+
+def assert_identical(a, b, path="checkpoint"):
+    """Equal structure, and bitwise-equal tensors of the same dtype."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, path
+        assert torch.equal(a, b), f"{path}: {a} != {b}"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys {set(a)} != {set(b)}"
+        for key in a:
+            assert_identical(a[key], b[key], f"{path}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    """Each case of RESUMED saved after K steps here, then loaded and run to N in one new
+    Python process (one, because starting torch and its compiler costs seconds)."""
+    tmp = tmp_path_factory.mktemp("resume")
+    jobs = []
+    for case in RESUMED:
+        ours, _, _, _ = pair(case, torch.float32)
+        train(ours, 0, K)
+        torch.save(checkpoint(ours), tmp / f"{case}-k.pt")
+        jobs += [case, str(tmp / f"{case}-k.pt"), str(tmp / f"{case}-n.pt")]
+    tests = Path(__file__).parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests), str(tests.parent)]))
+    result = subprocess.run([sys.executable, "-c", RESUME, str(K), str(N), *jobs], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return {case: torch.load(tmp / f"{case}-n.pt") for case in RESUMED}
+
+
+@pytest.mark.parametrize("case", RESUMED)
+def test_resume_in_a_new_process_is_bitwise(case, resumed):
+    ours, _, _, _ = pair(case, torch.float32)
+    train(ours, 0, N)
+    assert_identical(resumed[case], checkpoint(ours))
+    assert int(resumed[case]["optimizer"]["fused_lrs"]["t"]) == N
+
+
+# ---------------------------------------------------------------- validation
+
+def snapshot(opt):
+    """A deep copy of everything load_state_dict may touch, parameters named by position."""
+    index = {id(p): i for i, p in enumerate(flat_params(opt))}
+    return {"groups": [{k: [index[id(p)] for p in v] if k == "params" else copy.deepcopy(v)
+                        for k, v in g.items()} for g in opt.param_groups],
+            "state": {index[id(p)]: copy.deepcopy(s) for p, s in opt.state.items()},
+            "schedule": repr(opt.schedule), "t": opt.schedule_step.clone(),
+            "params": [p.detach().clone() for p in flat_params(opt)]}
+
+
+def param_groups():
+    ps = [torch.randn(s, generator=torch.Generator().manual_seed(i), requires_grad=True)
+          for i, s in enumerate([(3, 2), (4,), (2,)])]
+    return [{"params": ps[:2]}, {"params": ps[2:], "lr": 0.1}]
+
+
+def with_state(cls, steps=3, **options):
+    opt = cls(param_groups(), schedule=cosine(10), impl="reference", **options)
+    train(opt, 0, steps)
+    return opt
+
+
+def torch_sgd_sd(momentum):
+    opt = torch.optim.SGD(param_groups(), lr=0.1, momentum=momentum)
+    train(opt, 0, 1)
+    return opt.state_dict()
+
+
+DELETE = object()
+
+
+def _set(path, value):
+    """A corruption: ``sd[path[0]][path[1]]... = value``, or deleted for ``DELETE``."""
+    def corrupt(sd):
+        target = sd
+        for key in path[:-1]:
+            target = target[key]
+        if value is DELETE:
+            del target[path[-1]]
+        else:
+            target[path[-1]] = value
+        return sd
+    return corrupt
+
+
+BAD = [
+    ("not a state_dict", lambda sd: {"weights": 1}, "not an optimizer state_dict"),
+    ("an SGD checkpoint", lambda sd: torch_sgd_sd(0.9), "another kind of optimizer"),
+    ("an SGD checkpoint without state", lambda sd: torch_sgd_sd(0.0), "another kind"),
+    ("one group too few", lambda sd: {**sd, "param_groups": sd["param_groups"][:1]},
+     "1 parameter groups, this optimizer has 2"),
+    ("a parameter too few", _set(("param_groups", 0, "params"), [0]), "group 0 .* 1 param"),
+    ("a wrong state shape", _set(("state", 0, "exp_avg"), torch.zeros(2, 3)), "shape"),
+    ("an integer state", _set(("state", 1, "exp_avg_sq"), torch.zeros(4, dtype=torch.int64)),
+     "dtype torch.int64"),
+    ("a missing state tensor", _set(("state", 0, "exp_avg_sq"), DELETE), "needs"),
+    ("a None state tensor", _set(("state", 0, "exp_avg"), None), "'exp_avg' is NoneType"),
+    ("amsgrad without max_exp_avg_sq", _set(("param_groups", 0, "amsgrad"), True),
+     "max_exp_avg_sq"),
+    ("a step that is not a count", _set(("state", 0, "step"), torch.ones(2)), "'step'"),
+    ("state of an unknown parameter", _set(("state", 7), {}), "parameter 7"),
+    ("a negative lr", _set(("param_groups", 1, "lr"), -0.1), "group 1 .*learning rate"),
+    ("a NaN eps", _set(("param_groups", 0, "eps"), float("nan")), "epsilon"),
+    ("beta2 = 1", _set(("param_groups", 0, "betas"), (0.9, 1.0)), "beta"),
+    ("an invalid schedule", _set(("fused_lrs", "schedule"), "cosine(T_max=-1)"), "fused_lrs"),
+    ("not a schedule", _set(("fused_lrs", "schedule"), "__import__('os')"), "fused_lrs"),
+    ("no schedule counter", _set(("fused_lrs", "t"), DELETE), "fused_lrs"),
+    ("a negative schedule counter", _set(("fused_lrs", "t"), torch.tensor(-1)), "negative"),
+]
+
+
+@pytest.mark.parametrize("corrupt, match", [pytest.param(f, m, id=n) for n, f, m in BAD])
+def test_bad_checkpoint_raises_and_changes_nothing(corrupt, match):
+    opt = with_state(FusedAdamScheduled)
+    sd = corrupt(copy.deepcopy(opt.state_dict()))
+    before = snapshot(opt)
+    with pytest.raises(ValueError, match=match):
+        opt.load_state_dict(sd)
+    assert_identical(snapshot(opt), before, "optimizer")
+
+
+def test_adam_checkpoint_into_sgd_raises_and_changes_nothing():
+    opt = with_state(FusedSGDScheduled, momentum=0.9)
+    before = snapshot(opt)
+    for sd in (with_state(FusedAdamScheduled).state_dict(),
+               with_state(FusedAdamScheduled, steps=0).state_dict()):
+        with pytest.raises(ValueError, match="another kind of optimizer"):
+            opt.load_state_dict(sd)
+        assert_identical(snapshot(opt), before, "optimizer")
+
+
+@pytest.mark.parametrize("case", RESUMED)
+def test_deepcopy_and_pickle_keep_schedule_and_counter(case):
+    ours, _, _, _ = pair(case, torch.float32)
+    train(ours, 0, K)
+    copies = [copy.deepcopy(ours), pickle.loads(pickle.dumps(ours))]
+    train(ours, K, N)
+    for other in copies:
+        assert repr(other.schedule) == repr(ours.schedule) and other.impl == ours.impl
+        train(other, K, N)
+        assert_identical(checkpoint(other), checkpoint(ours))

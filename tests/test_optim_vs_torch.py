@@ -1,0 +1,397 @@
+"""The reference path against torch.optim.Adam, AdamW and SGD driven by torch's schedulers.
+
+Every test runs our optimizer (``impl="reference"``) and torch's side by side on clones of the
+same parameters, feeds both the same gradients, steps torch's loop ``opt.step(); sched.step()``,
+and compares the parameters and every state tensor (``assert_same_state``). Tolerances: float32
+rtol 1e-5 / atol 1e-7, float64 rtol 1e-12 / atol 1e-15; the lr lists to rtol 1e-12.
+"""
+
+import pytest
+import torch
+from conftest import assert_close
+from torch.optim import lr_scheduler as tls
+
+from fused_lrs.optim import FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled
+from fused_lrs.schedules import (
+    chained,
+    constant,
+    cosine,
+    cosine_restarts,
+    cyclic,
+    exponential,
+    linear,
+    multistep,
+    one_cycle,
+    polynomial,
+    sequential,
+    step,
+)
+
+N_STEPS = 50
+LR = 0.01
+# Three groups of SHAPES[start:stop], with lr LR * LR_SCALES and weight decay wd * the third
+# entry (wd: the option under test). (0,) is a zero-size parameter.
+SHAPES = [(5, 3), (7,), (0,), (1,), (4, 2), (3,)]
+GROUPS = [(0, 2, 1.0), (2, 5, 3.0), (5, 6, 0.0)]
+LR_SCALES = (1.0, 0.5, 2.0)
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-7), torch.float64: dict(rtol=1e-12, atol=1e-15)}
+LR_TOL = dict(rtol=1e-12, atol=1e-18)
+DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float64, id="fp64")]
+
+# (name, our class, torch class, fixed kwargs): torch.optim.Adam(decoupled_weight_decay=True)
+# is AdamW, and so is FusedAdamScheduled with the same flag.
+ADAMS = [("Adam", FusedAdamScheduled, torch.optim.Adam, {}),
+         ("AdamW", FusedAdamWScheduled, torch.optim.AdamW, {}),
+         ("Adam(decoupled)", FusedAdamScheduled, torch.optim.Adam,
+          {"decoupled_weight_decay": True})]
+SGD_MOMENTA = {"plain": {}, "momentum": dict(momentum=0.9),
+               "dampening": dict(momentum=0.9, dampening=0.3),
+               "nesterov": dict(momentum=0.9, nesterov=True)}
+
+
+def _adam_options():
+    for name, ours, theirs, fixed in ADAMS:
+        for amsgrad in (False, True):
+            for maximize in (False, True):
+                for wd in (0.0, 0.1):
+                    options = dict(fixed, amsgrad=amsgrad, maximize=maximize, weight_decay=wd)
+                    flags = [name] + ["amsgrad"] * amsgrad + ["maximize"] * maximize
+                    yield "-".join(flags + [f"wd{wd}"]), ours, theirs, options
+
+
+def _sgd_options():
+    for name, momentum in SGD_MOMENTA.items():
+        for maximize in (False, True):
+            for wd in (0.0, 0.1):
+                options = dict(momentum, maximize=maximize, weight_decay=wd)
+                flags = ["SGD", name] + ["maximize"] * maximize
+                yield "-".join(flags + [f"wd{wd}"]), FusedSGDScheduled, torch.optim.SGD, options
+
+
+OPTIONS = list(_adam_options()) + list(_sgd_options())
+
+# (name, torch scheduler factory, our spec): more than five families, composites included.
+SCHEDULES = [
+    ("step", lambda o: tls.StepLR(o, step_size=7, gamma=0.5), step(7, 0.5)),
+    ("multistep", lambda o: tls.MultiStepLR(o, [10, 25, 25, 40], gamma=0.5),
+     multistep([10, 25, 25, 40], 0.5)),
+    ("exponential", lambda o: tls.ExponentialLR(o, gamma=0.95), exponential(0.95)),
+    ("cosine", lambda o: tls.CosineAnnealingLR(o, T_max=20, eta_min=1e-4), cosine(20, 1e-4)),
+    ("cosine_restarts", lambda o: tls.CosineAnnealingWarmRestarts(o, T_0=5, T_mult=2,
+                                                                  eta_min=1e-5),
+     cosine_restarts(5, 2, 1e-5)),
+    ("linear", lambda o: tls.LinearLR(o, start_factor=0.1, total_iters=10), linear(0.1, 1.0, 10)),
+    ("constant", lambda o: tls.ConstantLR(o, factor=0.5, total_iters=8), constant(0.5, 8)),
+    ("polynomial", lambda o: tls.PolynomialLR(o, total_iters=30, power=2.0), polynomial(30, 2.0)),
+    ("one_cycle", lambda o: tls.OneCycleLR(o, max_lr=0.05, total_steps=60, cycle_momentum=False),
+     one_cycle(0.05, 60)),
+    ("cyclic", lambda o: tls.CyclicLR(o, base_lr=1e-3, max_lr=1e-2, step_size_up=5,
+                                      step_size_down=8, mode="triangular2",
+                                      cycle_momentum=False),
+     cyclic(1e-3, 1e-2, 5, 8, "triangular2")),
+    ("warmup+cosine", lambda o: tls.SequentialLR(
+        o, [tls.LinearLR(o, start_factor=0.1, total_iters=5), tls.CosineAnnealingLR(o, 30)],
+        milestones=[5]), sequential([linear(0.1, 1.0, 5), cosine(30)], [5])),
+    ("chained", lambda o: tls.ChainedScheduler(
+        [tls.StepLR(o, step_size=10, gamma=0.5), tls.ExponentialLR(o, gamma=0.98)]),
+     chained([step(10, 0.5), exponential(0.98)])),
+]
+
+
+# ---------------------------------------------------------------- helpers
+
+def flat_params(opt):
+    return [p for g in opt.param_groups for p in g["params"]]
+
+
+def assert_same_state(ours, theirs, rtol, atol, what=""):
+    """Parameters and every state tensor of ``ours`` against torch's, walked in parameter order.
+
+    Every key torch keeps must be in ours with the same dtype and value. The one documented extra
+    is SGD's ``step``: our SGD counts its updates to tell the first momentum update (which copies
+    the gradient into the buffer) from the later ones; torch's SGD keeps no count."""
+    extra_ok = {"step"} if isinstance(ours, FusedSGDScheduled) else set()
+    mine, others = flat_params(ours), flat_params(theirs)
+    assert len(mine) == len(others)
+    for i, (p, q) in enumerate(zip(mine, others)):
+        assert_close(p, q, rtol, atol, f"{what} param {i}")
+        state, expected = ours.state.get(p, {}), theirs.state.get(q, {})
+        assert set(expected) <= set(state) <= set(expected) | extra_ok, \
+            f"{what} param {i}: state keys {sorted(state)}, torch has {sorted(expected)}"
+        for key, value in expected.items():
+            assert state[key].dtype == value.dtype, f"{what} param {i} {key}: dtype"
+            assert_close(state[key], value, rtol, atol, f"{what} param {i} state {key!r}")
+
+
+def make_pair(ours_cls, torch_cls, options, dtype, spec=None, lr_scales=LR_SCALES,
+              schedule_factory=None):
+    """Our optimizer and torch's on clones of the same parameters, grouped as GROUPS."""
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(s, generator=gen, dtype=dtype) for s in SHAPES]
+    options = dict(options)
+    wd = options.pop("weight_decay", 0.0)
+
+    def groups(params):
+        return [{"params": params[a:b], "lr": LR * x, "weight_decay": wd * w}
+                for (a, b, w), x in zip(GROUPS, lr_scales)]
+
+    ours = ours_cls(groups([p.clone().requires_grad_() for p in init]), schedule=spec,
+                    impl="reference", **options)
+    theirs = torch_cls(groups([p.clone().requires_grad_() for p in init]), **options)
+    sched = schedule_factory(theirs) if schedule_factory else None
+    return ours, theirs, sched
+
+
+def has_grad(k, i):
+    """Which parameters get a gradient at step k: param 1 skips every third step, param 5
+    starts late (its state is created at step 4), and step 20 has no gradient at all."""
+    return not (k == 20 or (i == 1 and k % 3 == 2) or (i == 5 and k < 4))
+
+
+def set_grads(ours, theirs, gen, k=None):
+    """The same random gradients on both; at step ``k`` only where ``has_grad`` (every
+    parameter when ``k`` is None)."""
+    for i, (p, q) in enumerate(zip(flat_params(ours), flat_params(theirs))):
+        if k is None or has_grad(k, i):
+            g = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            p.grad, q.grad = g.clone(), g.clone()
+        else:
+            p.grad = q.grad = None
+
+
+def run_both(ours, theirs, sched, dtype, n=N_STEPS, on_step=None):
+    """``n`` more steps of torch's loop on both, from wherever they stand (``t0``): the lrs are
+    checked every step, the whole state every fifth step. ``on_step(t)`` runs before step t+1."""
+    gen = torch.Generator().manual_seed(1)
+    t0 = int(ours.schedule_step)
+    if sched is not None and t0 == 0:
+        assert_close(ours.get_last_lr(), sched.get_last_lr(), **LR_TOL, what="lr(0)")
+    for k in range(t0, t0 + n):
+        if on_step is not None:
+            on_step(k)
+        set_grads(ours, theirs, gen, k)
+        used = sched.get_last_lr() if sched is not None else None   # torch's lr for this step
+        ours.step()
+        theirs.step()
+        if sched is not None:
+            sched.step()
+            # get_last_lr() is the lr the step just made used (torch's scheduler has moved on).
+            assert_close(ours.get_last_lr(), used, **LR_TOL,
+                         what=f"get_last_lr after step {k + 1}")
+        if (k - t0) % 5 == 0 or k == t0 + n - 1:
+            assert_same_state(ours, theirs, **TOL[dtype], what=f"after step {k + 1}")
+    assert int(ours.schedule_step) == t0 + n
+
+
+# ---------------------------------------------------------------- equivalence
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ours_cls, torch_cls, options, schedule", [
+    pytest.param(ours, theirs, options, SCHEDULES[i % len(SCHEDULES)],
+                 id=f"{name}-{SCHEDULES[i % len(SCHEDULES)][0]}")
+    for i, (name, ours, theirs, options) in enumerate(OPTIONS)])
+def test_every_option_matches_torch(ours_cls, torch_cls, options, schedule, dtype):
+    """Every option combination, each with the next schedule in turn."""
+    _, factory, spec = schedule
+    run_both(*make_pair(ours_cls, torch_cls, options, dtype, spec, schedule_factory=factory),
+             dtype)
+
+
+REPRESENTATIVES = [
+    pytest.param(FusedAdamScheduled, torch.optim.Adam, dict(amsgrad=True, weight_decay=0.1),
+                 id="Adam-amsgrad-wd"),
+    pytest.param(FusedAdamWScheduled, torch.optim.AdamW, dict(weight_decay=0.1), id="AdamW-wd"),
+    pytest.param(FusedSGDScheduled, torch.optim.SGD,
+                 dict(momentum=0.9, nesterov=True, weight_decay=0.1), id="SGD-nesterov-wd"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ours_cls, torch_cls, options", REPRESENTATIVES)
+@pytest.mark.parametrize("name, factory, spec", SCHEDULES, ids=[s[0] for s in SCHEDULES])
+def test_every_schedule_matches_torch(name, factory, spec, ours_cls, torch_cls, options, dtype):
+    run_both(*make_pair(ours_cls, torch_cls, options, dtype, spec, schedule_factory=factory),
+             dtype)
+
+
+def test_adamw_class_matches_torch_adam_decoupled():
+    """FusedAdamWScheduled is torch.optim.Adam(decoupled_weight_decay=True)."""
+    def adam_decoupled(groups, **kw):
+        return torch.optim.Adam(groups, decoupled_weight_decay=True, **kw)
+
+    run_both(*make_pair(FusedAdamWScheduled, adam_decoupled, dict(weight_decay=0.1),
+                        torch.float64, cosine(20),
+                        schedule_factory=lambda o: tls.CosineAnnealingLR(o, 20)),
+             torch.float64)
+
+
+@pytest.mark.parametrize("ours_cls, torch_cls, options", REPRESENTATIVES)
+def test_group_with_lr_zero_stays_put(ours_cls, torch_cls, options):
+    ours, theirs, sched = make_pair(ours_cls, torch_cls, options, torch.float32, step(7, 0.5),
+                                    lr_scales=(1.0, 0.0, 2.0),
+                                    schedule_factory=lambda o: tls.StepLR(o, 7, 0.5))
+    frozen = [p.detach().clone() for p in ours.param_groups[1]["params"]]
+    run_both(ours, theirs, sched, torch.float32)
+    for p, before in zip(ours.param_groups[1]["params"], frozen):
+        assert torch.equal(p, before)
+    assert ours.get_last_lr()[1] == 0.0
+
+
+# ---------------------------------------------------------------- lr, counters, hooks
+
+def _adam(params, **kw):
+    return FusedAdamScheduled(params, impl="reference", **kw)
+
+
+def test_last_lr_is_float64_on_the_params_device():
+    for device in ("cpu", "meta"):
+        opt = _adam([torch.zeros(3, device=device, requires_grad=True)], lr=0.1,
+                    schedule=cosine(10))
+        assert opt.last_lr.dtype == torch.float64
+        assert opt.last_lr.device.type == device
+        assert opt.last_lr.shape == (1,)
+        assert opt.schedule_step.dtype == torch.int64
+        assert opt.schedule_step.device.type == device
+
+
+def test_get_last_lr_before_the_first_step_is_lr0():
+    ps = [torch.zeros(2, requires_grad=True) for _ in range(2)]
+    opt = _adam([{"params": ps[:1], "lr": 0.1}, {"params": ps[1:], "lr": 0.3}],
+                schedule=linear(0.25, 1.0, 4))
+    assert_close(opt.get_last_lr(), [0.025, 0.075], rtol=1e-15)
+
+
+def test_schedule_step_counts_steps_without_any_grad():
+    p = torch.zeros(3, requires_grad=True)
+    opt = _adam([p], lr=0.1, schedule=step(2, 0.5))
+    for _ in range(3):
+        opt.step()
+    assert int(opt.schedule_step) == 3
+    assert opt.state.get(p, {}) == {}
+    assert opt.get_last_lr() == [0.1 * 0.5]
+    p.grad = torch.ones(3)
+    opt.step()
+    # The fourth step used lr(3) = 0.05: one Adam step moves each entry by lr.
+    assert_close(p, torch.full((3,), -0.05), rtol=1e-6)
+    assert float(opt.state[p]["step"]) == 1
+
+
+def test_param_step_does_not_advance_without_grad():
+    a, b = torch.zeros(3, requires_grad=True), torch.zeros(3, requires_grad=True)
+    opt = _adam([a, b])
+    for k in range(6):
+        a.grad = torch.ones(3)
+        b.grad = torch.ones(3) if k % 2 else None
+        opt.step()
+    assert float(opt.state[a]["step"]) == 6
+    assert float(opt.state[b]["step"]) == 3
+    assert opt.state[a]["step"].dtype == torch.float32
+
+
+def test_step_hooks_fire_once_per_step_like_torch():
+    calls = {"ours": [], "torch": []}
+    ours = _adam([torch.zeros(2, requires_grad=True)])
+    theirs = torch.optim.Adam([torch.zeros(2, requires_grad=True)])
+    for name, opt in (("ours", ours), ("torch", theirs)):
+        opt.register_step_pre_hook(lambda o, args, kw, n=name: calls[n].append("pre"))
+        opt.register_step_post_hook(lambda o, args, kw, n=name: calls[n].append("post"))
+        for _ in range(3):
+            opt.step()
+    assert calls["ours"] == calls["torch"] == ["pre", "post"] * 3
+
+
+def test_step_returns_the_closure_loss():
+    p = torch.ones(2, requires_grad=True)
+    opt = _adam([p])
+
+    def closure():
+        opt.zero_grad()
+        loss = (p * p).sum()
+        loss.backward()
+        return loss
+
+    assert float(opt.step(closure).detach()) == 2.0
+    assert not torch.equal(p.detach(), torch.ones(2))
+
+
+def test_zero_grad_sets_grads_to_none_by_default():
+    p = torch.zeros(3, requires_grad=True)
+    opt = FusedSGDScheduled([p], lr=0.1)
+    p.grad = torch.ones(3)
+    opt.zero_grad()
+    assert p.grad is None
+    p.grad = torch.ones(3)
+    opt.zero_grad(set_to_none=False)
+    assert torch.equal(p.grad, torch.zeros(3))
+
+
+# ---------------------------------------------------------------- groups and hyperparameters
+
+def drive_torch_lr(theirs, spec, bases, k):
+    """torch's groups set by hand to ``spec.lr(k, base)``: for setups torch's schedulers cannot
+    follow (a group added after the scheduler was built)."""
+    for group, base in zip(theirs.param_groups, bases):
+        group["lr"] = float(spec.lr(k, base))
+
+
+@pytest.mark.parametrize("ours_cls, torch_cls, options", REPRESENTATIVES)
+def test_add_param_group_steps_with_its_own_lr(ours_cls, torch_cls, options):
+    spec = exponential(0.9)
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(s, generator=gen, dtype=torch.float64) for s in ((4,), (2, 3))]
+    ps = [p.clone().requires_grad_() for p in init]
+    qs = [p.clone().requires_grad_() for p in init]
+    ours = ours_cls([ps[0]], lr=0.01, schedule=spec, impl="reference", **options)
+    theirs = torch_cls([qs[0]], lr=0.01, **options)
+    bases = [0.01]
+    grads = torch.Generator().manual_seed(1)
+    for k in range(20):
+        if k == 5:
+            ours.add_param_group({"params": [ps[1]], "lr": 0.05})
+            theirs.add_param_group({"params": [qs[1]], "lr": 0.05})
+            bases.append(0.05)
+        drive_torch_lr(theirs, spec, bases, k)
+        set_grads(ours, theirs, grads)
+        ours.step()
+        theirs.step()
+        assert_same_state(ours, theirs, **TOL[torch.float64], what=f"step {k + 1}")
+    # The 20th step used lr(19).
+    assert_close(ours.get_last_lr(), [0.01 * 0.9 ** 19, 0.05 * 0.9 ** 19], rtol=1e-12)
+
+
+@pytest.mark.parametrize("ours_cls, torch_cls, options", REPRESENTATIVES)
+def test_tensor_lr(ours_cls, torch_cls, options):
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(s, generator=gen) for s in ((5, 3), (7,))]
+    ours = ours_cls([p.clone().requires_grad_() for p in init], lr=torch.tensor(0.01),
+                    schedule=step(4, 0.5), impl="reference", **options)
+    theirs = torch_cls([p.clone().requires_grad_() for p in init], lr=torch.tensor(0.01),
+                       **options)
+    run_both(ours, theirs, tls.StepLR(theirs, 4, 0.5), torch.float32, n=20)
+
+
+# Hyperparameter changes made to every group before step k, on both optimizers.
+CHANGES = [
+    pytest.param(FusedAdamScheduled, torch.optim.Adam, {},
+                 {10: dict(weight_decay=0.2), 20: dict(betas=(0.8, 0.99)), 30: dict(eps=1e-3),
+                  40: dict(maximize=True)}, id="Adam"),
+    pytest.param(FusedAdamWScheduled, torch.optim.AdamW, dict(weight_decay=0.0),
+                 {10: dict(weight_decay=0.3), 25: dict(betas=(0.5, 0.9))}, id="AdamW"),
+    pytest.param(FusedSGDScheduled, torch.optim.SGD, {},
+                 {10: dict(momentum=0.9), 20: dict(dampening=0.5), 30: dict(dampening=0.0,
+                                                                            nesterov=True),
+                  40: dict(weight_decay=0.1, maximize=True)}, id="SGD"),
+]
+
+
+@pytest.mark.parametrize("ours_cls, torch_cls, options, changes", CHANGES)
+def test_hyperparameter_changes_between_steps(ours_cls, torch_cls, options, changes):
+    ours, theirs, sched = make_pair(ours_cls, torch_cls, options, torch.float64, step(7, 0.5),
+                                    schedule_factory=lambda o: tls.StepLR(o, 7, 0.5))
+
+    def change(k):
+        for opt in (ours, theirs):
+            for group in opt.param_groups:
+                group.update(changes.get(k, {}))
+
+    run_both(ours, theirs, sched, torch.float64, on_step=change)
