@@ -181,3 +181,32 @@ def test_tables_are_rebuilt_only_when_tensors_change():
     opt.param_groups[0]["lr"] = 0.2              # a hyperparameter change: new group table
     opt.step()
     assert opt._launcher.tensors is not tables
+
+
+@pytest.mark.parametrize("problem", ["float64", "non-contiguous", "cast-after-build"])
+def test_what_the_kernel_cannot_take_raises_and_changes_nothing(problem):
+    if problem == "float64":
+        p = torch.randn(8, 4, dtype=torch.float64, device=KERNEL_DEVICE, requires_grad=True)
+    else:
+        p = torch.randn(8, 4, device=KERNEL_DEVICE, requires_grad=True)
+    opt = FusedAdamScheduled([p], lr=0.1, impl="triton")
+    if problem == "cast-after-build":
+        p.grad = torch.randn_like(p)
+        opt.step()
+        p.data = p.data.to(torch.bfloat16)       # the model was cast; the states were not
+        p.grad = None
+        p.grad = torch.randn_like(p)
+    elif problem == "non-contiguous":
+        p.data = p.data.t()
+        p.grad = torch.randn_like(p)
+    else:
+        p.grad = torch.randn_like(p)
+    before = (p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()},
+              int(opt.schedule_step))
+    with pytest.raises((TypeError, ValueError),
+                       match="float32, bfloat16 and float16|contiguous|was the model cast"):
+        opt.step()
+    assert torch.equal(p.detach(), before[0])
+    assert set(opt.state[p]) == set(before[1])
+    assert all(torch.equal(opt.state[p][k], v) for k, v in before[1].items())
+    assert int(opt.schedule_step) == before[2]

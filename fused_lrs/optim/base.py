@@ -123,6 +123,8 @@ class ScheduledOptimizer(torch.optim.Optimizer):
         if self.impl == "triton":
             self._triton_step(work)
         else:
+            self.check_gradients(work)
+            self.prepare_state(work)
             for group, params in zip(self.param_groups, work):
                 lr = self.schedule.lr(self._t, group["lr"])
                 for p in params:
@@ -131,22 +133,43 @@ class ScheduledOptimizer(torch.optim.Optimizer):
         return loss
 
     def _gather(self) -> list[list[torch.Tensor]]:
-        """The parameters with a gradient, per group, after checking every gradient; then (and
-        only then) state is created for parameters that have none yet."""
-        name = type(self).__name__
+        """The parameters with a gradient, per group. A sparse gradient raises here, before
+        anything is touched (its address is meaningless to the rest)."""
         work = [[p for p in g["params"] if p.grad is not None] for g in self.param_groups]
+        if any(p.grad.is_sparse for params in work for p in params):
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        return work
+
+    def check_gradients(self, work, kernel: bool = False) -> None:
+        """Check what a step needs of each gradient (and, for the kernel, of each tensor it
+        will address). torch itself guarantees a gradient's shape; its dtype may differ when
+        the parameter's ``grad_dtype`` allows it. Called before any state is created."""
+        name = type(self).__name__
         for params in work:
             for p in params:
-                if p.grad.is_sparse:
-                    raise RuntimeError(f"{name} does not support sparse gradients")
-                if p.grad.shape != p.shape or p.grad.dtype != p.dtype:
-                    raise RuntimeError(f"{name}: a gradient of shape {tuple(p.grad.shape)} and "
-                                       f"dtype {p.grad.dtype} does not match its parameter "
-                                       f"({tuple(p.shape)}, {p.dtype})")
+                if p.grad.dtype != p.dtype:
+                    raise RuntimeError(f"{name}: a gradient of dtype {p.grad.dtype} does not "
+                                       f"match its parameter's {p.dtype}")
+                if not kernel:
+                    continue
+                if p.dtype not in KERNEL_DTYPES:
+                    raise TypeError(f"{name}: impl='triton' updates float32, bfloat16 and "
+                                    f"float16 parameters, got {p.dtype}; use impl='reference'")
+                tensors = [p, p.grad, *(v for k, v in self.state[p].items()
+                                        if k != "step" and isinstance(v, torch.Tensor))]
+                if not all(x.is_contiguous() for x in tensors):
+                    raise ValueError(f"{name}: impl='triton' needs contiguous parameters, "
+                                     "gradients and states; use impl='reference'")
+                if any(x.dtype != p.dtype for x in tensors):
+                    raise TypeError(f"{name}: a state tensor's dtype differs from its "
+                                    f"parameter's ({p.dtype}); was the model cast after the "
+                                    "optimizer was built?")
+
+    def prepare_state(self, work) -> None:
+        """Create whatever state each parameter with a gradient lacks (torch's lazy init)."""
         for group, params in zip(self.param_groups, work):
             for p in params:
                 self._ensure_state(p, self.state[p], group)
-        return work
 
     def _ensure_state(self, p: torch.Tensor, state: dict, group: dict[str, Any]) -> None:
         """Create whatever state ``group``'s options need and ``state`` lacks."""

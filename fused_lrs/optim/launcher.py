@@ -4,6 +4,10 @@ It owns the device tables the kernel reads, rebuilds them only when a tensor's i
 storage, or a group's hyperparameter, changes, and makes one launch per ``step()``. The check
 that decides "unchanged" reads only host-side facts (addresses, Python numbers, tensors'
 version counters), so it never synchronises.
+
+The key holds the addresses of every parameter and gradient. State tensors change address
+only through ``load_state_dict`` and ``set_schedule``, which drop the launcher, or through
+new parameters getting gradients, which changes the key.
 """
 
 from __future__ import annotations
@@ -52,6 +56,10 @@ class Launcher:
         key = (tuple(tuple(_scalar_key(g[k]) for k in keys) for g in opt.param_groups),
                tuple((p.data_ptr(), p.grad.data_ptr()) for params in work for p in params))
         if key != self.key:
+            # New tensors or hyperparameters: check and prepare them (before touching any
+            # state), then rebuild the tables. The steady state skips all of it.
+            opt.check_gradients(work, kernel=True)
+            opt.prepare_state(work)
             self._build(work)
             self.key = key
         K.fused_step_kernel[(self.n_programs,)](
@@ -83,13 +91,6 @@ class Launcher:
         rows, addresses, dtypes, sizes = [], [], set(), []
         for gi, params in enumerate(work):
             for p in params:
-                if p.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-                    raise TypeError(f"{type(opt).__name__}: impl='triton' updates float32, "
-                                    f"bfloat16 and float16 parameters, got {p.dtype}; use "
-                                    "impl='reference'")
-                if not (p.is_contiguous() and p.grad.is_contiguous()):
-                    raise ValueError(f"{type(opt).__name__}: impl='triton' needs contiguous "
-                                     "parameters and gradients")
                 state = opt.state[p]
                 states = [state[k].data_ptr() if state.get(k) is not None else 0
                           for k in state_keys]
