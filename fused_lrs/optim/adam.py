@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from fused_lrs.optim import reference
-from fused_lrs.optim.base import ScheduledOptimizer
+from fused_lrs.optim.base import ScheduledOptimizer, as_float
 from fused_lrs.schedules import Schedule
 
 _ARGS_DOC = """
@@ -40,6 +39,8 @@ class FusedAdamScheduled(ScheduledOptimizer):
     __doc__ = "Adam with the learning-rate schedule evaluated inside the update." + _ARGS_DOC
     algorithm = "adam"
     group_keys = ("lr", "betas", "eps", "weight_decay")
+    row_keys = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
+                "decoupled_weight_decay")
     _decoupled_default = False
 
     def __init__(self, params, lr: float | torch.Tensor = 1e-3, betas=(0.9, 0.999),
@@ -87,13 +88,17 @@ class FusedAdamScheduled(ScheduledOptimizer):
         amsgrad = {"max_exp_avg_sq"} if group.get("amsgrad") else set()
         return required | amsgrad, required | {"max_exp_avg_sq"}
 
-    def _reference_update(self, p, state, group, lr) -> None:
+    def _group_row(self, group) -> list[float]:
         beta1, beta2 = group["betas"]
-        reference.adam(p, p.grad, state["exp_avg"], state["exp_avg_sq"],
-                       state.get("max_exp_avg_sq"), state["step"], lr=lr, beta1=beta1,
-                       beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
-                       amsgrad=group["amsgrad"], maximize=group["maximize"],
-                       decoupled=group["decoupled_weight_decay"])
+        return [as_float(group["lr"]), as_float(beta1), as_float(beta2), float(group["eps"]),
+                float(group["weight_decay"]), float(group["amsgrad"]), float(group["maximize"]),
+                float(group["decoupled_weight_decay"])]
+
+    def _state_lists(self, work):
+        groups = zip(self.param_groups, work)
+        return ([self.state[p]["exp_avg"] for ps in work for p in ps],
+                [self.state[p]["exp_avg_sq"] for ps in work for p in ps],
+                [self.state[p]["max_exp_avg_sq"] for g, ps in groups if g["amsgrad"] for p in ps])
 
 
 class FusedAdamWScheduled(FusedAdamScheduled):

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from fused_lrs.optim.op import reference_step
 from fused_lrs.schedules import Schedule, constant, parse
 from fused_lrs.schedules.base import check_schedule
 
@@ -23,17 +24,34 @@ IMPLS = ("auto", "triton", "reference")
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def _scalar_key(value):
+    """A host-side identity for a hyperparameter: the number, or a tensor's id and version
+    (in-place writes bump ``_version``), so checking it never reads the device."""
+    if isinstance(value, torch.Tensor):
+        return (id(value), value._version)
+    if isinstance(value, (tuple, list)):
+        return tuple(_scalar_key(v) for v in value)
+    return value
+
+
+def as_float(value) -> float:
+    return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
+
+
 class ScheduledOptimizer(torch.optim.Optimizer):
     """Base class: argument checks, state, checkpoints and the choice of implementation.
 
-    A subclass names its ``algorithm`` ("adam" or "sgd"), the state tensors it keeps, its
-    ``_check_group`` and its reference update ``_reference_update``.
+    A subclass names its ``algorithm`` ("adam" or "sgd"), checks its groups
+    (``_check_group``), creates its state (``_ensure_state``), and lays out its hyperparameters
+    (``row_keys``, ``_group_row``) and states (``_state_lists``) for the step op.
     """
 
     algorithm: ClassVar[str]
     #: The hyperparameters every saved group of this optimizer holds: a checkpoint group that
     #: lacks one was saved by another kind of optimizer.
     group_keys: ClassVar[tuple[str, ...]]
+    #: The group entries the kernel's group row is made of (a change rebuilds the row).
+    row_keys: ClassVar[tuple[str, ...]]
 
     def __init__(self, params, defaults: dict[str, Any], *, schedule: Schedule | None,
                  impl: str, differentiable: bool) -> None:
@@ -44,13 +62,14 @@ class ScheduledOptimizer(torch.optim.Optimizer):
                 "flow through step(); use torch.optim for higher-order optimization")
         if impl not in IMPLS:
             raise ValueError(f"{type(self).__name__}: impl must be one of {IMPLS}, got {impl!r}")
-        self.schedule = check_schedule(type(self).__name__, "schedule",
-                                       constant() if schedule is None else schedule)
+        schedule = check_schedule(type(self).__name__, "schedule",
+                                  constant() if schedule is None else schedule)
         self.impl_requested = impl
         self._device: torch.device | None = None
         super().__init__(params, defaults)
         self._t = torch.zeros((), dtype=torch.int64, device=self._device)
-        self._launcher = None
+        self._rows_key, self._rows, self._rows_version = None, None, 0
+        self.schedule = schedule
 
     # ---------------------------------------------------------------- groups and checks
 
@@ -120,17 +139,61 @@ class ScheduledOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         work = self._gather()
-        if self.impl == "triton":
+        if torch.compiler.is_compiling():
+            self._compiled_step(work)
+        elif self.impl == "triton":
             self._triton_step(work)
         else:
             self.check_gradients(work)
             self.prepare_state(work)
-            for group, params in zip(self.param_groups, work):
-                lr = self.schedule.lr(self._t, group["lr"])
-                for p in params:
-                    self._reference_update(p, self.state[p], group, lr)
-            self._t += 1
+            reference_step(**{k: v for k, v in self.op_args(work).items() if k != "impl"})
         return loss
+
+    def _compiled_step(self, work) -> None:
+        """Under torch.compile: the step is one custom op (``op.py``), no Python bookkeeping
+        in the graph. State must exist already: ``init_state()``, or one eager step."""
+        missing = [i for params in work for i, p in enumerate(params) if "step" not in
+                   self.state[p]]
+        if missing:
+            raise RuntimeError(f"{type(self).__name__}: some parameters have no optimizer state "
+                               "yet; call opt.init_state() (or take one eager step) before "
+                               "torch.compile or CUDA-graph capture")
+        torch.ops.fused_lrs.step(**self.op_args(work))
+
+    def op_args(self, work) -> dict[str, Any]:
+        """The step op's arguments (``op.py``) for ``work``, the parameters with a gradient."""
+        params = [p for ps in work for p in ps]
+        state1, state2, state3 = self._state_lists(work)
+        # Tensors the optimizer owns are read through __dict__: dynamo proxies a dict lookup,
+        # while it cannot proxy an optimizer's own tensor attributes.
+        return dict(params=params, grads=[p.grad for p in params], state1=state1,
+                    state2=state2, state3=state3, steps=[self.state[p]["step"] for p in params],
+                    t=self.__dict__["_t"], table=self.__dict__["_table"],
+                    kinds=list(self._kinds), group_of=[g for g, ps in enumerate(work) for _ in ps],
+                    groups=[x for row in self.group_rows() for x in row],
+                    schedule=self._schedule_repr, algorithm=self.algorithm, impl=self.impl)
+
+    def group_rows(self) -> list[list[float]]:
+        """Each group's hyperparameters as the kernel's float64 row. Rebuilt only when an entry
+        changes, judged from host facts alone (a tensor hyperparameter by its id and version),
+        so reading the rows never synchronises."""
+        key = tuple(tuple(_scalar_key(g[k]) for k in self.row_keys) for g in self.param_groups)
+        if key != self._rows_key:
+            self._rows = [self._group_row(g) for g in self.param_groups]
+            self._rows_key = key
+            self._rows_version += 1
+        return self._rows
+
+    def _group_row(self, group: dict[str, Any]) -> list[float]:
+        raise NotImplementedError
+
+    def _state_lists(self, work) -> tuple[list, list, list]:
+        raise NotImplementedError
+
+    def init_state(self) -> None:
+        """Create the state of every parameter now, gradient or not, without stepping: what
+        torch.compile and CUDA-graph capture need to find before their first step."""
+        self.prepare_state([g["params"] for g in self.param_groups])
 
     def _gather(self) -> list[list[torch.Tensor]]:
         """The parameters with a gradient, per group. A sparse gradient raises here, before
@@ -140,30 +203,16 @@ class ScheduledOptimizer(torch.optim.Optimizer):
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         return work
 
-    def check_gradients(self, work, kernel: bool = False) -> None:
-        """Check what a step needs of each gradient (and, for the kernel, of each tensor it
-        will address). torch itself guarantees a gradient's shape; its dtype may differ when
-        the parameter's ``grad_dtype`` allows it. Called before any state is created."""
+    def check_gradients(self, work) -> None:
+        """Check what a step needs of each gradient. torch itself guarantees a gradient's shape;
+        its dtype may differ when the parameter's ``grad_dtype`` allows it. Called before any
+        state is created."""
         name = type(self).__name__
         for params in work:
             for p in params:
                 if p.grad.dtype != p.dtype:
                     raise RuntimeError(f"{name}: a gradient of dtype {p.grad.dtype} does not "
                                        f"match its parameter's {p.dtype}")
-                if not kernel:
-                    continue
-                if p.dtype not in KERNEL_DTYPES:
-                    raise TypeError(f"{name}: impl='triton' updates float32, bfloat16 and "
-                                    f"float16 parameters, got {p.dtype}; use impl='reference'")
-                tensors = [p, p.grad, *(v for k, v in self.state[p].items()
-                                        if k != "step" and isinstance(v, torch.Tensor))]
-                if not all(x.is_contiguous() for x in tensors):
-                    raise ValueError(f"{name}: impl='triton' needs contiguous parameters, "
-                                     "gradients and states; use impl='reference'")
-                if any(x.dtype != p.dtype for x in tensors):
-                    raise TypeError(f"{name}: a state tensor's dtype differs from its "
-                                    f"parameter's ({p.dtype}); was the model cast after the "
-                                    "optimizer was built?")
 
     def prepare_state(self, work) -> None:
         """Create whatever state each parameter with a gradient lacks (torch's lazy init)."""
@@ -175,9 +224,6 @@ class ScheduledOptimizer(torch.optim.Optimizer):
         """Create whatever state ``group``'s options need and ``state`` lacks."""
         raise NotImplementedError
 
-    def _reference_update(self, p, state, group, lr) -> None:
-        raise NotImplementedError
-
     def _triton_step(self, work) -> None:
         if self._device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError(f"{type(self).__name__}: impl='triton' needs CUDA tensors (or "
@@ -185,10 +231,24 @@ class ScheduledOptimizer(torch.optim.Optimizer):
         from fused_lrs.optim.launcher import Launcher
 
         if self._launcher is None:
-            self._launcher = Launcher(self)
-        self._launcher.step(work)
+            self._launcher = Launcher(self._device)
+        self._launcher.step(self, work)
 
     # ---------------------------------------------------------------- the schedule
+
+    @property
+    def schedule(self) -> Schedule:
+        """The schedule spec. Setting it uploads its table to the device (new numbers never
+        recompile: the kernel is keyed by the spec's kinds only)."""
+        return self._schedule
+
+    @schedule.setter
+    def schedule(self, spec: Schedule) -> None:
+        self._schedule = check_schedule(type(self).__name__, "schedule", spec)
+        self._schedule_repr = repr(spec)
+        self._kinds = spec.kinds
+        self._table = spec.table(self._device)
+        self._launcher = None
 
     @property
     def last_lr(self) -> torch.Tensor:
@@ -214,7 +274,6 @@ class ScheduledOptimizer(torch.optim.Optimizer):
     def set_schedule(self, schedule: Schedule, t: int | None = None) -> None:
         """Replace the schedule, and optionally its position ``t`` (steps completed), e.g. with
         ``from_torch(sched)`` and ``torch_position(sched)`` when taking over a torch run."""
-        schedule = check_schedule(type(self).__name__, "schedule", schedule)
         if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 0):
             raise ValueError(f"{type(self).__name__}: t must be an integer >= 0, got {t!r}")
         self.schedule = schedule
@@ -254,10 +313,13 @@ class ScheduledOptimizer(torch.optim.Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         # torch's keeps defaults, state and param_groups; a copy or a pickle also needs the
-        # schedule, its counter and the implementation (the launcher is rebuilt on demand).
-        return {**super().__getstate__(), "schedule": self.schedule, "_t": self._t,
-                "impl_requested": self.impl_requested, "_device": self._device,
-                "_launcher": None}
+        # schedule (with its device table), its counter and the implementation. The launcher
+        # and the cached group rows are rebuilt on demand.
+        return {**super().__getstate__(), "_schedule": self._schedule,
+                "_schedule_repr": self._schedule_repr, "_kinds": self._kinds,
+                "_table": self._table, "_t": self._t, "impl_requested": self.impl_requested,
+                "_device": self._device, "_launcher": None, "_rows_key": None, "_rows": None,
+                "_rows_version": 0}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # As torch's Adam and SGD do: a group saved before an option existed gets its default.

@@ -5,9 +5,15 @@ storage, or a group's hyperparameter, changes, and makes one launch per ``step()
 that decides "unchanged" reads only host-side facts (addresses, Python numbers, tensors'
 version counters), so it never synchronises.
 
-The key holds the addresses of every parameter and gradient. State tensors change address
-only through ``load_state_dict`` and ``set_schedule``, which drop the launcher, or through
-new parameters getting gradients, which changes the key.
+Two doors share the tables and the launch:
+  * ``step(opt, work)``, eager: the key is the addresses of every parameter and gradient. State
+    tensors change address only through ``load_state_dict`` and ``set_schedule`` (which drop
+    the launcher) or when a parameter first gets a gradient (which changes the key).
+  * ``step_lists(...)``, the custom op (``op.py``): every tensor arrives in a list, and the key
+    is all their addresses.
+
+Under CUDA-graph capture a rebuild copies from pinned host memory, which a graph may capture;
+those host buffers are kept for the launcher's lifetime, since each replay copies them again.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ import math
 import torch
 
 from fused_lrs.kernels import optim as K
+from fused_lrs.optim.op import extra_states, rows_of
 
 # Elements per inner iteration: 4 warps x 32 threads x 8 fp32 = two 128-bit accesses per thread
 # per tensor, the usual shape for a memory-bound elementwise body (Liger, Apex use the same).
+# Not yet tuned on a GPU.
 BLOCK = 1024
 NUM_WARPS = 4
 # Programs per SM the chunking aims at, and the most blocks one program walks. A launch of
@@ -27,97 +35,122 @@ NUM_WARPS = 4
 # per-program ticket atomics (one each) negligible.
 PROGRAMS_PER_SM = 8
 MAX_BLOCKS_PER_PROGRAM = 64
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _scalar_key(value):
-    """A host-side identity for a hyperparameter: the number, or a tensor's id and version
-    (in-place writes bump ``_version``), so checking it never reads the device."""
-    if isinstance(value, torch.Tensor):
-        return (id(value), value._version)
-    if isinstance(value, (tuple, list)):
-        return tuple(_scalar_key(v) for v in value)
-    return value
-
-
-def _float(value) -> float:
-    return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
+def check_tensors(name: str, p: torch.Tensor, tensors: list[torch.Tensor]) -> None:
+    """What the kernel needs of a parameter and the tensors it addresses with it."""
+    if p.dtype not in KERNEL_DTYPES:
+        raise TypeError(f"{name}: impl='triton' updates float32, bfloat16 and float16 "
+                        f"parameters, got {p.dtype}; use impl='reference'")
+    if not all(x.is_contiguous() for x in tensors):
+        raise ValueError(f"{name}: impl='triton' needs contiguous parameters, gradients and "
+                         "states; use impl='reference'")
+    if any(x.dtype != p.dtype for x in tensors):
+        raise TypeError(f"{name}: a gradient's or state tensor's dtype differs from its "
+                        f"parameter's ({p.dtype}); was the model cast after the optimizer was "
+                        "built?")
 
 
 class Launcher:
-    def __init__(self, opt) -> None:
-        self.opt = opt
-        self.device = opt._device
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
         self.key = None
         self.ticket = torch.zeros((), dtype=torch.int32, device=self.device)
+        self.pinned: list[torch.Tensor] = []
 
-    def step(self, work: list[list[torch.Tensor]]) -> None:
-        opt = self.opt
-        keys = self._group_keys()
-        key = (tuple(tuple(_scalar_key(g[k]) for k in keys) for g in opt.param_groups),
+    # ---------------------------------------------------------------- the two doors
+
+    def step(self, opt, work: list[list[torch.Tensor]]) -> None:
+        """One launch for ``opt``; ``work`` is its parameters with a gradient, per group."""
+        opt.group_rows()
+        key = (opt._rows_version, opt.__dict__["_table"].data_ptr(),
                tuple((p.data_ptr(), p.grad.data_ptr()) for params in work for p in params))
         if key != self.key:
-            # New tensors or hyperparameters: check and prepare them (before touching any
-            # state), then rebuild the tables. The steady state skips all of it.
-            opt.check_gradients(work, kernel=True)
+            # New tensors or hyperparameters: check, then prepare state (nothing is touched if
+            # a check fails), then rebuild. The steady state skips all of it.
+            name = type(opt).__name__
+            opt.check_gradients(work)
+            for p in (p for params in work for p in params):
+                check_tensors(name, p, [p, p.grad, *(v for k, v in opt.state[p].items()
+                                                     if k != "step" and v is not None)])
             opt.prepare_state(work)
-            self._build(work)
+            args = opt.op_args(work)
+            self._build(args["params"], args["grads"], args["state1"], args["state2"],
+                        args["state3"], args["steps"], args["table"], args["kinds"],
+                        args["group_of"], args["groups"], args["algorithm"])
             self.key = key
-        K.fused_step_kernel[(self.n_programs,)](
-            self.tensors, self.work, self.groups, self.table, opt._t, self.ticket,
-            self.n_tensors, self.n_programs, self.chunk // BLOCK,
-            ALGO=K.ADAM if opt.algorithm == "adam" else K.SGD, KINDS=self.kinds,
-            DTYPES=self.dtypes, HAS_OPTION=self.has_option, ALIGNED=self.aligned, BLOCK=BLOCK,
-            num_warps=NUM_WARPS)
+        self._launch(opt.__dict__["_t"])
 
-    def _group_keys(self) -> tuple[str, ...]:
-        if self.opt.algorithm == "adam":
-            return ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
-                    "decoupled_weight_decay")
-        return ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+    def step_lists(self, params, grads, state1, state2, state3, steps, t, table, kinds,
+                   group_of, groups, schedule, algorithm) -> None:
+        """One launch for the custom op's arguments (see ``op.py``)."""
+        tensors = (*params, *grads, *state1, *state2, *state3, *steps, table)
+        key = (tuple(x.data_ptr() for x in tensors), tuple(groups), tuple(kinds),
+               tuple(group_of), algorithm)
+        if key != self.key:
+            extras = extra_states(algorithm, rows_of(groups), group_of, state1, state3)
+            for i, p in enumerate(params):
+                own = [state1[i], state2[i]] if algorithm == "adam" else []
+                check_tensors("fused_lrs::step", p,
+                              [p, grads[i], *own, *([extras[i]] if extras[i] is not None else [])])
+            self._build(params, grads, state1, state2, state3, steps, table, kinds, group_of,
+                        groups, algorithm)
+            self.key = key
+        self._launch(t)
 
-    def _group_row(self, g) -> list[float]:
-        if self.opt.algorithm == "adam":
-            beta1, beta2 = g["betas"]
-            a, b, flag, decoupled = beta1, beta2, g["amsgrad"], g["decoupled_weight_decay"]
-        else:
-            a, b, flag, decoupled = g["momentum"], g["dampening"], g["nesterov"], False
-        return [_float(g["lr"]), _float(a), _float(b), _float(g.get("eps", 0.0)),
-                _float(g["weight_decay"]), float(flag), float(g["maximize"]), float(decoupled)]
+    # ---------------------------------------------------------------- tables and launch
 
-    def _build(self, work) -> None:
-        opt = self.opt
-        state_keys = (("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if opt.algorithm == "adam"
-                      else ("momentum_buffer",))
-        rows, addresses, dtypes, sizes = [], [], set(), []
-        for gi, params in enumerate(work):
-            for p in params:
-                state = opt.state[p]
-                states = [state[k].data_ptr() if state.get(k) is not None else 0
-                          for k in state_keys]
-                states += [0] * (3 - len(states))
-                code = K.DTYPE_CODES[str(p.dtype).removeprefix("torch.")]
-                row = [p.data_ptr(), p.grad.data_ptr(), *states, state["step"].data_ptr(),
-                       p.numel(), gi * 4 + code]
-                rows.append(row)
-                addresses += [a for a in row[:5] if a]
-                dtypes.add(code)
-                sizes.append(p.numel())
+    def _build(self, params, grads, state1, state2, state3, steps, table, kinds, group_of,
+               groups, algorithm) -> None:
+        rows = rows_of(groups)
+        extras = extra_states(algorithm, rows, group_of, state1, state3)
+        tensor_rows, addresses, dtypes = [], [], set()
+        for i, p in enumerate(params):
+            if algorithm == "adam":
+                states = [state1[i], state2[i], extras[i]]
+            else:
+                states = [extras[i], None, None]
+            code = K.DTYPE_CODES[str(p.dtype).removeprefix("torch.")]
+            row = [p.data_ptr(), grads[i].data_ptr(),
+                   *(s.data_ptr() if s is not None else 0 for s in states),
+                   steps[i].data_ptr(), p.numel(), group_of[i] * 4 + code]
+            tensor_rows.append(row)
+            addresses += [a for a in row[:5] if a]
+            dtypes.add(code)
+        sizes = [p.numel() for p in params]
         total = sum(sizes)
         sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
                if self.device.type == "cuda" else 1)
         blocks = math.ceil(total / (BLOCK * PROGRAMS_PER_SM * sms)) if total else 1
-        self.chunk = BLOCK * min(max(blocks, 1), MAX_BLOCKS_PER_PROGRAM)
-        pairs = [(r, c) for r, n in enumerate(sizes) for c in range(math.ceil(n / self.chunk))]
+        self.blocks_per_program = min(max(blocks, 1), MAX_BLOCKS_PER_PROGRAM)
+        chunk = BLOCK * self.blocks_per_program
+        pairs = [(r, c) for r, n in enumerate(sizes) for c in range(math.ceil(n / chunk))]
         pairs = pairs or [(-1, 0)]        # one program still advances the counters
-        to_device = dict(device=self.device, non_blocking=True)
-        self.tensors = torch.tensor(rows or [[0] * 8], dtype=torch.int64).to(**to_device)
-        self.work = torch.tensor(pairs, dtype=torch.int32).to(**to_device)
-        self.groups = torch.tensor([self._group_row(g) for g in opt.param_groups],
-                                   dtype=torch.float64).to(**to_device)
-        self.table = opt.schedule.table().to(**to_device)
-        self.kinds = opt.schedule.kinds
-        self.n_tensors, self.n_programs = len(rows), len(pairs)
+        self.tensors = self._to_device(torch.tensor(tensor_rows or [[0] * 8],
+                                                    dtype=torch.int64))
+        self.work = self._to_device(torch.tensor(pairs, dtype=torch.int32))
+        self.groups = self._to_device(torch.tensor(rows, dtype=torch.float64))
+        self.table = table
+        self.kinds = tuple(kinds)
+        self.algorithm = K.ADAM if algorithm == "adam" else K.SGD
+        self.n_tensors, self.n_programs = len(tensor_rows), len(pairs)
         self.dtypes = tuple(sorted(dtypes)) or (0,)
-        flag = "amsgrad" if opt.algorithm == "adam" else "momentum"
-        self.has_option = any(bool(g[flag]) for g in opt.param_groups)
+        self.has_option = any(e is not None for e in extras)
         self.aligned = all(a % 16 == 0 for a in addresses)
+
+    def _to_device(self, host: torch.Tensor) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return host.to(self.device)
+        # Pinned and asynchronous: no sync, and legal inside a CUDA-graph capture.
+        host = host.pin_memory()
+        if torch.cuda.is_current_stream_capturing():
+            self.pinned.append(host)     # every replay of the graph reads it again
+        return host.to(self.device, non_blocking=True)
+
+    def _launch(self, t: torch.Tensor) -> None:
+        K.fused_step_kernel[(self.n_programs,)](
+            self.tensors, self.work, self.groups, self.table, t, self.ticket,
+            self.n_tensors, self.n_programs, self.blocks_per_program,
+            ALGO=self.algorithm, KINDS=self.kinds, DTYPES=self.dtypes,
+            HAS_OPTION=self.has_option, ALIGNED=self.aligned, BLOCK=BLOCK, num_warps=NUM_WARPS)

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from fused_lrs.optim import reference
-from fused_lrs.optim.base import ScheduledOptimizer
+from fused_lrs.optim.base import ScheduledOptimizer, as_float
 from fused_lrs.schedules import Schedule
 
 
@@ -36,6 +35,7 @@ class FusedSGDScheduled(ScheduledOptimizer):
 
     algorithm = "sgd"
     group_keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+    row_keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
 
     def __init__(self, params, lr: float | torch.Tensor = 1e-3, momentum: float = 0,
                  dampening: float = 0, weight_decay: float = 0, nesterov: bool = False, *,
@@ -81,8 +81,12 @@ class FusedSGDScheduled(ScheduledOptimizer):
             del state["momentum_buffer"]
         super()._adopt_state(p, state)
 
-    def _reference_update(self, p, state, group, lr) -> None:
-        reference.sgd(p, p.grad, state.get("momentum_buffer"), state["step"], lr=lr,
-                      momentum=group["momentum"], dampening=group["dampening"],
-                      weight_decay=group["weight_decay"], nesterov=group["nesterov"],
-                      maximize=group["maximize"])
+    def _group_row(self, group) -> list[float]:
+        return [as_float(group["lr"]), float(group["momentum"]), float(group["dampening"]), 0.0,
+                float(group["weight_decay"]), float(group["nesterov"]), float(group["maximize"]),
+                0.0]
+
+    def _state_lists(self, work):
+        buffers = [self.state[p]["momentum_buffer"] for g, ps in zip(self.param_groups, work)
+                   if g["momentum"] != 0 for p in ps]
+        return buffers, [], []

@@ -1,0 +1,152 @@
+"""The benchmark scenarios: real models' parameter shapes and the recipe each trains with.
+
+A scenario is a list of parameter shapes (the tensors an optimizer step walks) and a recipe (the
+optimizer, its hyperparameters and its schedule). Shapes come from the models themselves:
+
+  S1  launch-bound     nanoGPT's character-level GPT: 6 layers, 384 wide, vocab 65, context 256
+                       (76 tensors, 10.8M parameters), fp32 AdamW, warmup-cosine;
+  S2  bandwidth-bound  GPT-2 small (148 tensors, 124M) and, on GPU, a LLaMA-shaped 1.36B list;
+  S3  CNN              torchvision's ResNet-50 (161 tensors, 25.6M), SGD with momentum, weight
+                       decay and multistep;
+  S4  mixed precision  bf16 parameters with fp32 master weights: not built yet, reported as such.
+
+``--quick`` on a CPU keeps each scenario's structure (its tensor count, or its per-block shapes)
+at a size a 2-core machine steps in milliseconds: see ``scenarios(quick=True, cpu=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+GROUPS = ("S1", "S2", "S3", "S4")
+#: Bytes one step must move per parameter (DESIGN.md): Adam reads p, g, m, v and writes p, m, v;
+#: SGD with momentum reads p, g, buf and writes p, buf.
+BYTES_PER_PARAM = {"adamw": 28, "sgd": 20}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """An optimizer and its schedule, given once for fused_lrs and for torch's schedulers.
+
+    The schedule boundaries are early on purpose: the warm-up steps before any timing cross them,
+    so a compiled baseline that recompiles at a milestone does so outside the timed loops."""
+
+    optimizer: str                    # "adamw" or "sgd"
+    lr: float
+    weight_decay: float
+    momentum: float = 0.0
+    warmup: int = 0                   # adamw: linear warmup steps, then cosine over t_max
+    start_factor: float = 0.01        # torch's LinearLR needs a start factor > 0
+    t_max: int = 0
+    milestones: tuple[int, ...] = ()  # sgd: multistep
+    gamma: float = 0.1
+
+    @property
+    def last_boundary(self) -> int:
+        return max(self.warmup, *self.milestones, 0)
+
+
+ADAMW = Recipe("adamw", lr=3e-4, weight_decay=0.1, warmup=10, t_max=10_000)
+SGD = Recipe("sgd", lr=0.1, weight_decay=1e-4, momentum=0.9, milestones=(5, 10))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str                         # unique, e.g. "S2-llama"
+    group: str                        # what --scenarios selects: S1 .. S4
+    title: str
+    shapes: tuple[tuple[int, ...], ...]
+    recipe: Recipe
+    reduced: str = ""                 # how a --quick CPU variant differs from the real one
+    unavailable: str = ""             # why this scenario cannot run (yet), or ""
+    gpu_only: bool = False
+
+    @property
+    def tensors(self) -> int:
+        return len(self.shapes)
+
+    @property
+    def params(self) -> int:
+        return sum(math.prod(s) for s in self.shapes)
+
+    @property
+    def bytes_per_step(self) -> int:
+        return BYTES_PER_PARAM[self.recipe.optimizer] * self.params
+
+
+def gpt_shapes(layers: int, d: int, vocab: int, ctx: int, embeddings: bool = True):
+    """nanoGPT's parameters (biases on, lm_head tied to wte): per block ln_1, c_attn, c_proj,
+    ln_2, c_fc, c_proj, each weight and bias; then ln_f."""
+    shapes = [(vocab, d), (ctx, d)] if embeddings else []
+    for _ in range(layers):
+        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, 4 * d),
+                   (4 * d,), (4 * d, d), (d,)]
+    return shapes + [(d,), (d,)] if embeddings else shapes
+
+
+def gpt2_small_shapes():
+    """GPT-2 small: 148 tensors, 124,439,808 parameters."""
+    return gpt_shapes(12, 768, 50257, 1024)
+
+
+def llama_shapes(layers: int = 24, d: int = 2048, ffn: int = 5632, vocab: int = 32000):
+    """A LLaMA-shaped decoder (RMSNorm, SwiGLU, untied head; TinyLlama's widths with full
+    attention and 24 layers): 219 tensors, 1.36B parameters."""
+    shapes = [(vocab, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d, d), (d, d), (d, d), (d, d), (d,), (ffn, d), (ffn, d), (d, ffn)]
+    return shapes + [(d,), (vocab, d)]
+
+
+def resnet50_shapes(width_div: int = 1, classes: int = 1000):
+    """torchvision's resnet50 parameters (161 tensors, 25,557,032 at full width); ``width_div``
+    divides every channel count and keeps the tensor count."""
+    def w(c):
+        return c // width_div
+
+    shapes = [(w(64), 3, 7, 7), (w(64),), (w(64),)]
+    inplanes = w(64)
+    for planes, blocks in ((64, 3), (128, 4), (256, 6), (512, 3)):
+        p = w(planes)
+        for b in range(blocks):
+            shapes += [(p, inplanes, 1, 1), (p,), (p,), (p, p, 3, 3), (p,), (p,),
+                       (4 * p, p, 1, 1), (4 * p,), (4 * p,)]
+            if b == 0:                                   # the downsample branch
+                shapes += [(4 * p, inplanes, 1, 1), (4 * p,), (4 * p,)]
+            inplanes = 4 * p
+    return shapes + [(classes, inplanes), (classes,)]
+
+
+def scenarios(quick: bool = False, cpu: bool = False) -> list[Scenario]:
+    """Every scenario, in report order. ``quick and cpu`` gives the reduced variants."""
+    small = quick and cpu
+    s1 = (gpt_shapes(6, 96, 65, 256) if small else gpt_shapes(6, 384, 65, 256))
+    s2 = (gpt_shapes(1, 768, 0, 0, embeddings=False) if small else gpt2_small_shapes())
+    s3 = resnet50_shapes(4, 250) if small else resnet50_shapes()
+    return [
+        Scenario("S1", "S1", "launch-bound: 6-layer 384-wide GPT, fp32 AdamW, warmup-cosine",
+                 tuple(s1), ADAMW,
+                 reduced="width 96 instead of 384 (same 76 tensors)" if small else ""),
+        Scenario("S2", "S2", "bandwidth-bound: GPT-2 small, fp32 AdamW, warmup-cosine",
+                 tuple(s2), ADAMW,
+                 reduced="one GPT-2-small block (12 tensors, 7.1M) instead of 148 tensors, 124M"
+                 if small else ""),
+        Scenario("S2-llama", "S2", "bandwidth-bound: LLaMA-shaped 1.36B, fp32 AdamW, "
+                 "warmup-cosine", tuple(llama_shapes()), ADAMW, gpu_only=True),
+        Scenario("S3", "S3", "CNN: ResNet-50, SGD momentum + weight decay, multistep",
+                 tuple(s3), SGD,
+                 reduced="channels / 4, 250 classes (same 161 tensors)" if small else ""),
+        Scenario("S4", "S4", "mixed precision: bf16 params with fp32 master weights", (), ADAMW,
+                 unavailable="not available yet: fused_lrs has no fp32 master weights"),
+    ]
+
+
+def select(names: str, quick: bool = False, cpu: bool = False) -> list[Scenario]:
+    """The scenarios of the comma-separated groups in ``names`` ("S1,S3")."""
+    wanted = [n.strip().upper() for n in names.split(",") if n.strip()]
+    unknown = sorted(set(wanted) - set(GROUPS))
+    if unknown or not wanted:
+        raise ValueError(f"--scenarios takes a comma-separated list of {', '.join(GROUPS)}; "
+                         f"got {names!r}")
+    return [s for s in scenarios(quick, cpu) if s.group in wanted]
