@@ -192,8 +192,20 @@ class ScheduledOptimizer(torch.optim.Optimizer):
 
     def init_state(self) -> None:
         """Create the state of every parameter now, gradient or not, without stepping: what
-        torch.compile and CUDA-graph capture need to find before their first step."""
+        torch.compile and CUDA-graph capture need to find before their first step.
+
+        It also marks every tensor the step reads or writes as having a static address, as
+        torch's own optimizers do under compile, so that ``mode="reduce-overhead"`` can keep
+        the step inside its CUDA graph instead of copying the mutated inputs."""
         self.prepare_state([g["params"] for g in self.param_groups])
+        tensors = [self._t, self._table]
+        for group in self.param_groups:
+            for p in group["params"]:
+                tensors += [p, *(v for v in self.state[p].values() if v is not None)]
+                if p.grad is not None:
+                    tensors.append(p.grad)
+        for x in tensors:
+            torch._dynamo.mark_static_address(x)
 
     def _gather(self) -> list[list[torch.Tensor]]:
         """The parameters with a gradient, per group. A sparse gradient raises here, before

@@ -1,0 +1,132 @@
+"""CUDA graphs and torch.compile on CUDA: capture once, replay the run.
+
+The schedule counter and the step counts live on the device and advance inside the kernel, so
+each replay of a captured step is the next step of the run, with the next lr.
+
+Before capture, state must exist (``opt.init_state()`` or one eager step). When the capture
+itself allocates the gradients (forward and backward inside the graph), the launcher's tables
+are rebuilt during capture from pinned host memory, which the graph copies again on each replay.
+"""
+
+import pytest
+import torch
+import torch._dynamo
+
+from fused_lrs import FusedAdamWScheduled, FusedSGDScheduled
+from fused_lrs import schedules as S
+
+pytestmark = pytest.mark.gpu
+
+SCHEDULE = S.warmup(S.cosine(T_max=40), steps=10)
+
+
+def model_and_data(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(),
+                                torch.nn.Linear(256, 64)).cuda()
+    data = [(torch.randn(32, 64, device="cuda"), torch.randn(32, 64, device="cuda"))
+            for _ in range(60)]
+    return model, data
+
+
+def loss_of(model, x, y):
+    return torch.nn.functional.mse_loss(model(x), y)
+
+
+def assert_same(opt_a, opt_b, rtol=0.0, atol=0.0):
+    assert int(opt_a.schedule_step) == int(opt_b.schedule_step)
+    assert opt_a.get_last_lr() == opt_b.get_last_lr()
+    pa = [p for g in opt_a.param_groups for p in g["params"]]
+    pb = [p for g in opt_b.param_groups for p in g["params"]]
+    for a, b in zip(pa, pb):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+        for key, value in opt_a.state[a].items():
+            torch.testing.assert_close(value, opt_b.state[b][key], rtol=rtol, atol=atol)
+
+
+def eager_run(steps, warmup=3):
+    model, data = model_and_data()
+    opt = FusedAdamWScheduled(model.parameters(), lr=1e-3, schedule=SCHEDULE)
+    for x, y in data[:warmup + steps]:
+        opt.zero_grad(set_to_none=True)
+        loss_of(model, x, y).backward()
+        opt.step()
+    return opt
+
+
+def test_whole_training_step_captured_once_and_replayed():
+    steps, warmup = 40, 3
+    model, data = model_and_data()
+    opt = FusedAdamWScheduled(model.parameters(), lr=1e-3, schedule=SCHEDULE)
+    static_x, static_y = data[0][0].clone(), data[0][1].clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):                       # warm-up: state, compile, tables
+        for x, y in data[:warmup]:
+            opt.zero_grad(set_to_none=True)
+            loss_of(model, x, y).backward()
+            opt.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        loss_of(model, static_x, static_y).backward()
+        opt.step()
+    # Capture records the step without running it: the counter has not moved.
+    assert int(opt.schedule_step) == warmup
+    for x, y in data[warmup:warmup + steps]:
+        static_x.copy_(x)
+        static_y.copy_(y)
+        graph.replay()
+    # The same kernels on the same inputs; cuBLAS may choose another algorithm under capture.
+    assert_same(opt, eager_run(steps, warmup), rtol=1e-5, atol=1e-7)
+
+
+def test_capturing_only_the_optimizer_step():
+    model, data = model_and_data()
+    reference = FusedSGDScheduled(model_and_data()[0].parameters(), lr=0.1, momentum=0.9,
+                                  schedule=S.multistep([5, 9]))
+    opt = FusedSGDScheduled(model.parameters(), lr=0.1, momentum=0.9,
+                            schedule=S.multistep([5, 9]))
+    params = [p for p in model.parameters()]
+    for p in params:                                   # static gradients, written each step
+        p.grad = torch.zeros_like(p)
+    opt.init_state()
+    opt.step()                                         # eager: builds the tables
+    for q in reference.param_groups[0]["params"]:
+        q.grad = torch.zeros_like(q)
+    reference.step()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    for _ in range(15):
+        grads = [torch.randn(p.shape, device="cuda", generator=gen) for p in params]
+        for p, q, g in zip(params, reference.param_groups[0]["params"], grads):
+            p.grad.copy_(g)
+            q.grad.copy_(g)
+        graph.replay()
+        reference.step()
+    assert_same(opt, reference)
+
+
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"])
+def test_compiled_step_on_cuda(mode):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model, data = model_and_data()
+    opt = FusedAdamWScheduled(model.parameters(), lr=1e-3, schedule=SCHEDULE)
+    opt.init_state()
+
+    @torch.compile(fullgraph=True, mode=mode)
+    def optimizer_step():
+        opt.step()
+
+    for x, y in data[:3 + 40]:
+        opt.zero_grad(set_to_none=False)
+        loss_of(model, x, y).backward()
+        optimizer_step()
+    assert counters["stats"]["unique_graphs"] == 1, "recompiled"
+    assert_same(opt, eager_run(40, 3), rtol=1e-5, atol=1e-7)
