@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one call of the device tool (about 10 minutes at most):
-#   install; the gpu-marked tests and the compiled triton-vs-reference suite; the benchmark.
+# Everything that needs a GPU, in two calls of the device tool (each well under 10 minutes):
+#   bash benchmarks/gpu_run.sh tests   # install; gpu-marked tests and the compiled suites
+#   bash benchmarks/gpu_run.sh bench   # install; step and compile-cost benchmarks
 # Logs and JSON go to $OUT (default benchmarks/results); commit them under benchmarks/results/.
-#   device run:  bash benchmarks/gpu_run.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
@@ -11,8 +11,16 @@ export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1 \
     || { cat "$OUT/install.log"; exit 1; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
-# Files that need hypothesis or transformers (absent on the GPU machines) are left out.
-timeout 300 python3 -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py \
-    tests/test_kernel_vs_reference.py tests/test_optim_vs_torch.py 2>&1 | tee "$OUT/gpu_tests.log"
-timeout 240 python3 benchmarks/bench_step.py --out "$OUT/bench_step.json" 2>&1 \
-    | tee "$OUT/bench_step.log"
+case "${1:-tests}" in
+  tests)
+    # Files that need hypothesis or transformers (absent on the GPU machines) are left out.
+    timeout 540 python3 -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py \
+        tests/test_cuda_graphs.py tests/test_compile.py tests/test_kernel_vs_reference.py \
+        tests/test_optim_vs_torch.py 2>&1 | tee "$OUT/gpu_tests.log" ;;
+  bench)
+    timeout 300 python3 benchmarks/bench_step.py --out "$OUT/bench_step.json" 2>&1 \
+        | tee "$OUT/bench_step.log"
+    timeout 240 python3 benchmarks/bench_compile.py --out "$OUT/bench_compile.json" 2>&1 \
+        | tee "$OUT/bench_compile.log" ;;
+  *) echo "usage: $0 tests|bench"; exit 2 ;;
+esac
