@@ -74,29 +74,26 @@ def test_200_steps_one_graph_no_recompile(cls, options):
     assert_close(compiled[1].get_last_lr(), eager[1].get_last_lr(), rtol=0)
 
 
-def test_inductor_compiles_the_step_once():
-    eager = make(FusedAdamWScheduled, "reference")
-    compiled = make(FusedAdamWScheduled, "reference")
-    counter = CompileCounterWithBackend("inductor")
+def compare_compiled_step(backend, impl, steps, device="cpu"):
+    """A compiled ``opt.step`` against eager steps: one compile, the same result bitwise."""
+    eager = make(FusedAdamWScheduled, impl, device=device)
+    compiled = make(FusedAdamWScheduled, impl, device=device)
+    counter = CompileCounterWithBackend(backend)
     step = torch.compile(compiled[1].step, backend=counter, fullgraph=True)
     compiled[1].init_state()
-    run(*eager, eager[1].step, 30)
-    run(*compiled, step, 30)
+    run(*eager, eager[1].step, steps)
+    run(*compiled, step, steps)
     assert counter.frame_count == 1
     assert_same(eager, compiled)
+
+
+def test_inductor_compiles_the_step_once():
+    compare_compiled_step("inductor", "reference", 30)
 
 
 def test_the_kernel_path_compiles_too():
     # impl="triton": the op launches the kernel (interpreted on CPU, compiled on CUDA).
-    eager = make(FusedAdamWScheduled, "triton", device=KERNEL_DEVICE)
-    compiled = make(FusedAdamWScheduled, "triton", device=KERNEL_DEVICE)
-    counter = CompileCounterWithBackend("aot_eager")
-    step = torch.compile(compiled[1].step, backend=counter, fullgraph=True)
-    compiled[1].init_state()
-    run(*eager, eager[1].step, 12)
-    run(*compiled, step, 12)
-    assert counter.frame_count == 1
-    assert_same(eager, compiled)
+    compare_compiled_step("aot_eager", "triton", 12, device=KERNEL_DEVICE)
 
 
 def test_compiling_before_any_state_exists_says_what_to_do():
