@@ -83,10 +83,13 @@ def _rne_bf16(x):
 # the results by hand (see _rne_bf16); other dtypes round in the store's cast.
 @triton.jit
 def _adam_block(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, offs, mask, sign, decay, l2, one_minus_b1,
-                beta2, one_minus_b2, step_size, bc2_sqrt, eps, AMSGRAD: tl.constexpr,
-                BF16: tl.constexpr):
+                beta2, one_minus_b2, step_size, bc2_sqrt, eps, grad_scale, AMSGRAD: tl.constexpr,
+                BF16: tl.constexpr, UNSCALE: tl.constexpr):
     p = tl.load(p_ptr + offs, mask=mask).to(tl.float32)
-    g = tl.load(g_ptr + offs, mask=mask).to(tl.float32) * sign   # maximize flips the gradient
+    g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
+    if UNSCALE:
+        g = tl.div_rn(g, grad_scale)                  # GradScaler: unscale, as torch's fused
+    g = g * sign                                      # maximize flips the gradient
     m = tl.load(m_ptr + offs, mask=mask).to(tl.float32)
     v = tl.load(v_ptr + offs, mask=mask).to(tl.float32)
     p = p * decay                                     # AdamW: theta * (1 - lr * wd); else 1
@@ -111,9 +114,13 @@ def _adam_block(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, offs, mask, sign, decay, l
 
 @triton.jit
 def _sgd_block(p_ptr, g_ptr, buf_ptr, offs, mask, sign, wd, lr, momentum, one_minus_dampening,
-               first, nesterov, MOMENTUM: tl.constexpr, BF16: tl.constexpr):
+               first, nesterov, grad_scale, MOMENTUM: tl.constexpr, BF16: tl.constexpr,
+               UNSCALE: tl.constexpr):
     p = tl.load(p_ptr + offs, mask=mask).to(tl.float32)
-    d = tl.load(g_ptr + offs, mask=mask).to(tl.float32) * sign + wd * p
+    d = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
+    if UNSCALE:
+        d = tl.div_rn(d, grad_scale)
+    d = d * sign + wd * p
     if MOMENTUM:
         buf = momentum * tl.load(buf_ptr + offs, mask=mask).to(tl.float32)
         buf = tl.where(first, d, buf + one_minus_dampening * d)  # the first copies the grad
@@ -127,8 +134,9 @@ def _sgd_block(p_ptr, g_ptr, buf_ptr, offs, mask, sign, wd, lr, momentum, one_mi
 
 
 @triton.jit
-def _chunk(trow, grow, lr, start, end, ALGO: tl.constexpr, CODE: tl.constexpr,
-           OPTION: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+def _chunk(trow, grow, lr, start, end, grad_scale, ALGO: tl.constexpr, CODE: tl.constexpr,
+           OPTION: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+           UNSCALE: tl.constexpr):
     """Update elements [start, end) of one tensor. OPTION is amsgrad (Adam) or momentum (SGD)."""
     p_ptr = _typed(tl.load(trow + COL_PARAM), CODE, ALIGNED)
     g_ptr = _typed(tl.load(trow + COL_GRAD), CODE, ALIGNED)
@@ -158,12 +166,12 @@ def _chunk(trow, grow, lr, start, end, ALGO: tl.constexpr, CODE: tl.constexpr,
             offs = off + tl.arange(0, BLOCK)
             if off + BLOCK <= end:
                 _adam_block(p_ptr, g_ptr, s1_ptr, s2_ptr, s3_ptr, offs, None, sign, decay, l2,
-                            one_minus_b1, beta2, one_minus_b2, step_size, bc2_sqrt, eps, OPTION,
-                            CODE == 1)
+                            one_minus_b1, beta2, one_minus_b2, step_size, bc2_sqrt, eps,
+                            grad_scale, OPTION, CODE == 1, UNSCALE)
             else:
                 _adam_block(p_ptr, g_ptr, s1_ptr, s2_ptr, s3_ptr, offs, offs < end, sign, decay,
                             l2, one_minus_b1, beta2, one_minus_b2, step_size, bc2_sqrt, eps,
-                            OPTION, CODE == 1)
+                            grad_scale, OPTION, CODE == 1, UNSCALE)
             off += BLOCK
     else:
         momentum = tl.load(grow + G_A).to(tl.float32)
@@ -177,31 +185,36 @@ def _chunk(trow, grow, lr, start, end, ALGO: tl.constexpr, CODE: tl.constexpr,
             offs = off + tl.arange(0, BLOCK)
             if off + BLOCK <= end:
                 _sgd_block(p_ptr, g_ptr, s1_ptr, offs, None, sign, wd, lr, momentum,
-                           one_minus_dampening, first, nesterov, OPTION, CODE == 1)
+                           one_minus_dampening, first, nesterov, grad_scale, OPTION,
+                           CODE == 1, UNSCALE)
             else:
                 _sgd_block(p_ptr, g_ptr, s1_ptr, offs, offs < end, sign, wd, lr, momentum,
-                           one_minus_dampening, first, nesterov, OPTION, CODE == 1)
+                           one_minus_dampening, first, nesterov, grad_scale, OPTION,
+                           CODE == 1, UNSCALE)
             off += BLOCK
 
 
 @triton.jit
-def _dispatch(trow, grow, lr, start, end, code, option, ALGO: tl.constexpr,
+def _dispatch(trow, grow, lr, start, end, code, option, grad_scale, ALGO: tl.constexpr,
               DTYPES: tl.constexpr, HAS_OPTION: tl.constexpr, ALIGNED: tl.constexpr,
-              BLOCK: tl.constexpr):
+              BLOCK: tl.constexpr, UNSCALE: tl.constexpr):
     # One run-time branch per program picks the body compiled for this tensor's dtype and
     # option; bodies for dtypes or options absent from the optimizer are never compiled.
     for i in tl.static_range(len(DTYPES)):
         if code == DTYPES[i]:
             if HAS_OPTION:
                 if option:
-                    _chunk(trow, grow, lr, start, end, ALGO, DTYPES[i], True, ALIGNED, BLOCK)
+                    _chunk(trow, grow, lr, start, end, grad_scale, ALGO, DTYPES[i], True,
+                           ALIGNED, BLOCK, UNSCALE)
                 else:
-                    _chunk(trow, grow, lr, start, end, ALGO, DTYPES[i], False, ALIGNED, BLOCK)
+                    _chunk(trow, grow, lr, start, end, grad_scale, ALGO, DTYPES[i], False,
+                           ALIGNED, BLOCK, UNSCALE)
             else:
-                _chunk(trow, grow, lr, start, end, ALGO, DTYPES[i], False, ALIGNED, BLOCK)
+                _chunk(trow, grow, lr, start, end, grad_scale, ALGO, DTYPES[i], False, ALIGNED,
+                       BLOCK, UNSCALE)
 
 
-@triton.jit(do_not_specialize=["n_tensors", "n_programs", "blocks_per_program"])
+@triton.jit(do_not_specialize=["n_tensors", "n_programs", "blocks_per_program", "hold_on_skip"])
 def fused_step_kernel(
     tensors_ptr,   # int64 [n_tensors, TENSOR_COLS]: addresses, numel, group * 4 + dtype
     work_ptr,      # int32 [n_programs, 2]: (tensor row, chunk index); row -1 = no work
@@ -209,21 +222,34 @@ def fused_step_kernel(
     table_ptr,     # float64 [n_leaves, ROW]: the schedule's leaves
     t_ptr,         # int64 []: the schedule counter, steps completed
     ticket_ptr,    # int32 []: programs finished in this launch (0 between launches)
+    scale_ptr,     # float32 []: GradScaler's scale, gradients are divided by it (if UNSCALE)
+    found_inf_ptr,  # float32 []: GradScaler's found_inf, > 0 skips the step (if CHECK_INF)
+    skipped_ptr,   # float32 []: written 1.0 if this step was skipped, else 0.0
     n_tensors,     # rows of the tensor table (every one's step count advances)
     n_programs,    # rows of the work table = programs in this launch
     blocks_per_program,  # elements per program / BLOCK (a count, so that every block start
                          # is visibly a multiple of BLOCK to the compiler: aligned vector access)
+    hold_on_skip,  # 1: a skipped step leaves the schedule counter too; 0: it advances (torch's)
     ALGO: tl.constexpr,        # ADAM or SGD
     KINDS: tl.constexpr,       # the schedule's leaf kinds
     DTYPES: tl.constexpr,      # dtype codes present
     HAS_OPTION: tl.constexpr,  # some group uses amsgrad (Adam) or momentum (SGD)
     ALIGNED: tl.constexpr,     # every address is 16-byte aligned
     BLOCK: tl.constexpr,       # elements per inner iteration
+    UNSCALE: tl.constexpr,     # a GradScaler's scale applies to this step
+    CHECK_INF: tl.constexpr,   # a GradScaler's found_inf applies to this step
 ):
     pid = tl.program_id(0)
     row = tl.load(work_ptr + pid * 2)
     t = tl.load(t_ptr)
-    if row >= 0:
+    grad_scale = 1.0
+    if UNSCALE:
+        grad_scale = tl.load(scale_ptr)
+    skip = t != t                                     # False, as a tensor
+    if CHECK_INF:
+        # GradScaler saw an inf or NaN: the step changes nothing but the counters.
+        skip = tl.load(found_inf_ptr) != 0.0
+    if (row >= 0) & (skip == 0):
         trow = tensors_ptr + row.to(tl.int64) * TENSOR_COLS
         meta = tl.load(trow + COL_META)
         grow = groups_ptr + (meta // 4) * GROUP_COLS
@@ -233,23 +259,29 @@ def fused_step_kernel(
         option = tl.load(grow + G_FLAG) != 0.0
         if ALGO == SGD:
             option = tl.load(grow + G_A) != 0.0       # momentum on: the buffer exists
-        _dispatch(trow, grow, lr, start, end, meta % 4, option, ALGO, DTYPES, HAS_OPTION,
-                  ALIGNED, BLOCK)
+        _dispatch(trow, grow, lr, start, end, meta % 4, option, grad_scale, ALGO, DTYPES,
+                  HAS_OPTION, ALIGNED, BLOCK, UNSCALE)
     tl.debug_barrier()
     if tl.atomic_add(ticket_ptr, 1) == n_programs - 1:
-        # Last program of the launch: every other one has read the counters.
+        # Last program of the launch: every other one has read the counters. A skipped step
+        # leaves the step counts (torch's fused Adam subtracts found_inf back), and the
+        # schedule counter too when asked.
+        advance = tl.where(skip, 0.0, 1.0)
         i = 0
         while i < n_tensors:
             step_ptr = tl.load(tensors_ptr + i * TENSOR_COLS + COL_STEP).to(
                 tl.pointer_type(tl.float32))
-            tl.store(step_ptr, tl.load(step_ptr) + 1.0)
+            tl.store(step_ptr, tl.load(step_ptr) + advance)
             i += 1
-        tl.store(t_ptr, t + 1)
+        tl.store(t_ptr, t + tl.where(skip & (hold_on_skip != 0), 0, 1))
+        tl.store(skipped_ptr, 1.0 - advance)
         tl.store(ticket_ptr, 0)
 
 
 # Argument types as the launcher passes them: ahead-of-time compilation (tests/test_kernels_aot.py)
 # builds the kernel from this, so a change to the arguments must change it too.
 SIGNATURE = {"tensors_ptr": "*i64", "work_ptr": "*i32", "groups_ptr": "*fp64",
-             "table_ptr": "*fp64", "t_ptr": "*i64", "ticket_ptr": "*i32", "n_tensors": "i32",
-             "n_programs": "i32", "blocks_per_program": "i32"}
+             "table_ptr": "*fp64", "t_ptr": "*i64", "ticket_ptr": "*i32", "scale_ptr": "*fp32",
+             "found_inf_ptr": "*fp32", "skipped_ptr": "*fp32",
+             "n_tensors": "i32", "n_programs": "i32", "blocks_per_program": "i32",
+             "hold_on_skip": "i32"}

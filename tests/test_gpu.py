@@ -128,3 +128,22 @@ def test_no_recompile_when_schedule_values_change():
         for _ in range(3):
             opt.step()
     assert compiled() == before
+
+
+def test_grad_scaler_step_never_synchronises():
+    params = with_grads(gpt2_small_params()[:6])
+    opt = FusedAdamWScheduled(params, lr=3e-4, schedule=SCHEDULE)
+    scaler = torch.amp.GradScaler("cuda")
+    for p in params:
+        p.grad.mul_(scaler.get_scale())
+    scaler.step(opt)                                 # first step: compile and tables
+    scaler.update()
+    params[0].grad.view(-1)[0] = float("inf")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        scaler.step(opt)
+        scaler.update()
+        skipped = opt.last_step_skipped
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert bool(skipped)

@@ -21,7 +21,9 @@ import pytest
 ARCHS = [80, 90]
 LEAF_KINDS = ("SCALE", "EXP", "ANNEAL", "POLY", "COSINE", "COSINE_RESTARTS", "CYCLIC",
               "INV_SQRT")
-STEP_VARIANTS = {  # ALGO 0 = Adam, 1 = SGD; dtype codes 0 fp32, 1 bf16, 2 fp16
+# ALGO 0 = Adam, 1 = SGD; dtype codes 0 fp32, 1 bf16, 2 fp16. The adam-fp32 variants also
+# compile the GradScaler path (UNSCALE, CHECK_INF).
+STEP_VARIANTS = {
     "adam-fp32-amsgrad": dict(ALGO=0, DTYPES=(0,), HAS_OPTION=True, ALIGNED=True),
     "adam-bf16": dict(ALGO=0, DTYPES=(1,), HAS_OPTION=False, ALIGNED=True),
     "adam-mixed": dict(ALGO=0, DTYPES=(0, 1, 2), HAS_OPTION=True, ALIGNED=True),
@@ -52,14 +54,17 @@ def compile_all() -> dict:
     report = {}
     for arch in ARCHS:
         for name, variant in STEP_VARIANTS.items():
-            constexprs = dict(variant, KINDS=(int(kinds.ANNEAL), int(kinds.COSINE)), BLOCK=1024)
+            constexprs = dict(variant, KINDS=(int(kinds.ANNEAL), int(kinds.COSINE)), BLOCK=1024,
+                              UNSCALE=name.startswith("adam-fp32"),
+                              CHECK_INF=name.startswith("adam-fp32"))
             report[f"{name}-sm_{arch}"] = accesses(K.fused_step_kernel, K.SIGNATURE, constexprs,
                                                    arch)
         report[f"evaluate-all-kinds-sm_{arch}"] = accesses(
             KS._evaluate_kernel, KS.SIGNATURE, dict(KINDS=all_kinds, BLOCK=256), arch)
     report["step-all-kinds-sm_90"] = accesses(
         K.fused_step_kernel, K.SIGNATURE,
-        dict(STEP_VARIANTS["adam-fp32-amsgrad"], KINDS=all_kinds, BLOCK=1024), 90)
+        dict(STEP_VARIANTS["adam-fp32-amsgrad"], KINDS=all_kinds, BLOCK=1024, UNSCALE=False,
+             CHECK_INF=False), 90)
     return report
 
 

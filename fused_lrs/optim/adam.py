@@ -31,6 +31,9 @@ _ARGS_DOC = """
             or ``"reference"``.
         foreach, fused, capturable: accepted so that existing code runs; the Triton path is
             always fused, capturable and sync-free.
+        hold_schedule_on_skip: when GradScaler skips a step (inf/NaN gradients), hold the
+            schedule counter too (default False: it advances, as torch's usual loop of
+            ``scaler.step(opt); sched.step()`` does).
         differentiable: must be False.
 """
 
@@ -48,7 +51,7 @@ class FusedAdamScheduled(ScheduledOptimizer):
                  foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
                  decoupled_weight_decay: bool | None = None, schedule: Schedule | None = None,
-                 impl: str = "auto") -> None:
+                 impl: str = "auto", hold_schedule_on_skip: bool = False) -> None:
         if decoupled_weight_decay is None:
             decoupled_weight_decay = self._decoupled_default
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
@@ -57,7 +60,8 @@ class FusedAdamScheduled(ScheduledOptimizer):
                         decoupled_weight_decay=decoupled_weight_decay)
         self._check_group(defaults)
         super().__init__(params, defaults, schedule=schedule, impl=impl,
-                         differentiable=differentiable)
+                         differentiable=differentiable,
+                         hold_schedule_on_skip=hold_schedule_on_skip)
 
     def _check_group(self, group) -> None:
         # torch.optim.Adam's messages, applied to every group (torch checks only the defaults).
@@ -110,10 +114,12 @@ class FusedAdamWScheduled(FusedAdamScheduled):
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
                  maximize: bool = False, foreach: bool | None = None, capturable: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
-                 schedule: Schedule | None = None, impl: str = "auto") -> None:
+                 schedule: Schedule | None = None, impl: str = "auto",
+                 hold_schedule_on_skip: bool = False) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable, differentiable=differentiable,
-                         fused=fused, decoupled_weight_decay=True, schedule=schedule, impl=impl)
+                         fused=fused, decoupled_weight_decay=True, schedule=schedule, impl=impl,
+                         hold_schedule_on_skip=hold_schedule_on_skip)
 
     def __setstate__(self, state) -> None:
         # As torch's AdamW: whatever checkpoint is loaded, the weight decay stays decoupled.

@@ -53,8 +53,13 @@ class ScheduledOptimizer(torch.optim.Optimizer):
     #: The group entries the kernel's group row is made of (a change rebuilds the row).
     row_keys: ClassVar[tuple[str, ...]]
 
+    # GradScaler hands its scale and found_inf to step() (as torch's fused optimizers take
+    # them): unscaling and the skip decision happen inside the launch, with no sync.
+    _step_supports_amp_scaling = True
+
     def __init__(self, params, defaults: dict[str, Any], *, schedule: Schedule | None,
-                 impl: str, differentiable: bool) -> None:
+                 impl: str, differentiable: bool,
+                 hold_schedule_on_skip: bool = False) -> None:
         if differentiable:
             raise NotImplementedError(
                 f"{type(self).__name__}: differentiable=True is not supported: the update runs as "
@@ -68,6 +73,8 @@ class ScheduledOptimizer(torch.optim.Optimizer):
         self._device: torch.device | None = None
         super().__init__(params, defaults)
         self._t = torch.zeros((), dtype=torch.int64, device=self._device)
+        self._skipped = torch.zeros((), dtype=torch.float32, device=self._device)
+        self.hold_schedule_on_skip = bool(hold_schedule_on_skip)
         self._rows_key, self._rows, self._rows_version = None, None, 0
         self.schedule = schedule
 
@@ -171,7 +178,22 @@ class ScheduledOptimizer(torch.optim.Optimizer):
                     t=self.__dict__["_t"], table=self.__dict__["_table"],
                     kinds=list(self._kinds), group_of=[g for g, ps in enumerate(work) for _ in ps],
                     groups=[x for row in self.group_rows() for x in row],
-                    schedule=self._schedule_repr, algorithm=self.algorithm, impl=self.impl)
+                    schedule=self._schedule_repr, algorithm=self.algorithm, impl=self.impl,
+                    **dict(zip(("grad_scale", "found_inf", "skipped", "hold_on_skip"),
+                               self.amp_args())))
+
+    def amp_args(self) -> tuple:
+        """GradScaler's tensors for this step, if ``scaler.step(opt)`` is the caller: it sets
+        ``opt.grad_scale`` (None once ``scaler.unscale_(opt)`` ran) and ``opt.found_inf``."""
+        return (getattr(self, "grad_scale", None), getattr(self, "found_inf", None),
+                self.__dict__["_skipped"], self.hold_schedule_on_skip)
+
+    @property
+    def last_step_skipped(self) -> torch.Tensor:
+        """Device bool tensor: whether GradScaler skipped the most recent ``step()`` (an inf or
+        NaN gradient). Params, states and step counts were left as they were; the schedule
+        counter advanced unless ``hold_schedule_on_skip``."""
+        return self._skipped != 0
 
     def group_rows(self) -> list[list[float]]:
         """Each group's hyperparameters as the kernel's float64 row. Rebuilt only when an entry
@@ -330,6 +352,7 @@ class ScheduledOptimizer(torch.optim.Optimizer):
         return {**super().__getstate__(), "_schedule": self._schedule,
                 "_schedule_repr": self._schedule_repr, "_kinds": self._kinds,
                 "_table": self._table, "_t": self._t, "impl_requested": self.impl_requested,
+                "_skipped": self._skipped, "hold_schedule_on_skip": self.hold_schedule_on_skip,
                 "_device": self._device, "_launcher": None, "_rows_key": None, "_rows": None,
                 "_rows_version": 0}
 

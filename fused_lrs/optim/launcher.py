@@ -80,10 +80,11 @@ class Launcher:
                         args["state3"], args["steps"], args["table"], args["kinds"],
                         args["group_of"], args["groups"], args["algorithm"])
             self.key = key
-        self._launch(opt.__dict__["_t"])
+        self._launch(opt.__dict__["_t"], *opt.amp_args())
 
     def step_lists(self, params, grads, state1, state2, state3, steps, t, table, kinds,
-                   group_of, groups, schedule, algorithm) -> None:
+                   group_of, groups, schedule, algorithm, grad_scale, found_inf, skipped,
+                   hold_on_skip) -> None:
         """One launch for the custom op's arguments (see ``op.py``)."""
         tensors = (*params, *grads, *state1, *state2, *state3, *steps, table)
         key = (tuple(x.data_ptr() for x in tensors), tuple(groups), tuple(kinds),
@@ -97,7 +98,7 @@ class Launcher:
             self._build(params, grads, state1, state2, state3, steps, table, kinds, group_of,
                         groups, algorithm)
             self.key = key
-        self._launch(t)
+        self._launch(t, grad_scale, found_inf, skipped, hold_on_skip)
 
     # ---------------------------------------------------------------- tables and launch
 
@@ -148,9 +149,15 @@ class Launcher:
             self.pinned.append(host)     # every replay of the graph reads it again
         return host.to(self.device, non_blocking=True)
 
-    def _launch(self, t: torch.Tensor) -> None:
+    def _launch(self, t, grad_scale, found_inf, skipped, hold_on_skip) -> None:
+        # Absent GradScaler tensors are compiled out (UNSCALE, CHECK_INF); `skipped` stands in
+        # for their pointers, never read.
         K.fused_step_kernel[(self.n_programs,)](
             self.tensors, self.work, self.groups, self.table, t, self.ticket,
-            self.n_tensors, self.n_programs, self.blocks_per_program,
+            skipped if grad_scale is None else grad_scale,
+            skipped if found_inf is None else found_inf, skipped,
+            self.n_tensors, self.n_programs, self.blocks_per_program, int(hold_on_skip),
             ALGO=self.algorithm, KINDS=self.kinds, DTYPES=self.dtypes,
-            HAS_OPTION=self.has_option, ALIGNED=self.aligned, BLOCK=BLOCK, num_warps=NUM_WARPS)
+            HAS_OPTION=self.has_option, ALIGNED=self.aligned, BLOCK=BLOCK,
+            UNSCALE=grad_scale is not None, CHECK_INF=found_inf is not None,
+            num_warps=NUM_WARPS)

@@ -27,16 +27,17 @@ from torch import Tensor
 from fused_lrs.optim import reference
 
 GROUP_COLS = 8      # the kernel's group row: lr, a, b, eps, wd, flag, maximize, decoupled
-MUTATED = ("params", "state1", "state2", "state3", "steps", "t")
+MUTATED = ("params", "state1", "state2", "state3", "steps", "t", "skipped")
 
 
 @torch.library.custom_op("fused_lrs::step", mutates_args=MUTATED)
 def step(params: list[Tensor], grads: list[Tensor], state1: list[Tensor], state2: list[Tensor],
          state3: list[Tensor], steps: list[Tensor], t: Tensor, table: Tensor, kinds: list[int],
-         group_of: list[int], groups: list[float], schedule: str, algorithm: str,
-         impl: str) -> None:
+         group_of: list[int], groups: list[float], schedule: str, algorithm: str, impl: str,
+         grad_scale: Tensor | None, found_inf: Tensor | None, skipped: Tensor,
+         hold_on_skip: bool) -> None:
     args = (params, grads, state1, state2, state3, steps, t, table, kinds, group_of, groups,
-            schedule, algorithm)
+            schedule, algorithm, grad_scale, found_inf, skipped, hold_on_skip)
     if impl == "triton":
         launcher_for(t).step_lists(*args)
     else:
@@ -45,7 +46,7 @@ def step(params: list[Tensor], grads: list[Tensor], state1: list[Tensor], state2
 
 @step.register_fake
 def _(params, grads, state1, state2, state3, steps, t, table, kinds, group_of, groups, schedule,
-      algorithm, impl) -> None:
+      algorithm, impl, grad_scale, found_inf, skipped, hold_on_skip) -> None:
     return None
 
 
@@ -68,10 +69,14 @@ def _spec(schedule: str):
 
 
 def reference_step(params, grads, state1, state2, state3, steps, t, table, kinds, group_of,
-                   groups, schedule, algorithm) -> None:
+                   groups, schedule, algorithm, grad_scale=None, found_inf=None, skipped=None,
+                   hold_on_skip=False) -> None:
     """The step in plain PyTorch: lr(t) per group on the device, then each parameter's update
-    (``reference.py``), then t += 1."""
+    (``reference.py``), then t += 1. With GradScaler's ``found_inf`` > 0 nothing but ``t``
+    moves (and not ``t`` either with ``hold_on_skip``); ``skipped`` records which it was."""
     spec = _spec(schedule)
+    skip = None if found_inf is None else found_inf != 0
+    amp = dict(grad_scale=grad_scale, skip=skip)
     rows = rows_of(groups)
     lrs = [spec.lr(t, row[0]) for row in rows]
     extras = extra_states(algorithm, rows, group_of, state1, state3)
@@ -80,11 +85,20 @@ def reference_step(params, grads, state1, state2, state3, steps, t, table, kinds
         if algorithm == "adam":
             reference.adam(p, g, state1[i], state2[i], extras[i], steps[i], lr=lr, beta1=row[1],
                            beta2=row[2], eps=row[3], weight_decay=row[4],
-                           amsgrad=row[5] != 0, maximize=row[6] != 0, decoupled=row[7] != 0)
+                           amsgrad=row[5] != 0, maximize=row[6] != 0, decoupled=row[7] != 0,
+                           **amp)
         else:
             reference.sgd(p, g, extras[i], steps[i], lr=lr, momentum=row[1], dampening=row[2],
-                          weight_decay=row[4], nesterov=row[5] != 0, maximize=row[6] != 0)
-    t += 1
+                          weight_decay=row[4], nesterov=row[5] != 0, maximize=row[6] != 0,
+                          **amp)
+    if skip is None:
+        t += 1
+        if skipped is not None:
+            skipped.zero_()
+    else:
+        t += (~skip).to(t.dtype) if hold_on_skip else 1
+        if skipped is not None:
+            skipped.copy_(skip)
 
 
 # One launcher (device tables) per schedule counter: the counter's address names the optimizer

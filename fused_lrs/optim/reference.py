@@ -17,16 +17,27 @@ def _compute_dtype(param: torch.Tensor) -> torch.dtype:
     return torch.float64 if param.dtype == torch.float64 else torch.float32
 
 
+def _write(skip, *pairs) -> None:
+    """Store each new value, or, on a step GradScaler skips, keep the old one (no sync: the
+    choice is made on the device)."""
+    for dst, new in pairs:
+        dst.copy_(new if skip is None else torch.where(skip, dst, new.to(dst.dtype)))
+
+
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, *, lr, beta1, beta2, eps,
-         weight_decay, amsgrad, maximize, decoupled):
+         weight_decay, amsgrad, maximize, decoupled, grad_scale=None, skip=None):
     """One Adam/AdamW update of one parameter, in place. ``step`` is the parameter's float32 step
-    count (a 0-dim tensor), incremented here; ``lr`` is a float64 0-dim tensor."""
+    count (a 0-dim tensor), advanced here; ``lr`` is a float64 0-dim tensor. ``grad_scale``
+    divides the gradient and ``skip`` (a bool tensor) discards the whole update, GradScaler's
+    way."""
     cd = _compute_dtype(param)
     p, g = param.to(cd), grad.to(cd)
     m, v = exp_avg.to(cd), exp_avg_sq.to(cd)
+    if grad_scale is not None:
+        g = g / grad_scale.to(cd)
     if maximize:
         g = -g
-    step += 1
+    k = step + 1                           # this update's count, as torch's
     if weight_decay != 0:
         if decoupled:                      # AdamW: decay the weights, not the gradient
             p = p * (1 - lr * weight_decay).to(cd)
@@ -34,26 +45,27 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, *, lr, beta1, b
             g = g + weight_decay * p
     m = m + (1 - beta1) * (g - m)          # exp_avg.lerp_(grad, 1 - beta1)
     v = v * beta2 + (1 - beta2) * g * g
-    bias_correction1 = 1 - beta1 ** step.double()
-    bias_correction2_sqrt = (1 - beta2 ** step.double()).sqrt()
+    bias_correction1 = 1 - beta1 ** k.double()
+    bias_correction2_sqrt = (1 - beta2 ** k.double()).sqrt()
     step_size = (lr / bias_correction1).to(cd)
     if amsgrad:
-        v_max = torch.maximum(max_exp_avg_sq.to(cd), v)
-        max_exp_avg_sq.copy_(v_max)
-        denom = v_max.sqrt() / bias_correction2_sqrt.to(cd) + eps
+        v_hat = torch.maximum(max_exp_avg_sq.to(cd), v)
+        _write(skip, (max_exp_avg_sq, v_hat))
     else:
-        denom = v.sqrt() / bias_correction2_sqrt.to(cd) + eps
-    param.copy_(p - step_size * m / denom)
-    exp_avg.copy_(m)
-    exp_avg_sq.copy_(v)
+        v_hat = v
+    denom = v_hat.sqrt() / bias_correction2_sqrt.to(cd) + eps
+    _write(skip, (param, p - step_size * m / denom), (exp_avg, m), (exp_avg_sq, v), (step, k))
 
 
 def sgd(param, grad, momentum_buffer, step, *, lr, momentum, dampening, weight_decay, nesterov,
-        maximize):
+        maximize, grad_scale=None, skip=None):
     """One SGD update of one parameter, in place. The first update with momentum copies the
-    gradient into the buffer (torch's ``buf = clone(grad)``), detected by ``step == 0``."""
+    gradient into the buffer (torch's ``buf = clone(grad)``), detected by ``step == 0``.
+    ``grad_scale`` and ``skip`` as for ``adam``."""
     cd = _compute_dtype(param)
     p, d_p = param.to(cd), grad.to(cd)
+    if grad_scale is not None:
+        d_p = d_p / grad_scale.to(cd)
     if maximize:
         d_p = -d_p
     # torch's own ops (``add`` with ``alpha`` rounds once, as a fused multiply-add), so that the
@@ -64,7 +76,6 @@ def sgd(param, grad, momentum_buffer, step, *, lr, momentum, dampening, weight_d
         first = step == 0
         later = momentum_buffer.to(cd).mul(momentum).add_(d_p, alpha=1 - dampening)
         buf = torch.where(first, d_p, later)
-        momentum_buffer.copy_(buf)
+        _write(skip, (momentum_buffer, buf))
         d_p = d_p.add(buf, alpha=momentum) if nesterov else buf
-    step += 1
-    param.copy_(p - lr.to(cd) * d_p)
+    _write(skip, (param, p - lr.to(cd) * d_p), (step, step + 1))

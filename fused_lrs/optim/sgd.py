@@ -28,6 +28,7 @@ class FusedSGDScheduled(ScheduledOptimizer):
         schedule: a spec from ``fused_lrs.schedules`` (default: constant).
         impl: ``"auto"``, ``"triton"`` or ``"reference"`` (see FusedAdamScheduled).
         foreach, fused: accepted so that existing code runs. differentiable: must be False.
+        hold_schedule_on_skip: see FusedAdamScheduled.
 
     The state holds torch's ``momentum_buffer`` (when momentum != 0) and a ``step`` count, which
     tells the first update (that copies the gradient into the buffer) from the later ones.
@@ -41,13 +42,15 @@ class FusedSGDScheduled(ScheduledOptimizer):
                  dampening: float = 0, weight_decay: float = 0, nesterov: bool = False, *,
                  maximize: bool = False, foreach: bool | None = None,
                  differentiable: bool = False, fused: bool | None = None,
-                 schedule: Schedule | None = None, impl: str = "auto") -> None:
+                 schedule: Schedule | None = None, impl: str = "auto",
+                 hold_schedule_on_skip: bool = False) -> None:
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
                         foreach=foreach, differentiable=differentiable, fused=fused)
         self._check_group(defaults)
         super().__init__(params, defaults, schedule=schedule, impl=impl,
-                         differentiable=differentiable)
+                         differentiable=differentiable,
+                         hold_schedule_on_skip=hold_schedule_on_skip)
 
     def _check_group(self, group) -> None:
         # torch.optim.SGD's messages, applied to every group.
