@@ -29,6 +29,11 @@ other program has finished (and so has read the counters), advances each listed 
 count and ``t``, and resets the ticket to 0 for the next launch. A CTA barrier before the ticket
 makes the reads of all of a program's threads precede its release. No second launch and no host
 involvement, so the counters also advance on every replay of a captured CUDA graph.
+
+GradScaler. With UNSCALE the gradients are divided by the scaler's scale as they are loaded;
+with CHECK_INF every program reads found_inf first and, if it is set, updates nothing, and the
+last program leaves the step counts (and, on request, the schedule counter) where they were.
+The scaler's tensors are passed as pointers, so no copy precedes the launch.
 """
 
 import triton

@@ -1,12 +1,14 @@
 """ScheduledOptimizer: what FusedAdamScheduled, FusedAdamWScheduled and FusedSGDScheduled share.
 
-It is a ``torch.optim.Optimizer`` with two device tensors of its own:
+It is a ``torch.optim.Optimizer`` with device tensors of its own:
   * ``_t``, int64: the schedule counter, the number of ``step()`` calls completed;
   * ``state[p]["step"]``, float32 on the parameter's device: each parameter's own count, which
-    advances only when the parameter had a gradient (torch's rule).
+    advances only when the parameter had a gradient (torch's rule);
+  * ``_table``, float64: the schedule's numbers; ``_skipped``: whether GradScaler skipped the
+    last step.
 ``step()`` evaluates ``lr(t)`` on the device and never reads a value back to the host, on either
 implementation: ``impl="reference"`` (plain PyTorch, the specification) or ``impl="triton"`` (one
-kernel launch per step).
+kernel launch per step). Under ``torch.compile`` the step is one custom op (``op.py``).
 """
 
 from __future__ import annotations

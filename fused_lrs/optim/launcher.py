@@ -23,6 +23,7 @@ import math
 import torch
 
 from fused_lrs.kernels import optim as K
+from fused_lrs.optim.base import KERNEL_DTYPES
 from fused_lrs.optim.op import extra_states, rows_of
 
 # Elements per inner iteration: 4 warps x 32 threads x 8 fp32 = two 128-bit accesses per thread
@@ -35,7 +36,6 @@ NUM_WARPS = 4
 # per-program ticket atomics (one each) negligible.
 PROGRAMS_PER_SM = 8
 MAX_BLOCKS_PER_PROGRAM = 64
-KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def check_tensors(name: str, p: torch.Tensor, tensors: list[torch.Tensor]) -> None:
