@@ -39,6 +39,7 @@ The scaler's tensors are passed as pointers, so no copy precedes the launch.
 import triton
 import triton.language as tl
 
+from fused_lrs.kernels.kinds import ROW
 from fused_lrs.kernels.schedule import schedule_lr
 
 ADAM = tl.constexpr(0)
@@ -139,7 +140,8 @@ def _sgd_block(p_ptr, g_ptr, buf_ptr, offs, mask, sign, wd, lr, momentum, one_mi
 
 
 @triton.jit
-def _chunk(trow, grow, lr, start, end, grad_scale, ALGO: tl.constexpr, CODE: tl.constexpr,
+def _chunk(trow, grow, lr, a, wd, start, end, grad_scale, ALGO: tl.constexpr,
+           CODE: tl.constexpr,
            OPTION: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
            UNSCALE: tl.constexpr):
     """Update elements [start, end) of one tensor. OPTION is amsgrad (Adam) or momentum (SGD)."""
@@ -148,11 +150,10 @@ def _chunk(trow, grow, lr, start, end, grad_scale, ALGO: tl.constexpr, CODE: tl.
     s1_ptr = _typed(tl.load(trow + COL_STATE1), CODE, ALIGNED)
     step = tl.load(tl.load(trow + COL_STEP).to(tl.pointer_type(tl.float32))).to(tl.float64)
     sign = tl.where(tl.load(grow + G_MAXIMIZE) != 0.0, -1.0, 1.0).to(tl.float32)
-    wd = tl.load(grow + G_WD)
     if ALGO == ADAM:
         s2_ptr = _typed(tl.load(trow + COL_STATE2), CODE, ALIGNED)
         s3_ptr = _typed(tl.load(trow + COL_STATE3), CODE, ALIGNED)
-        beta1 = tl.load(grow + G_A)
+        beta1 = a
         beta2 = tl.load(grow + G_B)
         decoupled = tl.load(grow + G_DECOUPLED) != 0.0
         k = step + 1.0                                # this update's step count, as torch's
@@ -179,7 +180,7 @@ def _chunk(trow, grow, lr, start, end, grad_scale, ALGO: tl.constexpr, CODE: tl.
                             grad_scale, OPTION, CODE == 1, UNSCALE)
             off += BLOCK
     else:
-        momentum = tl.load(grow + G_A).to(tl.float32)
+        momentum = a.to(tl.float32)
         one_minus_dampening = (1.0 - tl.load(grow + G_B)).to(tl.float32)
         nesterov = tl.load(grow + G_FLAG) != 0.0
         first = step == 0.0
@@ -200,7 +201,7 @@ def _chunk(trow, grow, lr, start, end, grad_scale, ALGO: tl.constexpr, CODE: tl.
 
 
 @triton.jit
-def _dispatch(trow, grow, lr, start, end, code, option, grad_scale, ALGO: tl.constexpr,
+def _dispatch(trow, grow, lr, a, wd, start, end, code, option, grad_scale, ALGO: tl.constexpr,
               DTYPES: tl.constexpr, HAS_OPTION: tl.constexpr, ALIGNED: tl.constexpr,
               BLOCK: tl.constexpr, UNSCALE: tl.constexpr):
     # One run-time branch per program picks the body compiled for this tensor's dtype and
@@ -209,14 +210,14 @@ def _dispatch(trow, grow, lr, start, end, code, option, grad_scale, ALGO: tl.con
         if code == DTYPES[i]:
             if HAS_OPTION:
                 if option:
-                    _chunk(trow, grow, lr, start, end, grad_scale, ALGO, DTYPES[i], True,
+                    _chunk(trow, grow, lr, a, wd, start, end, grad_scale, ALGO, DTYPES[i], True,
                            ALIGNED, BLOCK, UNSCALE)
                 else:
-                    _chunk(trow, grow, lr, start, end, grad_scale, ALGO, DTYPES[i], False,
+                    _chunk(trow, grow, lr, a, wd, start, end, grad_scale, ALGO, DTYPES[i], False,
                            ALIGNED, BLOCK, UNSCALE)
             else:
-                _chunk(trow, grow, lr, start, end, grad_scale, ALGO, DTYPES[i], False, ALIGNED,
-                       BLOCK, UNSCALE)
+                _chunk(trow, grow, lr, a, wd, start, end, grad_scale, ALGO, DTYPES[i], False,
+                       ALIGNED, BLOCK, UNSCALE)
 
 
 @triton.jit(do_not_specialize=["n_tensors", "n_programs", "blocks_per_program", "hold_on_skip"])
@@ -224,7 +225,7 @@ def fused_step_kernel(
     tensors_ptr,   # int64 [n_tensors, TENSOR_COLS]: addresses, numel, group * 4 + dtype
     work_ptr,      # int32 [n_programs, 2]: (tensor row, chunk index); row -1 = no work
     groups_ptr,    # float64 [n_groups, GROUP_COLS]: base lr and hyperparameters
-    table_ptr,     # float64 [n_leaves, ROW]: the schedule's leaves
+    table_ptr,     # float64 [n_leaves, ROW]: the leaves of the lr, momentum and wd schedules
     t_ptr,         # int64 []: the schedule counter, steps completed
     ticket_ptr,    # int32 []: programs finished in this launch (0 between launches)
     scale_ptr,     # float32 []: GradScaler's scale, gradients are divided by it (if UNSCALE)
@@ -236,7 +237,9 @@ def fused_step_kernel(
                          # is visibly a multiple of BLOCK to the compiler: aligned vector access)
     hold_on_skip,  # 1: a skipped step leaves the schedule counter too; 0: it advances (torch's)
     ALGO: tl.constexpr,        # ADAM or SGD
-    KINDS: tl.constexpr,       # the schedule's leaf kinds
+    KINDS: tl.constexpr,       # the lr schedule's leaf kinds (its rows open the table)
+    KINDS_M: tl.constexpr,     # the momentum schedule's (Adam's beta1, SGD's momentum); () none
+    KINDS_WD: tl.constexpr,    # the weight-decay schedule's; () none
     DTYPES: tl.constexpr,      # dtype codes present
     HAS_OPTION: tl.constexpr,  # some group uses amsgrad (Adam) or momentum (SGD)
     ALIGNED: tl.constexpr,     # every address is 16-byte aligned
@@ -258,13 +261,19 @@ def fused_step_kernel(
         trow = tensors_ptr + row.to(tl.int64) * TENSOR_COLS
         meta = tl.load(trow + COL_META)
         grow = groups_ptr + (meta // 4) * GROUP_COLS
-        lr = schedule_lr(t.to(tl.float64), tl.load(grow + G_LR), table_ptr, KINDS)
+        # Each schedule maps its group's base value: the lr, beta1 or momentum, weight decay.
+        # An empty schedule (KINDS_M or KINDS_WD = ()) folds to the base value itself.
+        tf = t.to(tl.float64)
+        lr = schedule_lr(tf, tl.load(grow + G_LR), table_ptr, KINDS)
+        a = schedule_lr(tf, tl.load(grow + G_A), table_ptr + len(KINDS) * ROW, KINDS_M)
+        wd = schedule_lr(tf, tl.load(grow + G_WD), table_ptr + (len(KINDS) + len(KINDS_M)) * ROW,
+                         KINDS_WD)
         start = tl.load(work_ptr + pid * 2 + 1).to(tl.int64) * blocks_per_program * BLOCK
         end = tl.minimum(start + blocks_per_program * BLOCK, tl.load(trow + COL_NUMEL))
         option = tl.load(grow + G_FLAG) != 0.0
         if ALGO == SGD:
             option = tl.load(grow + G_A) != 0.0       # momentum on: the buffer exists
-        _dispatch(trow, grow, lr, start, end, meta % 4, option, grad_scale, ALGO, DTYPES,
+        _dispatch(trow, grow, lr, a, wd, start, end, meta % 4, option, grad_scale, ALGO, DTYPES,
                   HAS_OPTION, ALIGNED, BLOCK, UNSCALE)
     tl.debug_barrier()
     if tl.atomic_add(ticket_ptr, 1) == n_programs - 1:

@@ -21,8 +21,7 @@ import pytest
 ARCHS = [80, 90]
 LEAF_KINDS = ("SCALE", "EXP", "ANNEAL", "POLY", "COSINE", "COSINE_RESTARTS", "CYCLIC",
               "INV_SQRT")
-# ALGO 0 = Adam, 1 = SGD; dtype codes 0 fp32, 1 bf16, 2 fp16. The adam-fp32 variants also
-# compile the GradScaler path (UNSCALE, CHECK_INF).
+# ALGO 0 = Adam, 1 = SGD; dtype codes 0 fp32, 1 bf16, 2 fp16.
 STEP_VARIANTS = {
     "adam-fp32-amsgrad": dict(ALGO=0, DTYPES=(0,), HAS_OPTION=True, ALIGNED=True),
     "adam-bf16": dict(ALGO=0, DTYPES=(1,), HAS_OPTION=False, ALIGNED=True),
@@ -54,9 +53,13 @@ def compile_all() -> dict:
     report = {}
     for arch in ARCHS:
         for name, variant in STEP_VARIANTS.items():
+            # The adam-fp32 variants also compile the GradScaler path and momentum and
+            # weight-decay schedules.
+            extras = name.startswith("adam-fp32")
             constexprs = dict(variant, KINDS=(int(kinds.ANNEAL), int(kinds.COSINE)), BLOCK=1024,
-                              UNSCALE=name.startswith("adam-fp32"),
-                              CHECK_INF=name.startswith("adam-fp32"))
+                              UNSCALE=extras, CHECK_INF=extras,
+                              KINDS_M=(int(kinds.ANNEAL),) * extras,
+                              KINDS_WD=(int(kinds.COSINE),) * extras)
             report[f"{name}-sm_{arch}"] = accesses(K.fused_step_kernel, K.SIGNATURE, constexprs,
                                                    arch)
         report[f"evaluate-all-kinds-sm_{arch}"] = accesses(
@@ -64,7 +67,7 @@ def compile_all() -> dict:
     report["step-all-kinds-sm_90"] = accesses(
         K.fused_step_kernel, K.SIGNATURE,
         dict(STEP_VARIANTS["adam-fp32-amsgrad"], KINDS=all_kinds, BLOCK=1024, UNSCALE=False,
-             CHECK_INF=False), 90)
+             CHECK_INF=False, KINDS_M=(), KINDS_WD=()), 90)
     return report
 
 

@@ -34,6 +34,9 @@ _ARGS_DOC = """
         hold_schedule_on_skip: when GradScaler skips a step (inf/NaN gradients), hold the
             schedule counter too (default False: it advances, as torch's usual loop of
             ``scaler.step(opt); sched.step()`` does).
+        momentum_schedule: a spec for beta1 (base: the group's beta1), e.g.
+            ``one_cycle_momentum(...)``, torch's ``OneCycleLR(cycle_momentum=True)``.
+        weight_decay_schedule: a spec for the weight decay (base: the group's).
         differentiable: must be False.
 """
 
@@ -51,7 +54,9 @@ class FusedAdamScheduled(ScheduledOptimizer):
                  foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
                  decoupled_weight_decay: bool | None = None, schedule: Schedule | None = None,
-                 impl: str = "auto", hold_schedule_on_skip: bool = False) -> None:
+                 impl: str = "auto", hold_schedule_on_skip: bool = False,
+                 momentum_schedule: Schedule | None = None,
+                 weight_decay_schedule: Schedule | None = None) -> None:
         if decoupled_weight_decay is None:
             decoupled_weight_decay = self._decoupled_default
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
@@ -61,7 +66,9 @@ class FusedAdamScheduled(ScheduledOptimizer):
         self._check_group(defaults)
         super().__init__(params, defaults, schedule=schedule, impl=impl,
                          differentiable=differentiable,
-                         hold_schedule_on_skip=hold_schedule_on_skip)
+                         hold_schedule_on_skip=hold_schedule_on_skip,
+                         momentum_schedule=momentum_schedule,
+                         weight_decay_schedule=weight_decay_schedule)
 
     def _check_group(self, group) -> None:
         # torch.optim.Adam's messages, applied to every group (torch checks only the defaults).
@@ -115,11 +122,15 @@ class FusedAdamWScheduled(FusedAdamScheduled):
                  maximize: bool = False, foreach: bool | None = None, capturable: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
                  schedule: Schedule | None = None, impl: str = "auto",
-                 hold_schedule_on_skip: bool = False) -> None:
+                 hold_schedule_on_skip: bool = False,
+                 momentum_schedule: Schedule | None = None,
+                 weight_decay_schedule: Schedule | None = None) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable, differentiable=differentiable,
                          fused=fused, decoupled_weight_decay=True, schedule=schedule, impl=impl,
-                         hold_schedule_on_skip=hold_schedule_on_skip)
+                         hold_schedule_on_skip=hold_schedule_on_skip,
+                         momentum_schedule=momentum_schedule,
+                         weight_decay_schedule=weight_decay_schedule)
 
     def __setstate__(self, state) -> None:
         # As torch's AdamW: whatever checkpoint is loaded, the weight decay stays decoupled.

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from fused_lrs.kernels import kinds
 from fused_lrs.optim.op import reference_step
 from fused_lrs.schedules import Schedule, constant, parse
 from fused_lrs.schedules.base import check_schedule
@@ -34,6 +35,10 @@ def _scalar_key(value):
     if isinstance(value, (tuple, list)):
         return tuple(_scalar_key(v) for v in value)
     return value
+
+
+def _repr_or_none(spec) -> str | None:
+    return None if spec is None else repr(spec)
 
 
 def as_float(value) -> float:
@@ -60,8 +65,9 @@ class ScheduledOptimizer(torch.optim.Optimizer):
     _step_supports_amp_scaling = True
 
     def __init__(self, params, defaults: dict[str, Any], *, schedule: Schedule | None,
-                 impl: str, differentiable: bool,
-                 hold_schedule_on_skip: bool = False) -> None:
+                 impl: str, differentiable: bool, hold_schedule_on_skip: bool = False,
+                 momentum_schedule: Schedule | None = None,
+                 weight_decay_schedule: Schedule | None = None) -> None:
         if differentiable:
             raise NotImplementedError(
                 f"{type(self).__name__}: differentiable=True is not supported: the update runs as "
@@ -78,6 +84,11 @@ class ScheduledOptimizer(torch.optim.Optimizer):
         self._skipped = torch.zeros((), dtype=torch.float32, device=self._device)
         self.hold_schedule_on_skip = bool(hold_schedule_on_skip)
         self._rows_key, self._rows, self._rows_version = None, None, 0
+        name = type(self).__name__
+        self._momentum_schedule = None if momentum_schedule is None else check_schedule(
+            name, "momentum_schedule", momentum_schedule)
+        self._weight_decay_schedule = None if weight_decay_schedule is None else check_schedule(
+            name, "weight_decay_schedule", weight_decay_schedule)
         self.schedule = schedule
 
     # ---------------------------------------------------------------- groups and checks
@@ -178,7 +189,9 @@ class ScheduledOptimizer(torch.optim.Optimizer):
         return dict(params=params, grads=[p.grad for p in params], state1=state1,
                     state2=state2, state3=state3, steps=[self.state[p]["step"] for p in params],
                     t=self.__dict__["_t"], table=self.__dict__["_table"],
-                    kinds=list(self._kinds), group_of=[g for g, ps in enumerate(work) for _ in ps],
+                    kinds=[k for ks in self._kinds for k in ks],
+                    kind_counts=[len(ks) for ks in self._kinds],
+                    group_of=[g for g, ps in enumerate(work) for _ in ps],
                     groups=[x for row in self.group_rows() for x in row],
                     schedule=self._schedule_repr, algorithm=self.algorithm, impl=self.impl,
                     **dict(zip(("grad_scale", "found_inf", "skipped", "hold_on_skip"),
@@ -274,16 +287,35 @@ class ScheduledOptimizer(torch.optim.Optimizer):
 
     @property
     def schedule(self) -> Schedule:
-        """The schedule spec. Setting it uploads its table to the device (new numbers never
-        recompile: the kernel is keyed by the spec's kinds only)."""
+        """The lr schedule spec. Setting it uploads the schedules' table to the device (new
+        numbers never recompile: the kernel is keyed by the specs' kinds only)."""
         return self._schedule
 
     @schedule.setter
     def schedule(self, spec: Schedule) -> None:
         self._schedule = check_schedule(type(self).__name__, "schedule", spec)
-        self._schedule_repr = repr(spec)
-        self._kinds = spec.kinds
-        self._table = spec.table(self._device)
+        self._pack_schedules()
+
+    @property
+    def momentum_schedule(self) -> Schedule | None:
+        """The schedule of Adam's beta1 or SGD's momentum (None: the group's value), e.g.
+        ``one_cycle_momentum(...)`` for torch's ``OneCycleLR(cycle_momentum=True)``."""
+        return self._momentum_schedule
+
+    @property
+    def weight_decay_schedule(self) -> Schedule | None:
+        """The schedule of the weight decay (None: the group's value), e.g. ``cosine(T)``."""
+        return self._weight_decay_schedule
+
+    def _pack_schedules(self) -> None:
+        """One float64 device table for the lr, momentum and weight-decay schedules, their rows
+        in that order; their kinds; and their specs as text for the step op."""
+        specs = (self._schedule, self._momentum_schedule, self._weight_decay_schedule)
+        self._kinds = tuple(spec.kinds if spec else () for spec in specs)
+        self._schedule_repr = "\n".join(repr(spec) if spec else "" for spec in specs)
+        rows = [leaf.row() for spec in specs if spec for leaf in spec.leaves()]
+        self._table = torch.tensor(rows or [[0.0] * kinds.ROW.value], dtype=torch.float64,
+                                   device=self._device)
         self._launcher = None
 
     @property
@@ -321,9 +353,11 @@ class ScheduledOptimizer(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """torch's layout (``state`` and ``param_groups``, loadable by the matching torch
-        optimizer) plus a ``"fused_lrs"`` entry: the schedule and its counter."""
+        optimizer) plus a ``"fused_lrs"`` entry: the schedules and their counter."""
         sd = super().state_dict()
-        sd["fused_lrs"] = {"schedule": repr(self.schedule), "t": self._t.clone()}
+        sd["fused_lrs"] = {"schedule": repr(self.schedule), "t": self._t.clone(),
+                           "momentum_schedule": _repr_or_none(self._momentum_schedule),
+                           "weight_decay_schedule": _repr_or_none(self._weight_decay_schedule)}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -335,15 +369,16 @@ class ScheduledOptimizer(torch.optim.Optimizer):
         """
         state_dict = dict(state_dict)
         extra = state_dict.pop("fused_lrs", None)
-        schedule, t = self._check_checkpoint(state_dict, extra)
+        schedules, t = self._check_checkpoint(state_dict, extra)
         super().load_state_dict(state_dict)
         for group in self.param_groups:
             if "initial_lr" in group:
                 group["lr"] = group.pop("initial_lr")
         for p, state in self.state.items():
             self._adopt_state(p, state)
-        if schedule is not None:
-            self.schedule = schedule
+        if schedules is not None:
+            self._momentum_schedule, self._weight_decay_schedule = schedules[1:]
+            self.schedule = schedules[0]
             self._t.fill_(t)
         self._launcher = None
 
@@ -352,6 +387,8 @@ class ScheduledOptimizer(torch.optim.Optimizer):
         # schedule (with its device table), its counter and the implementation. The launcher
         # and the cached group rows are rebuilt on demand.
         return {**super().__getstate__(), "_schedule": self._schedule,
+                "_momentum_schedule": self._momentum_schedule,
+                "_weight_decay_schedule": self._weight_decay_schedule,
                 "_schedule_repr": self._schedule_repr, "_kinds": self._kinds,
                 "_table": self._table, "_t": self._t, "impl_requested": self.impl_requested,
                 "_skipped": self._skipped, "hold_schedule_on_skip": self.hold_schedule_on_skip,
@@ -446,11 +483,13 @@ class ScheduledOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{name}: the checkpoint's 'fused_lrs' entry is unreadable: "
                              f"expected a dict, got {type(extra).__name__}")
         try:
-            schedule = parse(extra["schedule"])
+            schedules = (parse(extra["schedule"]),
+                         *(parse(extra[k]) if extra.get(k) is not None else None
+                           for k in ("momentum_schedule", "weight_decay_schedule")))
             t = int(extra["t"])
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{name}: the checkpoint's 'fused_lrs' entry is unreadable: {e}"
                              ) from None
         if t < 0:
             raise ValueError(f"{name}: the checkpoint's schedule counter is negative ({t})")
-        return schedule, t
+        return schedules, t

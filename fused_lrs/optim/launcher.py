@@ -78,32 +78,32 @@ class Launcher:
             args = opt.op_args(work)
             self._build(args["params"], args["grads"], args["state1"], args["state2"],
                         args["state3"], args["steps"], args["table"], args["kinds"],
-                        args["group_of"], args["groups"], args["algorithm"])
+                        args["kind_counts"], args["group_of"], args["groups"], args["algorithm"])
             self.key = key
         self._launch(opt.__dict__["_t"], *opt.amp_args())
 
     def step_lists(self, params, grads, state1, state2, state3, steps, t, table, kinds,
-                   group_of, groups, schedule, algorithm, grad_scale, found_inf, skipped,
-                   hold_on_skip) -> None:
+                   kind_counts, group_of, groups, schedule, algorithm, grad_scale, found_inf,
+                   skipped, hold_on_skip) -> None:
         """One launch for the custom op's arguments (see ``op.py``)."""
         tensors = (*params, *grads, *state1, *state2, *state3, *steps, table)
         key = (tuple(x.data_ptr() for x in tensors), tuple(groups), tuple(kinds),
-               tuple(group_of), algorithm)
+               tuple(kind_counts), tuple(group_of), algorithm)
         if key != self.key:
             extras = extra_states(algorithm, rows_of(groups), group_of, state1, state3)
             for i, p in enumerate(params):
                 own = [state1[i], state2[i]] if algorithm == "adam" else []
                 check_tensors("fused_lrs::step", p,
                               [p, grads[i], *own, *([extras[i]] if extras[i] is not None else [])])
-            self._build(params, grads, state1, state2, state3, steps, table, kinds, group_of,
-                        groups, algorithm)
+            self._build(params, grads, state1, state2, state3, steps, table, kinds, kind_counts,
+                        group_of, groups, algorithm)
             self.key = key
         self._launch(t, grad_scale, found_inf, skipped, hold_on_skip)
 
     # ---------------------------------------------------------------- tables and launch
 
-    def _build(self, params, grads, state1, state2, state3, steps, table, kinds, group_of,
-               groups, algorithm) -> None:
+    def _build(self, params, grads, state1, state2, state3, steps, table, kinds, kind_counts,
+               group_of, groups, algorithm) -> None:
         rows = rows_of(groups)
         extras = extra_states(algorithm, rows, group_of, state1, state3)
         tensor_rows, addresses, dtypes = [], [], set()
@@ -133,7 +133,9 @@ class Launcher:
         self.work = self._to_device(torch.tensor(pairs, dtype=torch.int32))
         self.groups = self._to_device(torch.tensor(rows, dtype=torch.float64))
         self.table = table
-        self.kinds = tuple(kinds)
+        n_lr, n_m = kind_counts[0], kind_counts[1]
+        self.kinds = (tuple(kinds[:n_lr]), tuple(kinds[n_lr:n_lr + n_m]),
+                      tuple(kinds[n_lr + n_m:]))
         self.algorithm = K.ADAM if algorithm == "adam" else K.SGD
         self.n_tensors, self.n_programs = len(tensor_rows), len(pairs)
         self.dtypes = tuple(sorted(dtypes)) or (0,)
@@ -157,7 +159,8 @@ class Launcher:
             skipped if grad_scale is None else grad_scale,
             skipped if found_inf is None else found_inf, skipped,
             self.n_tensors, self.n_programs, self.blocks_per_program, int(hold_on_skip),
-            ALGO=self.algorithm, KINDS=self.kinds, DTYPES=self.dtypes,
+            ALGO=self.algorithm, KINDS=self.kinds[0], KINDS_M=self.kinds[1],
+            KINDS_WD=self.kinds[2], DTYPES=self.dtypes,
             HAS_OPTION=self.has_option, ALIGNED=self.aligned, BLOCK=BLOCK,
             UNSCALE=grad_scale is not None, CHECK_INF=found_inf is not None,
             num_warps=NUM_WARPS)

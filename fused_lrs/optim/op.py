@@ -33,11 +33,12 @@ MUTATED = ("params", "state1", "state2", "state3", "steps", "t", "skipped")
 @torch.library.custom_op("fused_lrs::step", mutates_args=MUTATED)
 def step(params: list[Tensor], grads: list[Tensor], state1: list[Tensor], state2: list[Tensor],
          state3: list[Tensor], steps: list[Tensor], t: Tensor, table: Tensor, kinds: list[int],
-         group_of: list[int], groups: list[float], schedule: str, algorithm: str, impl: str,
+         kind_counts: list[int], group_of: list[int], groups: list[float], schedule: str,
+         algorithm: str, impl: str,
          grad_scale: Tensor | None, found_inf: Tensor | None, skipped: Tensor,
          hold_on_skip: bool) -> None:
-    args = (params, grads, state1, state2, state3, steps, t, table, kinds, group_of, groups,
-            schedule, algorithm, grad_scale, found_inf, skipped, hold_on_skip)
+    args = (params, grads, state1, state2, state3, steps, t, table, kinds, kind_counts, group_of,
+            groups, schedule, algorithm, grad_scale, found_inf, skipped, hold_on_skip)
     if impl == "triton":
         launcher_for(t).step_lists(*args)
     else:
@@ -45,8 +46,8 @@ def step(params: list[Tensor], grads: list[Tensor], state1: list[Tensor], state2
 
 
 @step.register_fake
-def _(params, grads, state1, state2, state3, steps, t, table, kinds, group_of, groups, schedule,
-      algorithm, impl, grad_scale, found_inf, skipped, hold_on_skip) -> None:
+def _(params, grads, state1, state2, state3, steps, t, table, kinds, kind_counts, group_of, groups,
+      schedule, algorithm, impl, grad_scale, found_inf, skipped, hold_on_skip) -> None:
     return None
 
 
@@ -68,28 +69,33 @@ def _spec(schedule: str):
     return parse(schedule)
 
 
-def reference_step(params, grads, state1, state2, state3, steps, t, table, kinds, group_of,
-                   groups, schedule, algorithm, grad_scale=None, found_inf=None, skipped=None,
-                   hold_on_skip=False) -> None:
+def reference_step(params, grads, state1, state2, state3, steps, t, table, kinds, kind_counts,
+                   group_of, groups, schedule, algorithm, grad_scale=None, found_inf=None,
+                   skipped=None, hold_on_skip=False) -> None:
     """The step in plain PyTorch: lr(t) per group on the device, then each parameter's update
     (``reference.py``), then t += 1. With GradScaler's ``found_inf`` > 0 nothing but ``t``
     moves (and not ``t`` either with ``hold_on_skip``); ``skipped`` records which it was."""
-    spec = _spec(schedule)
+    lr_spec, momentum_spec, wd_spec = (_spec(text) if text else None
+                                       for text in schedule.split("\n"))
     skip = None if found_inf is None else found_inf != 0
     amp = dict(grad_scale=grad_scale, skip=skip)
     rows = rows_of(groups)
-    lrs = [spec.lr(t, row[0]) for row in rows]
+    lrs = [lr_spec.lr(t, row[0]) for row in rows]
+    # A scheduled beta1 / momentum or weight decay is a device tensor; else the group's number.
+    momenta = [momentum_spec.lr(t, row[1]) if momentum_spec else row[1] for row in rows]
+    decays = [wd_spec.lr(t, row[4]) if wd_spec else row[4] for row in rows]
     extras = extra_states(algorithm, rows, group_of, state1, state3)
     for i, (p, g) in enumerate(zip(params, grads)):
-        row, lr = rows[group_of[i]], lrs[group_of[i]]
+        gi = group_of[i]
+        row, lr, a, wd = rows[gi], lrs[gi], momenta[gi], decays[gi]
         if algorithm == "adam":
-            reference.adam(p, g, state1[i], state2[i], extras[i], steps[i], lr=lr, beta1=row[1],
-                           beta2=row[2], eps=row[3], weight_decay=row[4],
+            reference.adam(p, g, state1[i], state2[i], extras[i], steps[i], lr=lr, beta1=a,
+                           beta2=row[2], eps=row[3], weight_decay=wd,
                            amsgrad=row[5] != 0, maximize=row[6] != 0, decoupled=row[7] != 0,
                            **amp)
         else:
-            reference.sgd(p, g, extras[i], steps[i], lr=lr, momentum=row[1], dampening=row[2],
-                          weight_decay=row[4], nesterov=row[5] != 0, maximize=row[6] != 0,
+            reference.sgd(p, g, extras[i], steps[i], lr=lr, momentum=a, dampening=row[2],
+                          weight_decay=wd, nesterov=row[5] != 0, maximize=row[6] != 0,
                           **amp)
     if skip is None:
         t += 1

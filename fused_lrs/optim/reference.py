@@ -17,6 +17,20 @@ def _compute_dtype(param: torch.Tensor) -> torch.dtype:
     return torch.float64 if param.dtype == torch.float64 else torch.float32
 
 
+def _applies(value) -> bool:
+    """A hyperparameter takes part if it is scheduled (a device tensor, never read back) or a
+    non-zero number."""
+    return isinstance(value, torch.Tensor) or value != 0
+
+
+def _add(x, y, alpha):
+    """x + alpha * y, rounded once as torch's ``add(alpha=)`` (a fused multiply-add) when alpha
+    is a number; a scheduled alpha is a device tensor, multiplied then added."""
+    if isinstance(alpha, torch.Tensor):
+        return x + alpha.to(x.dtype) * y
+    return x.add(y, alpha=alpha)
+
+
 def _write(skip, *pairs) -> None:
     """Store each new value, or, on a step GradScaler skips, keep the old one (no sync: the
     choice is made on the device)."""
@@ -27,7 +41,8 @@ def _write(skip, *pairs) -> None:
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, *, lr, beta1, beta2, eps,
          weight_decay, amsgrad, maximize, decoupled, grad_scale=None, skip=None):
     """One Adam/AdamW update of one parameter, in place. ``step`` is the parameter's float32 step
-    count (a 0-dim tensor), advanced here; ``lr`` is a float64 0-dim tensor. ``grad_scale``
+    count (a 0-dim tensor), advanced here; ``lr`` is a float64 0-dim tensor, and so are
+    ``beta1`` and ``weight_decay`` when they are scheduled. ``grad_scale``
     divides the gradient and ``skip`` (a bool tensor) discards the whole update, GradScaler's
     way."""
     cd = _compute_dtype(param)
@@ -38,7 +53,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, *, lr, beta1, b
     if maximize:
         g = -g
     k = step + 1                           # this update's count, as torch's
-    if weight_decay != 0:
+    if _applies(weight_decay):
         if decoupled:                      # AdamW: decay the weights, not the gradient
             p = p * (1 - lr * weight_decay).to(cd)
         else:                              # Adam: L2 penalty folded into the gradient
@@ -59,9 +74,10 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, *, lr, beta1, b
 
 def sgd(param, grad, momentum_buffer, step, *, lr, momentum, dampening, weight_decay, nesterov,
         maximize, grad_scale=None, skip=None):
-    """One SGD update of one parameter, in place. The first update with momentum copies the
-    gradient into the buffer (torch's ``buf = clone(grad)``), detected by ``step == 0``.
-    ``grad_scale`` and ``skip`` as for ``adam``."""
+    """One SGD update of one parameter, in place. ``momentum_buffer`` is None when the group has
+    no momentum. The first update with momentum copies the gradient into the buffer (torch's
+    ``buf = clone(grad)``), detected by ``step == 0``. ``momentum`` and ``weight_decay`` may be
+    device tensors (scheduled). ``grad_scale`` and ``skip`` as for ``adam``."""
     cd = _compute_dtype(param)
     p, d_p = param.to(cd), grad.to(cd)
     if grad_scale is not None:
@@ -70,12 +86,12 @@ def sgd(param, grad, momentum_buffer, step, *, lr, momentum, dampening, weight_d
         d_p = -d_p
     # torch's own ops (``add`` with ``alpha`` rounds once, as a fused multiply-add), so that the
     # buffer, a sum of many gradients whose entries can cancel to near zero, rounds as torch's.
-    if weight_decay != 0:
-        d_p = d_p.add(p, alpha=weight_decay)
-    if momentum != 0:
+    if _applies(weight_decay):
+        d_p = _add(d_p, p, weight_decay)
+    if momentum_buffer is not None:
         first = step == 0
-        later = momentum_buffer.to(cd).mul(momentum).add_(d_p, alpha=1 - dampening)
+        later = _add(momentum_buffer.to(cd) * momentum, d_p, 1 - dampening)
         buf = torch.where(first, d_p, later)
         _write(skip, (momentum_buffer, buf))
-        d_p = d_p.add(buf, alpha=momentum) if nesterov else buf
+        d_p = _add(d_p, buf, momentum) if nesterov else buf
     _write(skip, (param, p - lr.to(cd) * d_p), (step, step + 1))

@@ -28,7 +28,9 @@ class FusedSGDScheduled(ScheduledOptimizer):
         schedule: a spec from ``fused_lrs.schedules`` (default: constant).
         impl: ``"auto"``, ``"triton"`` or ``"reference"`` (see FusedAdamScheduled).
         foreach, fused: accepted so that existing code runs. differentiable: must be False.
-        hold_schedule_on_skip: see FusedAdamScheduled.
+        hold_schedule_on_skip, weight_decay_schedule: see FusedAdamScheduled.
+        momentum_schedule: a spec for the momentum (base: the group's), e.g.
+            ``cyclic_momentum(...)``; a group needs momentum != 0 to keep a buffer.
 
     The state holds torch's ``momentum_buffer`` (when momentum != 0) and a ``step`` count, which
     tells the first update (that copies the gradient into the buffer) from the later ones.
@@ -43,14 +45,18 @@ class FusedSGDScheduled(ScheduledOptimizer):
                  maximize: bool = False, foreach: bool | None = None,
                  differentiable: bool = False, fused: bool | None = None,
                  schedule: Schedule | None = None, impl: str = "auto",
-                 hold_schedule_on_skip: bool = False) -> None:
+                 hold_schedule_on_skip: bool = False,
+                 momentum_schedule: Schedule | None = None,
+                 weight_decay_schedule: Schedule | None = None) -> None:
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
                         foreach=foreach, differentiable=differentiable, fused=fused)
         self._check_group(defaults)
         super().__init__(params, defaults, schedule=schedule, impl=impl,
                          differentiable=differentiable,
-                         hold_schedule_on_skip=hold_schedule_on_skip)
+                         hold_schedule_on_skip=hold_schedule_on_skip,
+                         momentum_schedule=momentum_schedule,
+                         weight_decay_schedule=weight_decay_schedule)
 
     def _check_group(self, group) -> None:
         # torch.optim.SGD's messages, applied to every group.

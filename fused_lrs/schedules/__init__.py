@@ -7,7 +7,7 @@
 from fused_lrs.schedules.base import Leaf, Schedule
 from fused_lrs.schedules.compose import chained, every, sequential, warmup
 from fused_lrs.schedules.cosine import cosine, cosine_restarts
-from fused_lrs.schedules.cyclic import cyclic, one_cycle
+from fused_lrs.schedules.cyclic import cyclic, cyclic_momentum, one_cycle, one_cycle_momentum
 from fused_lrs.schedules.decay import (
     constant,
     exponential,
@@ -21,7 +21,8 @@ from fused_lrs.schedules.wsd import wsd
 
 FACTORIES = {f.__name__: f for f in (
     constant, step, multistep, exponential, cosine, cosine_restarts, cyclic, one_cycle, linear,
-    polynomial, inverse_sqrt, wsd, warmup, sequential, chained, every)}
+    polynomial, inverse_sqrt, wsd, warmup, sequential, chained, every, one_cycle_momentum,
+    cyclic_momentum)}
 
 from fused_lrs.schedules.convert import from_torch, torch_position  # noqa: E402
 from fused_lrs.schedules.parse import parse  # noqa: E402

@@ -72,27 +72,17 @@ def cyclic(base_lr: float, max_lr: float, step_size_up: int = 2000,
                   check_real(fn, "gamma", gamma, 0.0, INF, lo_open=True))
 
 
-@dataclass(frozen=True, repr=False)
-class OneCycle(Schedule):
-    factory = "one_cycle"
-    max_lr: float
-    total_steps: int
-    pct_start: float = 0.3
-    anneal_strategy: str = "cos"
-    div_factor: float = 25.0
-    final_div_factor: float = 1e4
-    three_phase: bool = False
+class _Phased(Schedule):
+    """torch's OneCycleLR machinery: phases of annealing between absolute values. A subclass
+    gives ``phases()``, ``total_steps`` and ``anneal_strategy``."""
 
-    def phases(self) -> list[tuple[float, float, float]]:
-        """(end_step, start_lr, end_lr) per phase, as torch's OneCycleLR builds them."""
-        initial = self.max_lr / self.div_factor
-        minimum = initial / self.final_div_factor
+    def ends(self) -> list[float]:
+        """The step each phase ends at, as torch's OneCycleLR computes them."""
         up_end = float(self.pct_start * self.total_steps) - 1
         if self.three_phase:
-            return [(up_end, initial, self.max_lr),
-                    (float(2 * self.pct_start * self.total_steps) - 2, self.max_lr, initial),
-                    (self.total_steps - 1, initial, minimum)]
-        return [(up_end, initial, self.max_lr), (self.total_steps - 1, self.max_lr, minimum)]
+            return [up_end, float(2 * self.pct_start * self.total_steps) - 2,
+                    self.total_steps - 1]
+        return [up_end, self.total_steps - 1]
 
     def _anneal(self, start, end, pct):
         if self.anneal_strategy == "cos":
@@ -128,6 +118,82 @@ class OneCycle(Schedule):
         return tuple(out)
 
 
+@dataclass(frozen=True, repr=False)
+class OneCycle(_Phased):
+    factory = "one_cycle"
+    max_lr: float
+    total_steps: int
+    pct_start: float = 0.3
+    anneal_strategy: str = "cos"
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    three_phase: bool = False
+
+    def phases(self) -> list[tuple[float, float, float]]:
+        """(end_step, start_lr, end_lr) per phase, as torch's OneCycleLR builds them."""
+        initial = self.max_lr / self.div_factor
+        minimum = initial / self.final_div_factor
+        values = ([initial, self.max_lr, initial, minimum] if self.three_phase
+                  else [initial, self.max_lr, minimum])
+        return [(end, a, b) for end, a, b in zip(self.ends(), values, values[1:])]
+
+
+@dataclass(frozen=True, repr=False)
+class OneCycleMomentum(_Phased):
+    factory = "one_cycle_momentum"
+    total_steps: int
+    pct_start: float = 0.3
+    anneal_strategy: str = "cos"
+    base_momentum: float = 0.85
+    max_momentum: float = 0.95
+    three_phase: bool = False
+
+    def phases(self) -> list[tuple[float, float, float]]:
+        """The momentum runs against the lr: max -> base -> max (-> max), torch's phases."""
+        lo, hi = self.base_momentum, self.max_momentum
+        values = [hi, lo, hi, hi] if self.three_phase else [hi, lo, hi]
+        return [(end, a, b) for end, a, b in zip(self.ends(), values, values[1:])]
+
+
+def _check_phases(fn: str, spec: _Phased) -> _Phased:
+    start = 0.0
+    for end in spec.ends():
+        if not end > start:
+            raise ValueError(f"{fn}: pct_start={spec.pct_start} with total_steps="
+                             f"{spec.total_steps} leaves a phase of no length (ends at step "
+                             f"{end}, starts after {start}); every phase needs at least one step")
+        start = end
+    return spec
+
+
+def one_cycle_momentum(total_steps: int, pct_start: float = 0.3, anneal_strategy: str = "cos",
+                       base_momentum: float = 0.85, max_momentum: float = 0.95,
+                       three_phase: bool = False) -> Schedule:
+    """The momentum of torch's ``OneCycleLR(cycle_momentum=True)``, for an optimizer's
+    ``momentum_schedule=`` (Adam's beta1, SGD's momentum): absolute values, from
+    ``max_momentum`` down to ``base_momentum`` while the lr rises, and back."""
+    fn = "one_cycle_momentum"
+    return _check_phases(fn, OneCycleMomentum(
+        check_int(fn, "total_steps", total_steps, 1),
+        check_real(fn, "pct_start", pct_start, 0.0, 1.0),
+        check_choice(fn, "anneal_strategy", anneal_strategy, ("cos", "linear")),
+        check_real(fn, "base_momentum", base_momentum, 0.0, 1.0),
+        check_real(fn, "max_momentum", max_momentum, 0.0, 1.0),
+        check_bool(fn, "three_phase", three_phase)))
+
+
+def cyclic_momentum(base_momentum: float = 0.8, max_momentum: float = 0.9,
+                    step_size_up: int = 2000, step_size_down: int | None = None,
+                    mode: str = "triangular", gamma: float = 1.0) -> Schedule:
+    """The momentum of torch's ``CyclicLR(cycle_momentum=True)``, for ``momentum_schedule=``:
+    ``max_momentum - (max_momentum - base_momentum) * scale``, which is ``cyclic`` run from
+    ``max_momentum`` towards ``base_momentum``."""
+    fn = "cyclic_momentum"
+    return cyclic(check_real(fn, "max_momentum", max_momentum, 0.0, 1.0),
+                  check_real(fn, "base_momentum", base_momentum, 0.0, 1.0),
+                  step_size_up, step_size_down, mode, gamma)
+
+
 def one_cycle(max_lr: float, total_steps: int, pct_start: float = 0.3,
               anneal_strategy: str = "cos", div_factor: float = 25.0,
               final_div_factor: float = 1e4, three_phase: bool = False) -> Schedule:
@@ -135,18 +201,10 @@ def one_cycle(max_lr: float, total_steps: int, pct_start: float = 0.3,
     ``max_lr / div_factor / final_div_factor``. Past ``total_steps`` (where torch raises) the
     last value holds."""
     fn = "one_cycle"
-    spec = OneCycle(check_real(fn, "max_lr", max_lr, 0.0, INF, lo_open=True),
+    return _check_phases(fn, OneCycle(check_real(fn, "max_lr", max_lr, 0.0, INF, lo_open=True),
                     check_int(fn, "total_steps", total_steps, 1),
                     check_real(fn, "pct_start", pct_start, 0.0, 1.0),
                     check_choice(fn, "anneal_strategy", anneal_strategy, ("cos", "linear")),
                     check_real(fn, "div_factor", div_factor, 0.0, INF, lo_open=True),
                     check_real(fn, "final_div_factor", final_div_factor, 0.0, INF, lo_open=True),
-                    check_bool(fn, "three_phase", three_phase))
-    start = 0.0
-    for end, _, _ in spec.phases():
-        if not end > start:
-            raise ValueError(f"{fn}: pct_start={pct_start} with total_steps={total_steps} leaves "
-                             f"a phase of no length (ends at step {end}, starts after {start}); "
-                             "every phase needs at least one step")
-        start = end
-    return spec
+                    check_bool(fn, "three_phase", three_phase)))
