@@ -4,8 +4,9 @@ parameter of every group on a device.
 Design
 ------
 Addressing. The launcher writes a device table with one int64 row per parameter that has a
-gradient: the addresses of the parameter, its gradient, up to three state tensors and its
-float32 step count, its element count, and ``group * 4 + dtype``. A program turns an address
+gradient: the addresses of the parameter, its gradient, up to three state tensors, its
+float32 step count and its fp32 master copy (master_weights=True), its element count, and
+``group * 8 + dtype code``. A program turns an address
 into a typed pointer with ``.to(tl.pointer_type(...))``, which works compiled and interpreted.
 The alternatives cost more: flattening every tensor into one buffer forces users' parameters to
 be views of it; one launch per dtype or per group breaks the one-launch promise. The table is
@@ -46,15 +47,18 @@ ADAM = tl.constexpr(0)
 SGD = tl.constexpr(1)
 
 # Tensor table: int64 columns.
-(COL_PARAM, COL_GRAD, COL_STATE1, COL_STATE2, COL_STATE3, COL_STEP, COL_NUMEL,
- COL_META) = map(tl.constexpr, range(8))
-TENSOR_COLS = tl.constexpr(8)
+(COL_PARAM, COL_GRAD, COL_STATE1, COL_STATE2, COL_STATE3, COL_STEP, COL_NUMEL, COL_META,
+ COL_MASTER) = map(tl.constexpr, range(9))
+TENSOR_COLS = tl.constexpr(9)
 # Group table: float64 columns. Adam: beta1, beta2, eps, amsgrad, decoupled. SGD: momentum,
 # dampening, -, nesterov, -.
 G_LR, G_A, G_B, G_EPS, G_WD, G_FLAG, G_MAXIMIZE, G_DECOUPLED = map(tl.constexpr, range(8))
 GROUP_COLS = tl.constexpr(8)
-# dtype codes of the tensor table.
+# dtype codes of the tensor table: the parameter's dtype, and for 3 and 4 a 16-bit parameter
+# with an fp32 master copy and fp32 states (master_weights=True). meta = group * 8 + code.
 DTYPE_CODES = {"float32": 0, "bfloat16": 1, "float16": 2}
+MASTER_CODE_OFFSET = 2
+META_GROUP = tl.constexpr(8)
 
 
 @triton.jit
@@ -83,15 +87,27 @@ def _rne_bf16(x):
     return tl.where(x != x, x.to(tl.bfloat16), y)
 
 
+@triton.jit
+def _store_weights(w_ptr, p_ptr, offs, mask, p, MASTER: tl.constexpr, P_BF16: tl.constexpr):
+    # With a master copy, the fp32 result goes to the master and its rounding to the parameter,
+    # in the same pass; without one, the rounding is the parameter.
+    if MASTER:
+        tl.store(w_ptr + offs, p, mask=mask)
+    if P_BF16:
+        p = _rne_bf16(p)
+    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+
+
 # The block bodies take `mask=None` for full blocks (unmasked, vectorizable) and a mask for the
 # ragged tail. Loads and stores are written inline: under the interpreter every nested
 # @triton.jit call costs ~0.25 ms of re-patching, so fewer calls keep CI fast. BF16 rounds
 # the results by hand (see _rne_bf16); other dtypes round in the store's cast.
 @triton.jit
-def _adam_block(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, offs, mask, sign, decay, l2, one_minus_b1,
-                beta2, one_minus_b2, step_size, bc2_sqrt, eps, grad_scale, AMSGRAD: tl.constexpr,
-                BF16: tl.constexpr, UNSCALE: tl.constexpr):
-    p = tl.load(p_ptr + offs, mask=mask).to(tl.float32)
+def _adam_block(w_ptr, p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, offs, mask, sign, decay, l2,
+                one_minus_b1, beta2, one_minus_b2, step_size, bc2_sqrt, eps, grad_scale,
+                AMSGRAD: tl.constexpr, BF16: tl.constexpr, UNSCALE: tl.constexpr,
+                MASTER: tl.constexpr, P_BF16: tl.constexpr):
+    p = tl.load(w_ptr + offs, mask=mask).to(tl.float32)
     g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
     if UNSCALE:
         g = tl.div_rn(g, grad_scale)                  # GradScaler: unscale, as torch's fused
@@ -111,18 +127,19 @@ def _adam_block(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, offs, mask, sign, decay, l
     # IEEE sqrt and division (tl.sqrt and `/` are approximate on CUDA), as torch computes.
     denom = tl.div_rn(tl.sqrt_rn(v_hat), bc2_sqrt) + eps
     p = p - tl.div_rn(step_size * m, denom)
+    _store_weights(w_ptr, p_ptr, offs, mask, p, MASTER, P_BF16)
     if BF16:
-        p, m, v = _rne_bf16(p), _rne_bf16(m), _rne_bf16(v)
-    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+        m, v = _rne_bf16(m), _rne_bf16(v)
     tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
     tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _sgd_block(p_ptr, g_ptr, buf_ptr, offs, mask, sign, wd, lr, momentum, one_minus_dampening,
-               first, nesterov, grad_scale, MOMENTUM: tl.constexpr, BF16: tl.constexpr,
-               UNSCALE: tl.constexpr):
-    p = tl.load(p_ptr + offs, mask=mask).to(tl.float32)
+def _sgd_block(w_ptr, p_ptr, g_ptr, buf_ptr, offs, mask, sign, wd, lr, momentum,
+               one_minus_dampening, first, nesterov, grad_scale, MOMENTUM: tl.constexpr,
+               BF16: tl.constexpr, UNSCALE: tl.constexpr, MASTER: tl.constexpr,
+               P_BF16: tl.constexpr):
+    p = tl.load(w_ptr + offs, mask=mask).to(tl.float32)
     d = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
     if UNSCALE:
         d = tl.div_rn(d, grad_scale)
@@ -134,9 +151,7 @@ def _sgd_block(p_ptr, g_ptr, buf_ptr, offs, mask, sign, wd, lr, momentum, one_mi
             buf_ptr.dtype.element_ty), mask=mask)
         d = tl.where(nesterov, d + momentum * buf, buf)
     p = p - lr * d
-    if BF16:
-        p = _rne_bf16(p)
-    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+    _store_weights(w_ptr, p_ptr, offs, mask, p, MASTER, P_BF16)
 
 
 @triton.jit
@@ -144,15 +159,24 @@ def _chunk(trow, grow, lr, a, wd, start, end, grad_scale, ALGO: tl.constexpr,
            CODE: tl.constexpr,
            OPTION: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
            UNSCALE: tl.constexpr):
-    """Update elements [start, end) of one tensor. OPTION is amsgrad (Adam) or momentum (SGD)."""
-    p_ptr = _typed(tl.load(trow + COL_PARAM), CODE, ALIGNED)
-    g_ptr = _typed(tl.load(trow + COL_GRAD), CODE, ALIGNED)
-    s1_ptr = _typed(tl.load(trow + COL_STATE1), CODE, ALIGNED)
+    """Update elements [start, end) of one tensor. OPTION is amsgrad (Adam) or momentum (SGD).
+    CODE 3 and 4 are bf16 and fp16 parameters with fp32 master weights and states."""
+    # Annotated: a plain assignment would turn these compile-time values into run-time ones.
+    MASTER: tl.constexpr = CODE > 2
+    P_CODE: tl.constexpr = CODE - 2 if CODE > 2 else CODE     # the parameter's and gradient's
+    S_CODE: tl.constexpr = 0 if CODE > 2 else CODE            # the states' dtype
+    p_ptr = _typed(tl.load(trow + COL_PARAM), P_CODE, ALIGNED)
+    g_ptr = _typed(tl.load(trow + COL_GRAD), P_CODE, ALIGNED)
+    if MASTER:
+        w_ptr = _typed(tl.load(trow + COL_MASTER), 0, ALIGNED)
+    else:
+        w_ptr = p_ptr
+    s1_ptr = _typed(tl.load(trow + COL_STATE1), S_CODE, ALIGNED)
     step = tl.load(tl.load(trow + COL_STEP).to(tl.pointer_type(tl.float32))).to(tl.float64)
     sign = tl.where(tl.load(grow + G_MAXIMIZE) != 0.0, -1.0, 1.0).to(tl.float32)
     if ALGO == ADAM:
-        s2_ptr = _typed(tl.load(trow + COL_STATE2), CODE, ALIGNED)
-        s3_ptr = _typed(tl.load(trow + COL_STATE3), CODE, ALIGNED)
+        s2_ptr = _typed(tl.load(trow + COL_STATE2), S_CODE, ALIGNED)
+        s3_ptr = _typed(tl.load(trow + COL_STATE3), S_CODE, ALIGNED)
         beta1 = a
         beta2 = tl.load(grow + G_B)
         decoupled = tl.load(grow + G_DECOUPLED) != 0.0
@@ -171,13 +195,13 @@ def _chunk(trow, grow, lr, a, wd, start, end, grad_scale, ALGO: tl.constexpr,
         while off < end:  # a while, not range(): the interpreter cannot range over loaded ints
             offs = off + tl.arange(0, BLOCK)
             if off + BLOCK <= end:
-                _adam_block(p_ptr, g_ptr, s1_ptr, s2_ptr, s3_ptr, offs, None, sign, decay, l2,
-                            one_minus_b1, beta2, one_minus_b2, step_size, bc2_sqrt, eps,
-                            grad_scale, OPTION, CODE == 1, UNSCALE)
-            else:
-                _adam_block(p_ptr, g_ptr, s1_ptr, s2_ptr, s3_ptr, offs, offs < end, sign, decay,
+                _adam_block(w_ptr, p_ptr, g_ptr, s1_ptr, s2_ptr, s3_ptr, offs, None, sign, decay,
                             l2, one_minus_b1, beta2, one_minus_b2, step_size, bc2_sqrt, eps,
-                            grad_scale, OPTION, CODE == 1, UNSCALE)
+                            grad_scale, OPTION, S_CODE == 1, UNSCALE, MASTER, P_CODE == 1)
+            else:
+                _adam_block(w_ptr, p_ptr, g_ptr, s1_ptr, s2_ptr, s3_ptr, offs, offs < end, sign,
+                            decay, l2, one_minus_b1, beta2, one_minus_b2, step_size, bc2_sqrt,
+                            eps, grad_scale, OPTION, S_CODE == 1, UNSCALE, MASTER, P_CODE == 1)
             off += BLOCK
     else:
         momentum = a.to(tl.float32)
@@ -190,13 +214,13 @@ def _chunk(trow, grow, lr, a, wd, start, end, grad_scale, ALGO: tl.constexpr,
         while off < end:
             offs = off + tl.arange(0, BLOCK)
             if off + BLOCK <= end:
-                _sgd_block(p_ptr, g_ptr, s1_ptr, offs, None, sign, wd, lr, momentum,
+                _sgd_block(w_ptr, p_ptr, g_ptr, s1_ptr, offs, None, sign, wd, lr, momentum,
                            one_minus_dampening, first, nesterov, grad_scale, OPTION,
-                           CODE == 1, UNSCALE)
+                           S_CODE == 1, UNSCALE, MASTER, P_CODE == 1)
             else:
-                _sgd_block(p_ptr, g_ptr, s1_ptr, offs, offs < end, sign, wd, lr, momentum,
-                           one_minus_dampening, first, nesterov, grad_scale, OPTION,
-                           CODE == 1, UNSCALE)
+                _sgd_block(w_ptr, p_ptr, g_ptr, s1_ptr, offs, offs < end, sign, wd, lr,
+                           momentum, one_minus_dampening, first, nesterov, grad_scale, OPTION,
+                           S_CODE == 1, UNSCALE, MASTER, P_CODE == 1)
             off += BLOCK
 
 
@@ -222,7 +246,7 @@ def _dispatch(trow, grow, lr, a, wd, start, end, code, option, grad_scale, ALGO:
 
 @triton.jit(do_not_specialize=["n_tensors", "n_programs", "blocks_per_program", "hold_on_skip"])
 def fused_step_kernel(
-    tensors_ptr,   # int64 [n_tensors, TENSOR_COLS]: addresses, numel, group * 4 + dtype
+    tensors_ptr,   # int64 [n_tensors, TENSOR_COLS]: addresses, numel, group * 8 + dtype code
     work_ptr,      # int32 [n_programs, 2]: (tensor row, chunk index); row -1 = no work
     groups_ptr,    # float64 [n_groups, GROUP_COLS]: base lr and hyperparameters
     table_ptr,     # float64 [n_leaves, ROW]: the leaves of the lr, momentum and wd schedules
@@ -260,7 +284,7 @@ def fused_step_kernel(
     if (row >= 0) & (skip == 0):
         trow = tensors_ptr + row.to(tl.int64) * TENSOR_COLS
         meta = tl.load(trow + COL_META)
-        grow = groups_ptr + (meta // 4) * GROUP_COLS
+        grow = groups_ptr + (meta // META_GROUP) * GROUP_COLS
         # Each schedule maps its group's base value: the lr, beta1 or momentum, weight decay.
         # An empty schedule (KINDS_M or KINDS_WD = ()) folds to the base value itself.
         tf = t.to(tl.float64)
@@ -273,7 +297,8 @@ def fused_step_kernel(
         option = tl.load(grow + G_FLAG) != 0.0
         if ALGO == SGD:
             option = tl.load(grow + G_A) != 0.0       # momentum on: the buffer exists
-        _dispatch(trow, grow, lr, a, wd, start, end, meta % 4, option, grad_scale, ALGO, DTYPES,
+        _dispatch(trow, grow, lr, a, wd, start, end, meta % META_GROUP, option, grad_scale, ALGO,
+                  DTYPES,
                   HAS_OPTION, ALIGNED, BLOCK, UNSCALE)
     tl.debug_barrier()
     if tl.atomic_add(ticket_ptr, 1) == n_programs - 1:

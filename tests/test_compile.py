@@ -107,4 +107,5 @@ def test_compiling_before_any_state_exists_says_what_to_do():
 def test_the_op_declares_exactly_what_it_mutates():
     schema = torch.ops.fused_lrs.step.default._schema
     mutated = {a.name for a in schema.arguments if a.alias_info and a.alias_info.is_write}
-    assert mutated == {"params", "state1", "state2", "state3", "steps", "t", "skipped"}
+    assert mutated == {"params", "state1", "state2", "state3", "steps", "t", "skipped",
+                       "masters"}

@@ -21,11 +21,14 @@ import pytest
 ARCHS = [80, 90]
 LEAF_KINDS = ("SCALE", "EXP", "ANNEAL", "POLY", "COSINE", "COSINE_RESTARTS", "CYCLIC",
               "INV_SQRT")
-# ALGO 0 = Adam, 1 = SGD; dtype codes 0 fp32, 1 bf16, 2 fp16.
+# ALGO 0 = Adam, 1 = SGD; dtype codes 0 fp32, 1 bf16, 2 fp16, 3 and 4 bf16 and fp16 with fp32
+# master weights and states.
 STEP_VARIANTS = {
     "adam-fp32-amsgrad": dict(ALGO=0, DTYPES=(0,), HAS_OPTION=True, ALIGNED=True),
     "adam-bf16": dict(ALGO=0, DTYPES=(1,), HAS_OPTION=False, ALIGNED=True),
     "adam-mixed": dict(ALGO=0, DTYPES=(0, 1, 2), HAS_OPTION=True, ALIGNED=True),
+    "adam-master-weights": dict(ALGO=0, DTYPES=(0, 3, 4), HAS_OPTION=False, ALIGNED=True),
+    "sgd-master-weights": dict(ALGO=1, DTYPES=(3,), HAS_OPTION=True, ALIGNED=True),
     "adam-unaligned": dict(ALGO=0, DTYPES=(0,), HAS_OPTION=False, ALIGNED=False),
     "sgd-fp32-momentum": dict(ALGO=1, DTYPES=(0,), HAS_OPTION=True, ALIGNED=True),
     "sgd-fp16": dict(ALGO=1, DTYPES=(2,), HAS_OPTION=True, ALIGNED=True),

@@ -113,3 +113,32 @@ def test_checkpoint_keeps_every_schedule():
     assert fresh.momentum_schedule == opt.momentum_schedule
     assert fresh.weight_decay_schedule == opt.weight_decay_schedule
     assert torch.equal(fresh._table, opt._table)
+
+
+MOMENTUM_PEERS = [
+    (dict(total_steps=80, pct_start=0.3, anneal_strategy="cos", base_momentum=0.8,
+          max_momentum=0.95, three_phase=False),
+     lambda o, c: tls.OneCycleLR(o, 0.1, cycle_momentum=True, **c), S.one_cycle_momentum),
+    (dict(total_steps=90, pct_start=0.25, anneal_strategy="linear", base_momentum=0.7,
+          max_momentum=0.9, three_phase=True),
+     lambda o, c: tls.OneCycleLR(o, 0.1, cycle_momentum=True, **c), S.one_cycle_momentum),
+    (dict(base_momentum=0.8, max_momentum=0.9, step_size_up=4, step_size_down=7,
+          mode="exp_range", gamma=0.98),
+     lambda o, c: tls.CyclicLR(o, 0.01, 0.1, cycle_momentum=True, **c), S.cyclic_momentum),
+]
+
+
+@pytest.mark.parametrize("config, peer, factory", MOMENTUM_PEERS,
+                         ids=["one_cycle", "one_cycle-three-phase", "cyclic-exp_range"])
+def test_momentum_factories_follow_torch(config, peer, factory):
+    # torch's group momentum before each step, on a real optimizer, against the spec.
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.5)
+    sched = peer(opt, config)
+    seen = []
+    for _ in range(80):
+        seen.append(opt.param_groups[0]["momentum"])
+        opt.step()
+        sched.step()
+    spec = factory(**config)
+    assert_close(spec.lr(torch.arange(80), 0.5), torch.tensor(seen, dtype=torch.float64),
+                 rtol=1e-12, what=repr(spec))

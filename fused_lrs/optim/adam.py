@@ -37,6 +37,9 @@ _ARGS_DOC = """
         momentum_schedule: a spec for beta1 (base: the group's beta1), e.g.
             ``one_cycle_momentum(...)``, torch's ``OneCycleLR(cycle_momentum=True)``.
         weight_decay_schedule: a spec for the weight decay (base: the group's).
+        master_weights: bf16/fp16 parameters get an fp32 master copy (``state["master"]``) and
+            fp32 states; the step updates the master and writes its rounding to the parameter.
+            Without it, states take the parameter's dtype, as in torch.
         differentiable: must be False.
 """
 
@@ -56,7 +59,8 @@ class FusedAdamScheduled(ScheduledOptimizer):
                  decoupled_weight_decay: bool | None = None, schedule: Schedule | None = None,
                  impl: str = "auto", hold_schedule_on_skip: bool = False,
                  momentum_schedule: Schedule | None = None,
-                 weight_decay_schedule: Schedule | None = None) -> None:
+                 weight_decay_schedule: Schedule | None = None,
+                 master_weights: bool = False) -> None:
         if decoupled_weight_decay is None:
             decoupled_weight_decay = self._decoupled_default
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
@@ -68,7 +72,8 @@ class FusedAdamScheduled(ScheduledOptimizer):
                          differentiable=differentiable,
                          hold_schedule_on_skip=hold_schedule_on_skip,
                          momentum_schedule=momentum_schedule,
-                         weight_decay_schedule=weight_decay_schedule)
+                         weight_decay_schedule=weight_decay_schedule,
+                         master_weights=master_weights)
 
     def _check_group(self, group) -> None:
         # torch.optim.Adam's messages, applied to every group (torch checks only the defaults).
@@ -89,15 +94,16 @@ class FusedAdamScheduled(ScheduledOptimizer):
     def _ensure_state(self, p, state, group) -> None:
         if not state:
             state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg"] = self._new_state_tensor(p)
+            state["exp_avg_sq"] = self._new_state_tensor(p)
         if group["amsgrad"] and "max_exp_avg_sq" not in state:
-            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["max_exp_avg_sq"] = self._new_state_tensor(p)
+        self._ensure_master(p, state)
 
     def _expected_state(self, group):
         required = {"step", "exp_avg", "exp_avg_sq"}
         amsgrad = {"max_exp_avg_sq"} if group.get("amsgrad") else set()
-        return required | amsgrad, required | {"max_exp_avg_sq"}
+        return required | amsgrad, required | {"max_exp_avg_sq", "master"}
 
     def _group_row(self, group) -> list[float]:
         beta1, beta2 = group["betas"]
@@ -124,13 +130,15 @@ class FusedAdamWScheduled(FusedAdamScheduled):
                  schedule: Schedule | None = None, impl: str = "auto",
                  hold_schedule_on_skip: bool = False,
                  momentum_schedule: Schedule | None = None,
-                 weight_decay_schedule: Schedule | None = None) -> None:
+                 weight_decay_schedule: Schedule | None = None,
+                 master_weights: bool = False) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable, differentiable=differentiable,
                          fused=fused, decoupled_weight_decay=True, schedule=schedule, impl=impl,
                          hold_schedule_on_skip=hold_schedule_on_skip,
                          momentum_schedule=momentum_schedule,
-                         weight_decay_schedule=weight_decay_schedule)
+                         weight_decay_schedule=weight_decay_schedule,
+                         master_weights=master_weights)
 
     def __setstate__(self, state) -> None:
         # As torch's AdamW: whatever checkpoint is loaded, the weight decay stays decoupled.

@@ -67,7 +67,8 @@ class ScheduledOptimizer(torch.optim.Optimizer):
     def __init__(self, params, defaults: dict[str, Any], *, schedule: Schedule | None,
                  impl: str, differentiable: bool, hold_schedule_on_skip: bool = False,
                  momentum_schedule: Schedule | None = None,
-                 weight_decay_schedule: Schedule | None = None) -> None:
+                 weight_decay_schedule: Schedule | None = None,
+                 master_weights: bool = False) -> None:
         if differentiable:
             raise NotImplementedError(
                 f"{type(self).__name__}: differentiable=True is not supported: the update runs as "
@@ -83,6 +84,7 @@ class ScheduledOptimizer(torch.optim.Optimizer):
         self._t = torch.zeros((), dtype=torch.int64, device=self._device)
         self._skipped = torch.zeros((), dtype=torch.float32, device=self._device)
         self.hold_schedule_on_skip = bool(hold_schedule_on_skip)
+        self.master_weights = bool(master_weights)
         self._rows_key, self._rows, self._rows_version = None, None, 0
         name = type(self).__name__
         self._momentum_schedule = None if momentum_schedule is None else check_schedule(
@@ -195,7 +197,8 @@ class ScheduledOptimizer(torch.optim.Optimizer):
                     groups=[x for row in self.group_rows() for x in row],
                     schedule=self._schedule_repr, algorithm=self.algorithm, impl=self.impl,
                     **dict(zip(("grad_scale", "found_inf", "skipped", "hold_on_skip"),
-                               self.amp_args())))
+                               self.amp_args())),
+                    masters=[self.state[p]["master"] for p in params if "master" in self.state[p]])
 
     def amp_args(self) -> tuple:
         """GradScaler's tensors for this step, if ``scaler.step(opt)`` is the caller: it sets
@@ -370,7 +373,16 @@ class ScheduledOptimizer(torch.optim.Optimizer):
         state_dict = dict(state_dict)
         extra = state_dict.pop("fused_lrs", None)
         schedules, t = self._check_checkpoint(state_dict, extra)
+        # torch's load casts every state tensor to its parameter's dtype; fp32 masters and
+        # states of 16-bit parameters are taken back from the checkpoint untouched.
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        ours = [p for g in self.param_groups for p in g["params"]]
+        fp32 = {p: {k: v for k, v in state_dict["state"].get(i, {}).items()
+                    if isinstance(v, torch.Tensor) and v.dtype == torch.float32 and k != "step"}
+                for i, p in zip(saved_ids, ours) if self._wants_master(p)}
         super().load_state_dict(state_dict)
+        for p, values in fp32.items():
+            self.state[p].update({k: v.to(p.device, copy=True) for k, v in values.items()})
         for group in self.param_groups:
             if "initial_lr" in group:
                 group["lr"] = group.pop("initial_lr")
@@ -392,6 +404,7 @@ class ScheduledOptimizer(torch.optim.Optimizer):
                 "_schedule_repr": self._schedule_repr, "_kinds": self._kinds,
                 "_table": self._table, "_t": self._t, "impl_requested": self.impl_requested,
                 "_skipped": self._skipped, "hold_schedule_on_skip": self.hold_schedule_on_skip,
+                "master_weights": self.master_weights,
                 "_device": self._device, "_launcher": None, "_rows_key": None, "_rows": None,
                 "_rows_version": 0}
 
@@ -403,9 +416,30 @@ class ScheduledOptimizer(torch.optim.Optimizer):
                 group.setdefault(key, value)
 
     def _adopt_state(self, p: torch.Tensor, state: dict[str, Any]) -> None:
-        """Bring loaded state into this class's form: steps as float32 device tensors."""
+        """Bring loaded state into this class's form: steps as float32 device tensors; with
+        master weights, fp32 states and a master (from the parameter, when the checkpoint has
+        none, e.g. one saved by torch)."""
         if "step" in state:
             state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(p.device)
+        if self._wants_master(p):
+            for k, v in state.items():
+                if k != "step" and isinstance(v, torch.Tensor):
+                    state[k] = v.float()
+            if state and "master" not in state:
+                state["master"] = p.detach().float()
+
+    def _wants_master(self, p: torch.Tensor) -> bool:
+        """Whether ``p`` keeps an fp32 master copy and fp32 states."""
+        return self.master_weights and p.dtype in (torch.bfloat16, torch.float16)
+
+    def _new_state_tensor(self, p: torch.Tensor) -> torch.Tensor:
+        """A zero state tensor for ``p``: its dtype (torch's rule), or fp32 with master weights."""
+        dtype = torch.float32 if self._wants_master(p) else p.dtype
+        return torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+
+    def _ensure_master(self, p: torch.Tensor, state: dict[str, Any]) -> None:
+        if self._wants_master(p) and "master" not in state:
+            state["master"] = p.detach().float()
 
     def _expected_state(self, group: dict[str, Any]) -> tuple[set[str], set[str]]:
         """(required, allowed) state keys for a parameter of a saved group."""

@@ -24,7 +24,7 @@ import torch
 
 from fused_lrs.kernels import optim as K
 from fused_lrs.optim.base import KERNEL_DTYPES
-from fused_lrs.optim.op import extra_states, rows_of
+from fused_lrs.optim.op import extra_states, masters_of, rows_of
 
 # Elements per inner iteration: 4 warps x 32 threads x 8 fp32 = two 128-bit accesses per thread
 # per tensor, the usual shape for a memory-bound elementwise body (Liger, Apex use the same).
@@ -38,15 +38,18 @@ PROGRAMS_PER_SM = 8
 MAX_BLOCKS_PER_PROGRAM = 64
 
 
-def check_tensors(name: str, p: torch.Tensor, tensors: list[torch.Tensor]) -> None:
-    """What the kernel needs of a parameter and the tensors it addresses with it."""
+def check_tensors(name: str, p: torch.Tensor, tensors: list[torch.Tensor],
+                  states: list[torch.Tensor], master: torch.Tensor | None) -> None:
+    """What the kernel needs of a parameter, its gradient (in ``tensors``) and its states
+    (fp32 when it has a master copy)."""
     if p.dtype not in KERNEL_DTYPES:
         raise TypeError(f"{name}: impl='triton' updates float32, bfloat16 and float16 "
                         f"parameters, got {p.dtype}; use impl='reference'")
-    if not all(x.is_contiguous() for x in tensors):
+    state_dtype = p.dtype if master is None else torch.float32
+    if not all(x.is_contiguous() for x in (*tensors, *states)):
         raise ValueError(f"{name}: impl='triton' needs contiguous parameters, gradients and "
                          "states; use impl='reference'")
-    if any(x.dtype != p.dtype for x in tensors):
+    if any(x.dtype != p.dtype for x in tensors) or any(x.dtype != state_dtype for x in states):
         raise TypeError(f"{name}: a gradient's or state tensor's dtype differs from its "
                         f"parameter's ({p.dtype}); was the model cast after the optimizer was "
                         "built?")
@@ -72,40 +75,46 @@ class Launcher:
             name = type(opt).__name__
             opt.check_gradients(work)
             for p in (p for params in work for p in params):
-                check_tensors(name, p, [p, p.grad, *(v for k, v in opt.state[p].items()
-                                                     if k != "step" and v is not None)])
+                state = opt.state[p]
+                check_tensors(name, p, [p, p.grad], [v for k, v in state.items()
+                                                     if k != "step" and v is not None],
+                              state.get("master"))
             opt.prepare_state(work)
             args = opt.op_args(work)
             self._build(args["params"], args["grads"], args["state1"], args["state2"],
                         args["state3"], args["steps"], args["table"], args["kinds"],
-                        args["kind_counts"], args["group_of"], args["groups"], args["algorithm"])
+                        args["kind_counts"], args["group_of"], args["groups"], args["algorithm"],
+                        args["masters"])
             self.key = key
         self._launch(opt.__dict__["_t"], *opt.amp_args())
 
     def step_lists(self, params, grads, state1, state2, state3, steps, t, table, kinds,
                    kind_counts, group_of, groups, schedule, algorithm, grad_scale, found_inf,
-                   skipped, hold_on_skip) -> None:
+                   skipped, hold_on_skip, masters) -> None:
         """One launch for the custom op's arguments (see ``op.py``)."""
-        tensors = (*params, *grads, *state1, *state2, *state3, *steps, table)
+        tensors = (*params, *grads, *state1, *state2, *state3, *steps, *masters, table)
         key = (tuple(x.data_ptr() for x in tensors), tuple(groups), tuple(kinds),
                tuple(kind_counts), tuple(group_of), algorithm)
         if key != self.key:
             extras = extra_states(algorithm, rows_of(groups), group_of, state1, state3)
+            fp32_masters = masters_of(params, masters)
             for i, p in enumerate(params):
                 own = [state1[i], state2[i]] if algorithm == "adam" else []
-                check_tensors("fused_lrs::step", p,
-                              [p, grads[i], *own, *([extras[i]] if extras[i] is not None else [])])
+                states = [*own, *([extras[i]] if extras[i] is not None else []),
+                          *([fp32_masters[i]] if fp32_masters[i] is not None else [])]
+                check_tensors("fused_lrs::step", p, [p, grads[i]], states, fp32_masters[i])
             self._build(params, grads, state1, state2, state3, steps, table, kinds, kind_counts,
-                        group_of, groups, algorithm)
+                        group_of, groups, algorithm, masters)
             self.key = key
         self._launch(t, grad_scale, found_inf, skipped, hold_on_skip)
 
     # ---------------------------------------------------------------- tables and launch
 
     def _build(self, params, grads, state1, state2, state3, steps, table, kinds, kind_counts,
-               group_of, groups, algorithm) -> None:
+               group_of, groups, algorithm, masters) -> None:
         rows = rows_of(groups)
         extras = extra_states(algorithm, rows, group_of, state1, state3)
+        fp32_masters = masters_of(params, masters)
         tensor_rows, addresses, dtypes = [], [], set()
         for i, p in enumerate(params):
             if algorithm == "adam":
@@ -113,11 +122,15 @@ class Launcher:
             else:
                 states = [extras[i], None, None]
             code = K.DTYPE_CODES[str(p.dtype).removeprefix("torch.")]
+            master = fp32_masters[i]
+            if master is not None:
+                code += K.MASTER_CODE_OFFSET
             row = [p.data_ptr(), grads[i].data_ptr(),
                    *(s.data_ptr() if s is not None else 0 for s in states),
-                   steps[i].data_ptr(), p.numel(), group_of[i] * 4 + code]
+                   steps[i].data_ptr(), p.numel(), group_of[i] * K.META_GROUP.value + code,
+                   master.data_ptr() if master is not None else 0]
             tensor_rows.append(row)
-            addresses += [a for a in row[:5] if a]
+            addresses += [a for a in (*row[:5], row[8]) if a]
             dtypes.add(code)
         sizes = [p.numel() for p in params]
         total = sum(sizes)
@@ -128,7 +141,7 @@ class Launcher:
         chunk = BLOCK * self.blocks_per_program
         pairs = [(r, c) for r, n in enumerate(sizes) for c in range(math.ceil(n / chunk))]
         pairs = pairs or [(-1, 0)]        # one program still advances the counters
-        self.tensors = self._to_device(torch.tensor(tensor_rows or [[0] * 8],
+        self.tensors = self._to_device(torch.tensor(tensor_rows or [[0] * K.TENSOR_COLS.value],
                                                     dtype=torch.int64))
         self.work = self._to_device(torch.tensor(pairs, dtype=torch.int32))
         self.groups = self._to_device(torch.tensor(rows, dtype=torch.float64))

@@ -27,7 +27,7 @@ from torch import Tensor
 from fused_lrs.optim import reference
 
 GROUP_COLS = 8      # the kernel's group row: lr, a, b, eps, wd, flag, maximize, decoupled
-MUTATED = ("params", "state1", "state2", "state3", "steps", "t", "skipped")
+MUTATED = ("params", "state1", "state2", "state3", "steps", "t", "skipped", "masters")
 
 
 @torch.library.custom_op("fused_lrs::step", mutates_args=MUTATED)
@@ -36,9 +36,9 @@ def step(params: list[Tensor], grads: list[Tensor], state1: list[Tensor], state2
          kind_counts: list[int], group_of: list[int], groups: list[float], schedule: str,
          algorithm: str, impl: str,
          grad_scale: Tensor | None, found_inf: Tensor | None, skipped: Tensor,
-         hold_on_skip: bool) -> None:
+         hold_on_skip: bool, masters: list[Tensor]) -> None:
     args = (params, grads, state1, state2, state3, steps, t, table, kinds, kind_counts, group_of,
-            groups, schedule, algorithm, grad_scale, found_inf, skipped, hold_on_skip)
+            groups, schedule, algorithm, grad_scale, found_inf, skipped, hold_on_skip, masters)
     if impl == "triton":
         launcher_for(t).step_lists(*args)
     else:
@@ -47,12 +47,20 @@ def step(params: list[Tensor], grads: list[Tensor], state1: list[Tensor], state2
 
 @step.register_fake
 def _(params, grads, state1, state2, state3, steps, t, table, kinds, kind_counts, group_of, groups,
-      schedule, algorithm, impl, grad_scale, found_inf, skipped, hold_on_skip) -> None:
+      schedule, algorithm, impl, grad_scale, found_inf, skipped, hold_on_skip, masters) -> None:
     return None
 
 
 def rows_of(groups: list[float]) -> list[list[float]]:
     return [groups[i:i + GROUP_COLS] for i in range(0, len(groups), GROUP_COLS)]
+
+
+def masters_of(params, masters):
+    """Each parameter's fp32 master copy (or None): ``masters`` holds one for each 16-bit
+    parameter, in parameter order, when the optimizer keeps master weights."""
+    present = iter(masters)
+    return [next(present) if masters and p.dtype in (torch.bfloat16, torch.float16) else None
+            for p in params]
 
 
 def extra_states(algorithm: str, rows, group_of, state1, state3):
@@ -71,7 +79,7 @@ def _spec(schedule: str):
 
 def reference_step(params, grads, state1, state2, state3, steps, t, table, kinds, kind_counts,
                    group_of, groups, schedule, algorithm, grad_scale=None, found_inf=None,
-                   skipped=None, hold_on_skip=False) -> None:
+                   skipped=None, hold_on_skip=False, masters=()) -> None:
     """The step in plain PyTorch: lr(t) per group on the device, then each parameter's update
     (``reference.py``), then t += 1. With GradScaler's ``found_inf`` > 0 nothing but ``t``
     moves (and not ``t`` either with ``hold_on_skip``); ``skipped`` records which it was."""
@@ -85,6 +93,7 @@ def reference_step(params, grads, state1, state2, state3, steps, t, table, kinds
     momenta = [momentum_spec.lr(t, row[1]) if momentum_spec else row[1] for row in rows]
     decays = [wd_spec.lr(t, row[4]) if wd_spec else row[4] for row in rows]
     extras = extra_states(algorithm, rows, group_of, state1, state3)
+    fp32_masters = masters_of(params, masters)
     for i, (p, g) in enumerate(zip(params, grads)):
         gi = group_of[i]
         row, lr, a, wd = rows[gi], lrs[gi], momenta[gi], decays[gi]
@@ -92,11 +101,11 @@ def reference_step(params, grads, state1, state2, state3, steps, t, table, kinds
             reference.adam(p, g, state1[i], state2[i], extras[i], steps[i], lr=lr, beta1=a,
                            beta2=row[2], eps=row[3], weight_decay=wd,
                            amsgrad=row[5] != 0, maximize=row[6] != 0, decoupled=row[7] != 0,
-                           **amp)
+                           master=fp32_masters[i], **amp)
         else:
             reference.sgd(p, g, extras[i], steps[i], lr=lr, momentum=a, dampening=row[2],
                           weight_decay=wd, nesterov=row[5] != 0, maximize=row[6] != 0,
-                          **amp)
+                          master=fp32_masters[i], **amp)
     if skip is None:
         t += 1
         if skipped is not None:

@@ -38,15 +38,24 @@ def _write(skip, *pairs) -> None:
         dst.copy_(new if skip is None else torch.where(skip, dst, new.to(dst.dtype)))
 
 
+def _write_weights(skip, param, master, new) -> None:
+    """The new weights: into the fp32 master when there is one, and rounded into the parameter
+    (``copy_`` rounds to nearest even, as the kernel does)."""
+    if master is not None:
+        _write(skip, (master, new))
+    _write(skip, (param, new))
+
+
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, *, lr, beta1, beta2, eps,
-         weight_decay, amsgrad, maximize, decoupled, grad_scale=None, skip=None):
+         weight_decay, amsgrad, maximize, decoupled, grad_scale=None, skip=None, master=None):
     """One Adam/AdamW update of one parameter, in place. ``step`` is the parameter's float32 step
     count (a 0-dim tensor), advanced here; ``lr`` is a float64 0-dim tensor, and so are
     ``beta1`` and ``weight_decay`` when they are scheduled. ``grad_scale``
     divides the gradient and ``skip`` (a bool tensor) discards the whole update, GradScaler's
-    way."""
+    way. With an fp32 ``master`` copy the update reads and writes it, and the parameter gets
+    its rounding."""
     cd = _compute_dtype(param)
-    p, g = param.to(cd), grad.to(cd)
+    p, g = (param if master is None else master).to(cd), grad.to(cd)
     m, v = exp_avg.to(cd), exp_avg_sq.to(cd)
     if grad_scale is not None:
         g = g / grad_scale.to(cd)
@@ -69,17 +78,18 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, *, lr, beta1, b
     else:
         v_hat = v
     denom = v_hat.sqrt() / bias_correction2_sqrt.to(cd) + eps
-    _write(skip, (param, p - step_size * m / denom), (exp_avg, m), (exp_avg_sq, v), (step, k))
+    _write_weights(skip, param, master, p - step_size * m / denom)
+    _write(skip, (exp_avg, m), (exp_avg_sq, v), (step, k))
 
 
 def sgd(param, grad, momentum_buffer, step, *, lr, momentum, dampening, weight_decay, nesterov,
-        maximize, grad_scale=None, skip=None):
+        maximize, grad_scale=None, skip=None, master=None):
     """One SGD update of one parameter, in place. ``momentum_buffer`` is None when the group has
     no momentum. The first update with momentum copies the gradient into the buffer (torch's
     ``buf = clone(grad)``), detected by ``step == 0``. ``momentum`` and ``weight_decay`` may be
     device tensors (scheduled). ``grad_scale`` and ``skip`` as for ``adam``."""
     cd = _compute_dtype(param)
-    p, d_p = param.to(cd), grad.to(cd)
+    p, d_p = (param if master is None else master).to(cd), grad.to(cd)
     if grad_scale is not None:
         d_p = d_p / grad_scale.to(cd)
     if maximize:
@@ -94,4 +104,5 @@ def sgd(param, grad, momentum_buffer, step, *, lr, momentum, dampening, weight_d
         buf = torch.where(first, d_p, later)
         _write(skip, (momentum_buffer, buf))
         d_p = _add(d_p, buf, momentum) if nesterov else buf
-    _write(skip, (param, p - lr.to(cd) * d_p), (step, step + 1))
+    _write_weights(skip, param, master, p - lr.to(cd) * d_p)
+    _write(skip, (step, step + 1))

@@ -28,7 +28,7 @@ class FusedSGDScheduled(ScheduledOptimizer):
         schedule: a spec from ``fused_lrs.schedules`` (default: constant).
         impl: ``"auto"``, ``"triton"`` or ``"reference"`` (see FusedAdamScheduled).
         foreach, fused: accepted so that existing code runs. differentiable: must be False.
-        hold_schedule_on_skip, weight_decay_schedule: see FusedAdamScheduled.
+        hold_schedule_on_skip, weight_decay_schedule, master_weights: see FusedAdamScheduled.
         momentum_schedule: a spec for the momentum (base: the group's), e.g.
             ``cyclic_momentum(...)``; a group needs momentum != 0 to keep a buffer.
 
@@ -47,7 +47,8 @@ class FusedSGDScheduled(ScheduledOptimizer):
                  schedule: Schedule | None = None, impl: str = "auto",
                  hold_schedule_on_skip: bool = False,
                  momentum_schedule: Schedule | None = None,
-                 weight_decay_schedule: Schedule | None = None) -> None:
+                 weight_decay_schedule: Schedule | None = None,
+                 master_weights: bool = False) -> None:
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
                         foreach=foreach, differentiable=differentiable, fused=fused)
@@ -56,7 +57,8 @@ class FusedSGDScheduled(ScheduledOptimizer):
                          differentiable=differentiable,
                          hold_schedule_on_skip=hold_schedule_on_skip,
                          momentum_schedule=momentum_schedule,
-                         weight_decay_schedule=weight_decay_schedule)
+                         weight_decay_schedule=weight_decay_schedule,
+                         master_weights=master_weights)
 
     def _check_group(self, group) -> None:
         # torch.optim.SGD's messages, applied to every group.
@@ -76,11 +78,12 @@ class FusedSGDScheduled(ScheduledOptimizer):
         if group["momentum"] != 0 and "momentum_buffer" not in state:
             # `step` counts the updates made with this buffer: 0 makes the next update copy
             # the gradient in, as torch does for a missing buffer.
-            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["momentum_buffer"] = self._new_state_tensor(p)
             state["step"].zero_()
+        self._ensure_master(p, state)
 
     def _expected_state(self, group):
-        return set(), {"step", "momentum_buffer"}
+        return set(), {"step", "momentum_buffer", "master"}
 
     def _adopt_state(self, p, state) -> None:
         # A torch checkpoint has no step: a momentum buffer means at least one update was made.

@@ -189,9 +189,13 @@ def cyclic_momentum(base_momentum: float = 0.8, max_momentum: float = 0.9,
     ``max_momentum - (max_momentum - base_momentum) * scale``, which is ``cyclic`` run from
     ``max_momentum`` towards ``base_momentum``."""
     fn = "cyclic_momentum"
+    if step_size_down is not None:
+        check_int(fn, "step_size_down", step_size_down, 1)
     return cyclic(check_real(fn, "max_momentum", max_momentum, 0.0, 1.0),
                   check_real(fn, "base_momentum", base_momentum, 0.0, 1.0),
-                  step_size_up, step_size_down, mode, gamma)
+                  check_int(fn, "step_size_up", step_size_up, 1), step_size_down,
+                  check_choice(fn, "mode", mode, tuple(_MODES)),
+                  check_real(fn, "gamma", gamma, 0.0, INF, lo_open=True))
 
 
 def one_cycle(max_lr: float, total_steps: int, pct_start: float = 0.3,
