@@ -30,6 +30,8 @@ import time
 import torch
 
 BYTES_PER_PARAM = 28
+# bf16 parameters and gradients, fp32 master, exp_avg, exp_avg_sq: read 2+2+4+4+4, write 2+4+4+4.
+BYTES_PER_PARAM_MASTER = 30
 SIZES = {"1M": [2**20], "16M": [2**24], "256M": [2**28], "1B": [2**30]}
 
 
@@ -42,19 +44,21 @@ def gpt2_small_shapes():
     return shapes + [(d,), (d,)]
 
 
-def make_params(shapes, device):
-    params = [torch.zeros(s, device=device).normal_(0, 0.02).requires_grad_() for s in shapes]
+def make_params(shapes, device, dtype=torch.float32):
+    params = [torch.zeros(s, device=device, dtype=dtype).normal_(0, 0.02).requires_grad_()
+              for s in shapes]
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
     return params
 
 
-def fused_lrs(params, warmup_steps, total):
+def fused_lrs(params, warmup_steps, total, **kwargs):
     from fused_lrs import FusedAdamWScheduled
     from fused_lrs.schedules import cosine, warmup
 
     opt = FusedAdamWScheduled(params, lr=3e-4, weight_decay=0.1, impl="triton",
-                              schedule=warmup(cosine(total - warmup_steps), warmup_steps))
+                              schedule=warmup(cosine(total - warmup_steps), warmup_steps),
+                              **kwargs)
     return opt.step
 
 
@@ -147,30 +151,36 @@ def main(argv=None):
     copy = copy_gbps(device, 2**30 if device.type == "cuda" else 2**24, args.quick)
     results = {"environment": environment(device), "copy_gbps": copy, "cases": []}
     print(f"{results['environment']}\ndevice-to-device copy: {copy:.0f} GB/s")
-    print(f"{'case':>11} {'provider':>14} {'params':>11} {'gpu_ms':>9} {'wall_ms':>9} "
+    print(f"{'case':>11} {'provider':>16} {'params':>11} {'gpu_ms':>9} {'wall_ms':>9} "
           f"{'host_us':>8} {'GB/s':>7} {'%copy':>6}")
-    for name, shapes in cases.items():
-        for provider, make in PROVIDERS.items():
-            params = make_params(shapes, device)
-            n = sum(p.numel() for p in params)
-            try:
-                step = make(params, 100, 1000)
-                step()                                      # state, tables, compile
-                ms = gpu_ms(step, device, args.quick)
-                wall, host = loop_ms_and_host_us(step, device, 5 if args.quick else 200)
-            except torch.OutOfMemoryError:
-                print(f"{name:>11} {provider:>14} out of memory")
-                continue
-            finally:
-                del params
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            gbps = BYTES_PER_PARAM * n / (ms * 1e-3) / 1e9
-            row = dict(case=name, provider=provider, params=n, tensors=len(shapes), gpu_ms=ms,
-                       wall_ms=wall, host_us=host, gbps=gbps, pct_copy=100 * gbps / copy)
-            results["cases"].append(row)
-            print(f"{name:>11} {provider:>14} {n:>11,} {ms:>9.4f} {wall:>9.4f} {host:>8.1f} "
-                  f"{gbps:>7.0f} {row['pct_copy']:>5.1f}%", flush=True)
+    runs = [(name, shapes, provider, make, torch.float32, BYTES_PER_PARAM)
+            for name, shapes in cases.items() for provider, make in PROVIDERS.items()]
+    # Mixed precision: bf16 parameters with fp32 master weights, in the same single launch.
+    master_size = [2**16] if args.quick else [2**28]
+    runs.append(("256M-bf16" if not args.quick else "64K-bf16", master_size, "fused_lrs+master",
+                 lambda p, w, t: fused_lrs(p, w, t, master_weights=True), torch.bfloat16,
+                 BYTES_PER_PARAM_MASTER))
+    for name, shapes, provider, make, dtype, bytes_per_param in runs:
+        params = make_params(shapes, device, dtype)
+        n = sum(p.numel() for p in params)
+        try:
+            step = make(params, 100, 1000)
+            step()                                      # state, tables, compile
+            ms = gpu_ms(step, device, args.quick)
+            wall, host = loop_ms_and_host_us(step, device, 5 if args.quick else 200)
+        except torch.OutOfMemoryError:
+            print(f"{name:>11} {provider:>16} out of memory")
+            continue
+        finally:
+            del params
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        gbps = bytes_per_param * n / (ms * 1e-3) / 1e9
+        row = dict(case=name, provider=provider, params=n, tensors=len(shapes), gpu_ms=ms,
+                   wall_ms=wall, host_us=host, gbps=gbps, pct_copy=100 * gbps / copy)
+        results["cases"].append(row)
+        print(f"{name:>11} {provider:>16} {n:>11,} {ms:>9.4f} {wall:>9.4f} {host:>8.1f} "
+              f"{gbps:>7.0f} {row['pct_copy']:>5.1f}%", flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)
