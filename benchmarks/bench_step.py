@@ -16,6 +16,9 @@ Per provider and size:
 
     python benchmarks/bench_step.py --out benchmarks/results/bench_step.json
     python benchmarks/bench_step.py --device cpu --quick      # smoke test, interpreter, no GPU
+
+This is the single-step micro benchmark; ``fused-lrs bench`` (fused_lrs/bench) compares whole
+scenarios against more baselines.
 """
 
 from __future__ import annotations
@@ -29,19 +32,12 @@ import time
 
 import torch
 
+from fused_lrs.bench.scenarios import gpt2_small_shapes
+
 BYTES_PER_PARAM = 28
 # bf16 parameters and gradients, fp32 master, exp_avg, exp_avg_sq: read 2+2+4+4+4, write 2+4+4+4.
 BYTES_PER_PARAM_MASTER = 30
 SIZES = {"1M": [2**20], "16M": [2**24], "256M": [2**28], "1B": [2**30]}
-
-
-def gpt2_small_shapes():
-    d, vocab, ctx = 768, 50257, 1024
-    shapes = [(vocab, d), (ctx, d)]
-    for _ in range(12):
-        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, 4 * d),
-                   (4 * d,), (4 * d, d), (d,)]
-    return shapes + [(d,), (d,)]
 
 
 def make_params(shapes, device, dtype=torch.float32):

@@ -2,6 +2,8 @@
 # Everything that needs a GPU, in two calls of the device tool (each well under 10 minutes):
 #   bash benchmarks/gpu_run.sh tests   # install; gpu-marked tests and the compiled suites
 #   bash benchmarks/gpu_run.sh bench   # install; step and compile-cost benchmarks
+#   bash benchmarks/gpu_run.sh suite S1,S3   # install; `fused-lrs bench` on those scenarios
+#   bash benchmarks/gpu_run.sh suite S2,S4   #   (split so that each call stays under 10 min)
 # Logs and JSON go to $OUT (default benchmarks/results); commit them under benchmarks/results/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,5 +24,11 @@ case "${1:-tests}" in
         | tee "$OUT/bench_step.log"
     timeout 240 python3 benchmarks/bench_compile.py --out "$OUT/bench_compile.json" 2>&1 \
         | tee "$OUT/bench_compile.log" ;;
-  *) echo "usage: $0 tests|bench"; exit 2 ;;
+  suite)
+    # The issue-7 suite: bench.json (and bench.png where matplotlib is installed) per call.
+    scenarios=${2:-S1,S2,S3,S4}
+    dir="$OUT/bench-${scenarios//,/-}"
+    timeout 560 python3 -m fused_lrs bench --scenarios "$scenarios" --out "$dir" 2>&1 \
+        | tee "$dir.log" ;;
+  *) echo "usage: $0 tests|bench|suite [S1,S2,S3,S4]"; exit 2 ;;
 esac

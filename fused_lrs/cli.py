@@ -1,10 +1,14 @@
 """The ``fused-lrs`` command.
 
+    fused-lrs bench --quick
     fused-lrs plot "warmup(cosine(T_max=900), steps=100)" --steps 1000 -o lr.png
 
 ``plot`` prints a table of the schedule (or, with ``-o``, draws it) for ``t = 0 .. steps - 1``,
-the lrs the first ``steps`` optimizer steps use. Every error is one line on stderr and exit
-code 2, never a traceback: the expression comes from a user, and ``parse`` only walks it.
+the lrs the first ``steps`` optimizer steps use. ``bench`` times the optimizer step on real
+models' parameter lists against torch's optimizers and schedulers (see fused_lrs/bench).
+
+Every error is one line on stderr and exit code 2, never a traceback: the expression comes from
+a user, and ``parse`` only walks it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import textwrap
 
 import torch
 
+from fused_lrs import bench as bench_command
 from fused_lrs.schedules import parse
 
 MAX_STEPS = 10**7  # 80 MB of float64 per evaluation: plenty for a plot, and bounded
@@ -47,6 +52,14 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="evaluate with the Triton twin and report its difference to the "
                            "float64 reference")
     plot.set_defaults(run=_plot)
+
+    bench = commands.add_parser("bench", help="time the fused step against torch's optimizers",
+                                description="Time one optimizer step, fused_lrs against "
+                                            "torch's optimizers and schedulers, on real "
+                                            "models' parameter lists; writes bench.json and "
+                                            "bench.png.")
+    bench_command.add_arguments(bench)
+    bench.set_defaults(run=bench_command.execute)
     return parser
 
 

@@ -23,6 +23,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one CPU thread for the test. For tests that check what a command writes, not its
+    speed: on a loaded 2-core machine a preempted OpenMP worker stalls every parallel op for a
+    scheduler quantum (measured: a 1 ms optimizer step taking 100+ ms)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def assert_close(actual, expected, rtol, atol=0.0, what=""):
     """Compare two tensors; on failure report the count and the first mismatching entries."""
     # Python numbers and lists go straight to float64: via torch's default float32 they would

@@ -8,7 +8,7 @@ optimizer, its hyperparameters and its schedule). Shapes come from the models th
   S2  bandwidth-bound  GPT-2 small (148 tensors, 124M) and, on GPU, a LLaMA-shaped 1.36B list;
   S3  CNN              torchvision's ResNet-50 (161 tensors, 25.6M), SGD with momentum, weight
                        decay and multistep;
-  S4  mixed precision  bf16 parameters with fp32 master weights: not built yet, reported as such.
+  S4  mixed precision  GPT-2 small in bf16 with fp32 master weights and states, AdamW.
 
 ``--quick`` on a CPU keeps each scenario's structure (its tensor count, or its per-block shapes)
 at a size a 2-core machine steps in milliseconds: see ``scenarios(quick=True, cpu=True)``.
@@ -23,6 +23,9 @@ GROUPS = ("S1", "S2", "S3", "S4")
 #: Bytes one step must move per parameter (DESIGN.md): Adam reads p, g, m, v and writes p, m, v;
 #: SGD with momentum reads p, g, buf and writes p, buf.
 BYTES_PER_PARAM = {"adamw": 28, "sgd": 20}
+#: Adam on bf16 parameters with fp32 masters: reads p, g (2 + 2), master, m, v (3 x 4); writes
+#: p (2), master, m, v (3 x 4).
+BYTES_PER_PARAM_MASTER = 30
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Recipe:
     t_max: int = 0
     milestones: tuple[int, ...] = ()  # sgd: multistep
     gamma: float = 0.1
+    master_weights: bool = False      # bf16 parameters, fp32 master copies and states
 
     @property
     def last_boundary(self) -> int:
@@ -49,6 +53,8 @@ class Recipe:
 
 ADAMW = Recipe("adamw", lr=3e-4, weight_decay=0.1, warmup=10, t_max=10_000)
 SGD = Recipe("sgd", lr=0.1, weight_decay=1e-4, momentum=0.9, milestones=(5, 10))
+ADAMW_MASTER = Recipe("adamw", lr=3e-4, weight_decay=0.1, warmup=10, t_max=10_000,
+                      master_weights=True)
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,6 @@ class Scenario:
     shapes: tuple[tuple[int, ...], ...]
     recipe: Recipe
     reduced: str = ""                 # how a --quick CPU variant differs from the real one
-    unavailable: str = ""             # why this scenario cannot run (yet), or ""
     gpu_only: bool = False
 
     @property
@@ -71,8 +76,17 @@ class Scenario:
         return sum(math.prod(s) for s in self.shapes)
 
     @property
+    def dtype(self) -> str:
+        return "bfloat16" if self.recipe.master_weights else "float32"
+
+    @property
+    def bytes_per_param(self) -> int:
+        return (BYTES_PER_PARAM_MASTER if self.recipe.master_weights
+                else BYTES_PER_PARAM[self.recipe.optimizer])
+
+    @property
     def bytes_per_step(self) -> int:
-        return BYTES_PER_PARAM[self.recipe.optimizer] * self.params
+        return self.bytes_per_param * self.params
 
 
 def gpt_shapes(layers: int, d: int, vocab: int, ctx: int, embeddings: bool = True):
@@ -137,8 +151,10 @@ def scenarios(quick: bool = False, cpu: bool = False) -> list[Scenario]:
         Scenario("S3", "S3", "CNN: ResNet-50, SGD momentum + weight decay, multistep",
                  tuple(s3), SGD,
                  reduced="channels / 4, 250 classes (same 161 tensors)" if small else ""),
-        Scenario("S4", "S4", "mixed precision: bf16 params with fp32 master weights", (), ADAMW,
-                 unavailable="not available yet: fused_lrs has no fp32 master weights"),
+        Scenario("S4", "S4", "mixed precision: GPT-2 small in bf16, fp32 master weights, "
+                 "AdamW, warmup-cosine", tuple(s2), ADAMW_MASTER,
+                 reduced="one GPT-2-small block (12 tensors, 7.1M) instead of 148 tensors, 124M"
+                 if small else ""),
     ]
 
 

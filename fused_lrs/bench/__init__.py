@@ -1,0 +1,180 @@
+"""``fused-lrs bench``: how much faster is the optimizer step, on this machine.
+
+Every scenario (``scenarios.py``) runs with every provider (``providers.py``) on fresh
+parameters; ``measure.py`` times it; ``report.py`` prints the table and writes ``bench.json``
+and ``bench.png``. A provider that fails (no CUDA-graph capture, out of memory) is reported with
+its error and the run goes on.
+
+    fused-lrs bench --quick                  # < 2 minutes on a 2-core CPU
+    fused-lrs bench --scenarios S1,S3 --out bench-results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from fused_lrs.bench import measure, providers, report
+from fused_lrs.bench.scenarios import GROUPS, select
+
+DEFAULT_STEPS = 200
+REPEATS = 3
+# --quick: 10-step loops on CPU (3 x 10 = 30 timed steps of a reduced scenario, milliseconds each
+# on an idle 2-core machine), 50 on a GPU (full-size scenarios, micro- to milliseconds a step).
+QUICK_STEPS = {"cpu": 10, "cuda": 50}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true",
+                        help="short loops; on CPU also reduced scenarios (< 2 minutes)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    parser.add_argument("--scenarios", default=",".join(GROUPS),
+                        help=f"comma-separated subset of {','.join(GROUPS)} (default: all)")
+    parser.add_argument("--steps", type=int,
+                        help=f"steps per timed loop (default {DEFAULT_STEPS}; --quick: "
+                             f"{QUICK_STEPS['cpu']} on CPU, {QUICK_STEPS['cuda']} on CUDA)")
+    parser.add_argument("--out", default="bench-results",
+                        help="directory for bench.json and bench.png (default bench-results/)")
+
+
+def run(argv=None) -> int:
+    """``fused-lrs bench`` with its own argument list (the CLI reaches ``execute`` directly)."""
+    parser = argparse.ArgumentParser(prog="fused-lrs bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return execute(parser.parse_args(argv))
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device: not a device: {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda[:N], got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    return device
+
+
+def execute(args) -> int:
+    device = _device(args.device)
+    cpu = device.type == "cpu"
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    steps = args.steps or (QUICK_STEPS[device.type] if args.quick else DEFAULT_STEPS)
+    repeats = REPEATS
+    chosen = [s for s in select(args.scenarios, args.quick, cpu) if not (cpu and s.gpu_only)]
+    os.makedirs(args.out, exist_ok=True)
+    json_path, png_path = (os.path.join(args.out, f) for f in ("bench.json", "bench.png"))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+    notes = _notes(args, cpu, steps, repeats)
+    for n in notes:
+        print(f"note: {n}")
+
+    plan = providers.for_device(device)
+    progress = report.Progress(1 + len(chosen) * len(plan))
+    progress.show("device-to-device copy")
+    copy = measure.copy_gbps(device, 2**30 if device.type == "cuda" else 2**27)
+    progress.advance("copy")
+    env = report.environment(device)
+    result = {"environment": env,
+              "config": {"quick": args.quick, "device": str(device), "steps": steps,
+                         "repeats": repeats, "scenarios": args.scenarios, "notes": notes},
+              "copy_gbps": copy, "scenarios": []}
+    for sc in chosen:
+        entry = {"name": sc.name, "group": sc.group, "title": sc.title, "tensors": sc.tensors,
+                 "params": sc.params, "dtype": sc.dtype, "optimizer": sc.recipe.optimizer,
+                 "bytes_per_param": sc.bytes_per_param, "reduced": sc.reduced,
+                 "recipe": vars(sc.recipe), "results": []}
+        result["scenarios"].append(entry)
+        for provider in plan:
+            progress.show(f"{sc.name} {provider.name}")
+            row = _measure(sc, provider, device, steps, repeats)
+            basis = row.get("gpu_ms") or row.get("wall_ms")
+            if basis:
+                row["gbps"] = sc.bytes_per_step / (basis * 1e-3) / 1e9
+                row["pct_copy"] = 100 * row["gbps"] / copy
+            entry["results"].append(row)
+            progress.advance(f"{sc.name} {provider.name}")
+        _speedups(entry["results"])
+        # After every scenario, so that a run cut short (a time limit) keeps what it measured.
+        report.write_json(result, json_path)
+    progress.close()
+
+    print(f"\n{env['device']}; torch {env['torch']}, triton {env['triton']}, "
+          f"python {env['python']}; commit {env['commit']}; {env['date']}")
+    print(f"device-to-device copy: {copy:.1f} GB/s; wall ms = median of {repeats} loops of "
+          f"{steps} steps; GB/s from {'gpu' if not cpu else 'wall'} ms")
+    print(report.table(result))
+    report.write_json(result, json_path)
+    why = report.write_chart(result, png_path)
+    print(f"\nwrote {json_path}" + (f"; {why}" if why else f" and {png_path}"))
+    return 0
+
+
+def _notes(args, cpu: bool, steps: int, repeats: int) -> list[str]:
+    """What a reader of the figures must know about this run."""
+    notes = []
+    if cpu:
+        notes.append("CPU: fused_lrs runs impl='reference' (plain PyTorch, tensor by tensor); "
+                     "its Triton kernel needs CUDA, so these figures say nothing about it. "
+                     "GPU time, kernels, syncs and peak memory are CUDA-only (n/a); GB/s is "
+                     "from the wall clock, and above 100% of the copy when a working set fits "
+                     "in the CPU's caches.")
+        if any(s.gpu_only for s in select(args.scenarios)):
+            notes.append("S2-llama (1.36B parameters) runs on GPU only.")
+    if cpu and args.quick:
+        notes.append(f"--quick on CPU: reduced scenarios (see each) and {repeats} loops of "
+                     f"{steps} steps instead of {DEFAULT_STEPS}.")
+    elif steps < DEFAULT_STEPS:
+        notes.append(f"{repeats} loops of {steps} steps (the standard is {DEFAULT_STEPS}).")
+    return notes
+
+
+def _measure(sc, provider, device, steps: int, repeats: int) -> dict:
+    row = {"provider": provider.name, "subject": provider.subject, "graphed": provider.graphed,
+           "status": "ok", **dict.fromkeys(("wall_ms", "gpu_ms", "host_us", "gbps", "pct_copy",
+                                            "kernels_per_step", "syncs_per_step", "peak_mb"))}
+    params = step = None
+    try:
+        measure.peak_memory_reset(device)
+        params = providers.make_params(sc.shapes, device, getattr(torch, sc.dtype))
+        step = provider.build(params, sc.recipe, device)
+        # State, tables and compilation first, and for a compiled step past every schedule
+        # boundary (its scheduler may recompile there): none of that belongs in a step's time.
+        for _ in range(sc.recipe.last_boundary + 2 if provider.compiled else 2):
+            step()
+        row["wall_ms"], row["host_us"] = measure.wall_ms(step, device, steps, repeats)
+        if device.type == "cuda":
+            row["gpu_ms"] = measure.gpu_ms(step, device, steps, row["host_us"])
+            row["kernels_per_step"] = measure.kernels_per_step(step, device)
+            row["syncs_per_step"] = measure.syncs_per_step(step, device)
+            row["peak_mb"] = measure.peak_mb(device)
+    except Exception as e:  # noqa: BLE001  one provider failing must not end the run
+        message = " ".join(str(e).split())[:160]
+        row["status"] = f"failed: {type(e).__name__}: {message}"
+    finally:
+        del params, step
+        if provider.compiled:
+            torch._dynamo.reset()      # frees the compiled code, its guards and their tensors
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+    return row
+
+
+def _speedups(rows: list[dict]) -> None:
+    """fused_lrs rows get ``speedup_vs``: each baseline's time over theirs (> 1: faster)."""
+    baselines = [r for r in rows if not r["subject"] and r["wall_ms"]]
+    for row in rows:
+        if row["subject"] and row["wall_ms"]:
+            row["speedup_vs"] = {b["provider"]: b["wall_ms"] / row["wall_ms"] for b in baselines}
+            if row["gpu_ms"]:
+                row["gpu_speedup_vs"] = {b["provider"]: b["gpu_ms"] / row["gpu_ms"]
+                                         for b in baselines if b["gpu_ms"]}
