@@ -74,7 +74,13 @@ def cyclic(base_lr: float, max_lr: float, step_size_up: int = 2000,
 
 class _Phased(Schedule):
     """torch's OneCycleLR machinery: phases of annealing between absolute values. A subclass
-    gives ``phases()``, ``total_steps`` and ``anneal_strategy``."""
+    gives ``values()`` (the value at each phase boundary), ``total_steps``, ``pct_start``,
+    ``three_phase`` and ``anneal_strategy``."""
+
+    def phases(self) -> list[tuple[float, float, float]]:
+        """(end_step, start value, end value) per phase, as torch's OneCycleLR builds them."""
+        values = self.values()
+        return [(end, a, b) for end, a, b in zip(self.ends(), values, values[1:])]
 
     def ends(self) -> list[float]:
         """The step each phase ends at, as torch's OneCycleLR computes them."""
@@ -129,13 +135,12 @@ class OneCycle(_Phased):
     final_div_factor: float = 1e4
     three_phase: bool = False
 
-    def phases(self) -> list[tuple[float, float, float]]:
-        """(end_step, start_lr, end_lr) per phase, as torch's OneCycleLR builds them."""
+    def values(self) -> list[float]:
         initial = self.max_lr / self.div_factor
         minimum = initial / self.final_div_factor
-        values = ([initial, self.max_lr, initial, minimum] if self.three_phase
-                  else [initial, self.max_lr, minimum])
-        return [(end, a, b) for end, a, b in zip(self.ends(), values, values[1:])]
+        if self.three_phase:
+            return [initial, self.max_lr, initial, minimum]
+        return [initial, self.max_lr, minimum]
 
 
 @dataclass(frozen=True, repr=False)
@@ -148,11 +153,10 @@ class OneCycleMomentum(_Phased):
     max_momentum: float = 0.95
     three_phase: bool = False
 
-    def phases(self) -> list[tuple[float, float, float]]:
-        """The momentum runs against the lr: max -> base -> max (-> max), torch's phases."""
+    def values(self) -> list[float]:
+        # The momentum runs against the lr: max -> base -> max (-> max), torch's phases.
         lo, hi = self.base_momentum, self.max_momentum
-        values = [hi, lo, hi, hi] if self.three_phase else [hi, lo, hi]
-        return [(end, a, b) for end, a, b in zip(self.ends(), values, values[1:])]
+        return [hi, lo, hi, hi] if self.three_phase else [hi, lo, hi]
 
 
 def _check_phases(fn: str, spec: _Phased) -> _Phased:
