@@ -51,13 +51,14 @@ def assert_same(eager, compiled):
             assert torch.equal(value, co.state[b][key]), key
 
 
+@pytest.mark.parametrize("impl", ["reference", "torch_fused"])
 @pytest.mark.parametrize("cls, options", [
     (FusedAdamWScheduled, dict(amsgrad=True)),
     (FusedSGDScheduled, dict(momentum=0.9, nesterov=True, weight_decay=1e-3)),
 ], ids=["adamw-amsgrad", "sgd-nesterov"])
-def test_200_steps_one_graph_no_recompile(cls, options):
-    eager = make(cls, "reference", **options)
-    compiled = make(cls, "reference", **options)
+def test_200_steps_one_graph_no_recompile(cls, options, impl):
+    eager = make(cls, impl, **options)
+    compiled = make(cls, impl, **options)
     counter = CompileCounterWithBackend("aot_eager")
 
     @torch.compile(backend=counter, fullgraph=True)     # fullgraph: a graph break would raise
@@ -69,7 +70,7 @@ def test_200_steps_one_graph_no_recompile(cls, options):
     run(*compiled, train_step, 200)
     assert counter.frame_count == 1, "recompiled"
     assert counter.op_count >= 1
-    # The op runs the same reference code as eager mode: bitwise the same result.
+    # The op runs the same backend as eager mode: bitwise the same result.
     assert_same(eager, compiled)
     assert_close(compiled[1].get_last_lr(), eager[1].get_last_lr(), rtol=0)
 
@@ -87,8 +88,9 @@ def compare_compiled_step(backend, impl, steps, device="cpu"):
     assert_same(eager, compiled)
 
 
-def test_inductor_compiles_the_step_once():
-    compare_compiled_step("inductor", "reference", 30)
+@pytest.mark.parametrize("impl", ["reference", "torch_fused"])
+def test_inductor_compiles_the_step_once(impl):
+    compare_compiled_step("inductor", impl, 30)
 
 
 def test_the_kernel_path_compiles_too():
@@ -105,7 +107,9 @@ def test_compiling_before_any_state_exists_says_what_to_do():
 
 
 def test_the_op_declares_exactly_what_it_mutates():
+    # grads too: torch's fused CPU kernels (impl="torch_fused") unscale them in place under
+    # GradScaler, as AdamW(fused=True) does.
     schema = torch.ops.fused_lrs.step.default._schema
     mutated = {a.name for a in schema.arguments if a.alias_info and a.alias_info.is_write}
-    assert mutated == {"params", "state1", "state2", "state3", "steps", "t", "skipped",
-                       "masters"}
+    assert mutated == {"params", "grads", "state1", "state2", "state3", "steps", "t",
+                       "skipped", "masters"}

@@ -1,6 +1,8 @@
-"""The reference path against torch.optim.Adam, AdamW and SGD driven by torch's schedulers.
+"""The reference path (and the CPU backend) against torch.optim.Adam, AdamW and SGD driven by
+torch's schedulers.
 
-Every test runs our optimizer (``impl="reference"``) and torch's side by side on clones of the
+Every test runs our optimizer (``impl="reference"``; ``"torch_fused"`` too where marked) and
+torch's side by side on clones of the
 same parameters, feeds both the same gradients, steps torch's loop ``opt.step(); sched.step()``,
 and compares the parameters and every state tensor (``assert_same_state``). Tolerances: float32
 rtol 1e-5 / atol 1e-7, float64 rtol 1e-12 / atol 1e-15; the lr lists to rtol 1e-12.
@@ -124,7 +126,7 @@ def assert_same_state(ours, theirs, rtol, atol, what=""):
 
 
 def make_pair(ours_cls, torch_cls, options, dtype, spec=None, lr_scales=LR_SCALES,
-              schedule_factory=None):
+              schedule_factory=None, impl="reference"):
     """Our optimizer and torch's on clones of the same parameters, grouped as GROUPS."""
     gen = torch.Generator().manual_seed(0)
     init = [torch.randn(s, generator=gen, dtype=dtype) for s in SHAPES]
@@ -136,8 +138,10 @@ def make_pair(ours_cls, torch_cls, options, dtype, spec=None, lr_scales=LR_SCALE
                 for (a, b, w), x in zip(GROUPS, lr_scales)]
 
     ours = ours_cls(groups([p.clone().requires_grad_() for p in init]), schedule=spec,
-                    impl="reference", **options)
-    theirs = torch_cls(groups([p.clone().requires_grad_() for p in init]), **options)
+                    impl=impl, **options)
+    # The CPU backend runs torch's fused kernels: its peer is torch's fused optimizer.
+    fused = {"fused": True} if impl == "torch_fused" else {}
+    theirs = torch_cls(groups([p.clone().requires_grad_() for p in init]), **options, **fused)
     sched = schedule_factory(theirs) if schedule_factory else None
     return ours, theirs, sched
 
@@ -185,16 +189,18 @@ def run_both(ours, theirs, sched, dtype, n=N_STEPS, on_step=None):
 
 # ---------------------------------------------------------------- equivalence
 
+@pytest.mark.parametrize("impl", ["reference", "torch_fused"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("ours_cls, torch_cls, options, schedule", [
     pytest.param(ours, theirs, options, SCHEDULES[i % len(SCHEDULES)],
                  id=f"{name}-{SCHEDULES[i % len(SCHEDULES)][0]}")
     for i, (name, ours, theirs, options) in enumerate(OPTIONS)])
-def test_every_option_matches_torch(ours_cls, torch_cls, options, schedule, dtype):
-    """Every option combination, each with the next schedule in turn."""
+def test_every_option_matches_torch(ours_cls, torch_cls, options, schedule, dtype, impl):
+    """Every option combination, each with the next schedule in turn, on the reference and on
+    the CPU backend (torch's fused kernels)."""
     _, factory, spec = schedule
-    run_both(*make_pair(ours_cls, torch_cls, options, dtype, spec, schedule_factory=factory),
-             dtype)
+    run_both(*make_pair(ours_cls, torch_cls, options, dtype, spec, schedule_factory=factory,
+                        impl=impl), dtype)
 
 
 REPRESENTATIVES = [

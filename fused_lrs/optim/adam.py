@@ -111,12 +111,6 @@ class FusedAdamScheduled(ScheduledOptimizer):
                 float(group["weight_decay"]), float(group["amsgrad"]), float(group["maximize"]),
                 float(group["decoupled_weight_decay"])]
 
-    def _state_lists(self, work):
-        groups = zip(self.param_groups, work)
-        return ([self.state[p]["exp_avg"] for ps in work for p in ps],
-                [self.state[p]["exp_avg_sq"] for ps in work for p in ps],
-                [self.state[p]["max_exp_avg_sq"] for g, ps in groups if g["amsgrad"] for p in ps])
-
 
 class FusedAdamWScheduled(FusedAdamScheduled):
     __doc__ = ("AdamW (decoupled weight decay, default 1e-2) with the learning-rate schedule "

@@ -6,26 +6,32 @@ It is a ``torch.optim.Optimizer`` with device tensors of its own:
     advances only when the parameter had a gradient (torch's rule);
   * ``_table``, float64: the schedule's numbers; ``_skipped``: whether GradScaler skipped the
     last step.
-``step()`` evaluates ``lr(t)`` on the device and never reads a value back to the host, on either
-implementation: ``impl="reference"`` (plain PyTorch, the specification) or ``impl="triton"`` (one
-kernel launch per step). Under ``torch.compile`` the step is one custom op (``op.py``).
+``step()`` describes the step (``step.py``: tensors, group rows, schedules) and hands the
+description to one backend (``backends/``): ``"triton"`` (one kernel launch on CUDA),
+``"torch_fused"`` (torch's fused CPU kernels) or ``"reference"`` (plain PyTorch, the
+specification). None of them reads a value back to the host. Under ``torch.compile`` the step is
+one custom op (``op.py``) that carries the same description to the same backend.
+
+The description is cached: it is rebuilt only when the set of parameters with a gradient, the
+state, a hyperparameter or the schedule changes; a steady-state step only refreshes the
+gradients. State tensors are therefore replaced only through ``load_state_dict`` (as in every
+torch optimizer, assigning ``opt.state[p][...]`` by hand is not supported after the first step).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, ClassVar
 
 import torch
 
 from fused_lrs.kernels import kinds
+from fused_lrs.optim import backends
+from fused_lrs.optim.backends import IMPLS
 from fused_lrs.optim.checkpoint import Checkpoints
-from fused_lrs.optim.op import reference_step
+from fused_lrs.optim.op import step as step_op
+from fused_lrs.optim.step import STATE_KEYS, StepDescription, to_flat
 from fused_lrs.schedules import Schedule, constant
 from fused_lrs.schedules.base import check_schedule
-
-IMPLS = ("auto", "triton", "reference")
-KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _scalar_key(value):
@@ -45,9 +51,9 @@ def as_float(value) -> float:
 class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
     """Base class: argument checks, state, checkpoints and the choice of implementation.
 
-    A subclass names its ``algorithm`` ("adam" or "sgd"), checks its groups
-    (``_check_group``), creates its state (``_ensure_state``), and lays out its hyperparameters
-    (``row_keys``, ``_group_row``) and states (``_state_lists``) for the step op.
+    A subclass names its ``algorithm`` ("adam" or "sgd": the state slots are
+    ``step.STATE_KEYS``), checks its groups (``_check_group``), creates its state
+    (``_ensure_state``), and lays out its hyperparameters (``row_keys``, ``_group_row``).
     """
 
     algorithm: ClassVar[str]
@@ -77,18 +83,20 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
                                   constant() if schedule is None else schedule)
         self.impl_requested = impl
         self._device: torch.device | None = None
+        self._invalidate()
         super().__init__(params, defaults)
         self._t = torch.zeros((), dtype=torch.int64, device=self._device)
         self._skipped = torch.zeros((), dtype=torch.float32, device=self._device)
         self.hold_schedule_on_skip = bool(hold_schedule_on_skip)
         self.master_weights = bool(master_weights)
-        self._rows_key, self._rows, self._rows_version = None, None, 0
+        self._rows_key, self._rows = None, None
         name = type(self).__name__
         self._momentum_schedule = None if momentum_schedule is None else check_schedule(
             name, "momentum_schedule", momentum_schedule)
         self._weight_decay_schedule = None if weight_decay_schedule is None else check_schedule(
             name, "weight_decay_schedule", weight_decay_schedule)
         self.schedule = schedule
+        self._impl = self._choose_impl()        # an impl that cannot run raises here
 
     # ---------------------------------------------------------------- groups and checks
 
@@ -104,7 +112,7 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
             self.param_groups.pop()
             raise
         self._device = device
-        self._launcher = None
+        self._invalidate()
 
     def _check_params(self, params: list[torch.Tensor]) -> torch.device | None:
         """Check a new group's parameters; return the optimizer's device with them."""
@@ -141,12 +149,25 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
 
     @property
     def impl(self) -> str:
-        """The implementation ``step()`` uses: ``impl=`` resolved against the parameters."""
-        if self.impl_requested != "auto":
-            return self.impl_requested
-        dtypes = {p.dtype for g in self.param_groups for p in g["params"]}
-        on_cuda = self._device is not None and self._device.type == "cuda"
-        return "triton" if on_cuda and dtypes <= set(KERNEL_DTYPES) else "reference"
+        """The backend ``step()`` uses: ``impl=`` resolved against the parameters' device and
+        dtypes (``"triton"``, ``"torch_fused"`` or ``"reference"``)."""
+        if self._impl is None:
+            self._impl = self._choose_impl()
+        return self._impl
+
+    def _choose_impl(self) -> str:
+        # The dtypes the update stores in: an fp32 master stands in for its 16-bit parameter.
+        dtypes = {torch.float32 if self._wants_master(p) else p.dtype
+                  for g in self.param_groups for p in g["params"]}
+        scheduled = self._momentum_schedule is not None or self._weight_decay_schedule is not None
+        return backends.choose(type(self).__name__, self.impl_requested, self._device,
+                               self.algorithm, dtypes, scheduled)
+
+    def _invalidate(self) -> None:
+        """Forget the cached description, backend and choice of impl: the tensors, state or
+        schedules changed."""
+        self._description, self._description_key = None, None
+        self._backend, self._impl = None, None
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -157,51 +178,77 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        work = self._gather()
         if torch.compiler.is_compiling():
-            self._compiled_step(work)
-        elif self.impl == "triton":
-            self._triton_step(work)
-        else:
-            self.check_gradients(work)
-            self.prepare_state(work)
-            reference_step(**{k: v for k, v in self.op_args(work).items() if k != "impl"})
+            self._compiled_step()
+            return loss
+        description = self._describe()
+        if self._backend is None:
+            self._backend = backends.create(self.impl, self._device)
+        self._backend.step(description)
         return loss
 
-    def _compiled_step(self, work) -> None:
+    def _compiled_step(self) -> None:
         """Under torch.compile: the step is one custom op (``op.py``), no Python bookkeeping
-        in the graph. State must exist already: ``init_state()``, or one eager step."""
-        missing = [i for params in work for i, p in enumerate(params) if "step" not in
-                   self.state[p]]
-        if missing:
+        in the graph (the description is built afresh, never cached, so dynamo guards on
+        nothing but the tensors). State must exist already: ``init_state()``, or one eager
+        step."""
+        work = self._gather()
+        if any("step" not in self.state[p] for params in work for p in params):
             raise RuntimeError(f"{type(self).__name__}: some parameters have no optimizer state "
                                "yet; call opt.init_state() (or take one eager step) before "
                                "torch.compile or CUDA-graph capture")
-        torch.ops.fused_lrs.step(**self.op_args(work))
+        step_op(**to_flat(self._build_description(work)), impl=self.impl)
 
-    def op_args(self, work) -> dict[str, Any]:
-        """The step op's arguments (``op.py``) for ``work``, the parameters with a gradient."""
+    def _describe(self) -> StepDescription:
+        """The description of this step: the cached one with this step's gradients, or, when
+        the parameters with a gradient, the hyperparameters or the schedule changed, a new one,
+        after checking every tensor and creating missing state (nothing is touched if a check
+        fails). Reads host-side facts only."""
+        grads = [p.grad for g in self.param_groups for p in g["params"]]
+        self.group_rows()
+        key = (tuple(g is None for g in grads), self._rows_key)
+        d = self._description
+        if d is None or key != self._description_key:
+            work = self._gather()
+            self.check_gradients([p for ps in work for p in ps])
+            backend = backends.BACKENDS[self.impl]
+            name = type(self).__name__
+            for p in (p for params in work for p in params):
+                backend.check(backend, name, p, p.grad, self.state[p])
+            self.prepare_state(work)
+            d = self._description = self._build_description(work)
+            self._description_key = key
+        else:
+            d.grads = [g for g in grads if g is not None]
+            if self.impl != "triton":
+                # What torch's kernels or the reference would trip on, refused before any
+                # write. (The Triton backend checks a gradient when its address is new.)
+                self.check_gradients(d.params)
+        d.grad_scale, d.found_inf = self._amp_tensors()
+        return d
+
+    def _build_description(self, work) -> StepDescription:
+        """A description of a step over ``work``, the parameters with a gradient per group."""
         params = [p for ps in work for p in ps]
-        state1, state2, state3 = self._state_lists(work)
+        states = [self.state[p] for p in params]
+        grad_scale, found_inf = self._amp_tensors()
         # Tensors the optimizer owns are read through __dict__: dynamo proxies a dict lookup,
         # while it cannot proxy an optimizer's own tensor attributes.
-        return dict(params=params, grads=[p.grad for p in params], state1=state1,
-                    state2=state2, state3=state3, steps=[self.state[p]["step"] for p in params],
-                    t=self.__dict__["_t"], table=self.__dict__["_table"],
-                    kinds=[k for ks in self._kinds for k in ks],
-                    kind_counts=[len(ks) for ks in self._kinds],
-                    group_of=[g for g, ps in enumerate(work) for _ in ps],
-                    groups=[x for row in self.group_rows() for x in row],
-                    schedule=self._schedule_repr, algorithm=self.algorithm, impl=self.impl,
-                    **dict(zip(("grad_scale", "found_inf", "skipped", "hold_on_skip"),
-                               self.amp_args())),
-                    masters=[self.state[p]["master"] for p in params if "master" in self.state[p]])
+        return StepDescription(
+            algorithm=self.algorithm, params=params, grads=[p.grad for p in params],
+            states=tuple([s.get(k) if k else None for s in states]
+                         for k in STATE_KEYS[self.algorithm]),
+            steps=[s["step"] for s in states], masters=[s.get("master") for s in states],
+            group_of=[g for g, ps in enumerate(work) for _ in ps], rows=self.group_rows(),
+            schedules=(self._schedule, self._momentum_schedule, self._weight_decay_schedule),
+            table=self.__dict__["_table"], t=self.__dict__["_t"],
+            skipped=self.__dict__["_skipped"], grad_scale=grad_scale, found_inf=found_inf,
+            hold_on_skip=self.hold_schedule_on_skip)
 
-    def amp_args(self) -> tuple:
+    def _amp_tensors(self) -> tuple:
         """GradScaler's tensors for this step, if ``scaler.step(opt)`` is the caller: it sets
         ``opt.grad_scale`` (None once ``scaler.unscale_(opt)`` ran) and ``opt.found_inf``."""
-        return (getattr(self, "grad_scale", None), getattr(self, "found_inf", None),
-                self.__dict__["_skipped"], self.hold_schedule_on_skip)
+        return getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
 
     @property
     def last_step_skipped(self) -> torch.Tensor:
@@ -218,13 +265,9 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
         if key != self._rows_key:
             self._rows = [self._group_row(g) for g in self.param_groups]
             self._rows_key = key
-            self._rows_version += 1
         return self._rows
 
     def _group_row(self, group: dict[str, Any]) -> list[float]:
-        raise NotImplementedError
-
-    def _state_lists(self, work) -> tuple[list, list, list]:
         raise NotImplementedError
 
     def init_state(self) -> None:
@@ -245,23 +288,20 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
             torch._dynamo.mark_static_address(x)
 
     def _gather(self) -> list[list[torch.Tensor]]:
-        """The parameters with a gradient, per group. A sparse gradient raises here, before
-        anything is touched (its address is meaningless to the rest)."""
-        work = [[p for p in g["params"] if p.grad is not None] for g in self.param_groups]
-        if any(p.grad.is_sparse for params in work for p in params):
-            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-        return work
+        """The parameters with a gradient, per group."""
+        return [[p for p in g["params"] if p.grad is not None] for g in self.param_groups]
 
-    def check_gradients(self, work) -> None:
-        """Check what a step needs of each gradient. torch itself guarantees a gradient's shape;
-        its dtype may differ when the parameter's ``grad_dtype`` allows it. Called before any
-        state is created."""
+    def check_gradients(self, params: list[torch.Tensor]) -> None:
+        """Check what a step needs of each gradient of ``params``. torch itself guarantees a
+        gradient's shape; its dtype may differ when the parameter's ``grad_dtype`` allows it,
+        and it may be sparse. Called before anything is written."""
         name = type(self).__name__
-        for params in work:
-            for p in params:
-                if p.grad.dtype != p.dtype:
-                    raise RuntimeError(f"{name}: a gradient of dtype {p.grad.dtype} does not "
-                                       f"match its parameter's {p.dtype}")
+        for p in params:
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{name} does not support sparse gradients")
+            if p.grad.dtype != p.dtype:
+                raise RuntimeError(f"{name}: a gradient of dtype {p.grad.dtype} does not "
+                                   f"match its parameter's {p.dtype}")
 
     def prepare_state(self, work) -> None:
         """Create whatever state each parameter with a gradient lacks (torch's lazy init)."""
@@ -272,16 +312,6 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
     def _ensure_state(self, p: torch.Tensor, state: dict, group: dict[str, Any]) -> None:
         """Create whatever state ``group``'s options need and ``state`` lacks."""
         raise NotImplementedError
-
-    def _triton_step(self, work) -> None:
-        if self._device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise RuntimeError(f"{type(self).__name__}: impl='triton' needs CUDA tensors (or "
-                               "TRITON_INTERPRET=1 to interpret the kernel on CPU)")
-        from fused_lrs.optim.launcher import Launcher
-
-        if self._launcher is None:
-            self._launcher = Launcher(self._device)
-        self._launcher.step(self, work)
 
     # ---------------------------------------------------------------- the schedule
 
@@ -309,14 +339,12 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
 
     def _pack_schedules(self) -> None:
         """One float64 device table for the lr, momentum and weight-decay schedules, their rows
-        in that order; their kinds; and their specs as text for the step op."""
+        in that order (the kernel reads them at offsets given by the specs' kinds)."""
         specs = (self._schedule, self._momentum_schedule, self._weight_decay_schedule)
-        self._kinds = tuple(spec.kinds if spec else () for spec in specs)
-        self._schedule_repr = "\n".join(repr(spec) if spec else "" for spec in specs)
         rows = [leaf.row() for spec in specs if spec for leaf in spec.leaves()]
-        self._table = torch.tensor(rows or [[0.0] * kinds.ROW.value], dtype=torch.float64,
+        self._table = torch.tensor(rows or [[0.0] * int(kinds.ROW)], dtype=torch.float64,
                                    device=self._device)
-        self._launcher = None
+        self._invalidate()
 
     @property
     def last_lr(self) -> torch.Tensor:
@@ -347,21 +375,20 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
         self.schedule = schedule
         if t is not None:
             self._t.fill_(t)
-        self._launcher = None
 
     def __getstate__(self) -> dict[str, Any]:
         # torch's keeps defaults, state and param_groups; a copy or a pickle also needs the
-        # schedule (with its device table), its counter and the implementation. The launcher
-        # and the cached group rows are rebuilt on demand.
+        # schedule (with its device table), its counter and the implementation. The cached
+        # description, backend and group rows are rebuilt on demand.
         return {**super().__getstate__(), "_schedule": self._schedule,
                 "_momentum_schedule": self._momentum_schedule,
                 "_weight_decay_schedule": self._weight_decay_schedule,
-                "_schedule_repr": self._schedule_repr, "_kinds": self._kinds,
                 "_table": self._table, "_t": self._t, "impl_requested": self.impl_requested,
                 "_skipped": self._skipped, "hold_schedule_on_skip": self.hold_schedule_on_skip,
                 "master_weights": self.master_weights,
-                "_device": self._device, "_launcher": None, "_rows_key": None, "_rows": None,
-                "_rows_version": 0}
+                "_device": self._device, "_rows_key": None, "_rows": None,
+                "_description": None, "_description_key": None, "_backend": None,
+                "_impl": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # As torch's Adam and SGD do: a group saved before an option existed gets its default.

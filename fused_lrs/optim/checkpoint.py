@@ -58,7 +58,7 @@ class Checkpoints:
             self._momentum_schedule, self._weight_decay_schedule = schedules[1:]
             self.schedule = schedules[0]
             self._t.fill_(t)
-        self._launcher = None
+        self._invalidate()
 
     def _adopt_state(self, p: torch.Tensor, state: dict[str, Any]) -> None:
         """Bring loaded state into this class's form: steps as float32 device tensors; with

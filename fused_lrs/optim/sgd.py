@@ -97,8 +97,3 @@ class FusedSGDScheduled(ScheduledOptimizer):
         return [as_float(group["lr"]), float(group["momentum"]), float(group["dampening"]), 0.0,
                 float(group["weight_decay"]), float(group["nesterov"]), float(group["maximize"]),
                 0.0]
-
-    def _state_lists(self, work):
-        buffers = [self.state[p]["momentum_buffer"] for g, ps in zip(self.param_groups, work)
-                   if g["momentum"] != 0 for p in ps]
-        return buffers, [], []

@@ -1,4 +1,4 @@
-"""The reference updates: plain PyTorch, one tensor at a time, the executable specification.
+"""The reference backend: plain PyTorch, one tensor at a time, the executable specification.
 
 Read them beside torch's algorithm boxes (torch/optim/adam.py, sgd.py); the order of operations
 is torch's, so in float32 and float64 they agree with torch to rounding. Two deliberate
@@ -11,6 +11,9 @@ differences, both shared with the Triton kernel:
 from __future__ import annotations
 
 import torch
+
+from fused_lrs.kernels import layout as L
+from fused_lrs.optim.step import ADAM, StepDescription
 
 
 def _compute_dtype(param: torch.Tensor) -> torch.dtype:
@@ -106,3 +109,46 @@ def sgd(param, grad, momentum_buffer, step, *, lr, momentum, dampening, weight_d
         d_p = _add(d_p, buf, momentum) if nesterov else buf
     _write_weights(skip, param, master, p - lr.to(cd) * d_p)
     _write(skip, (step, step + 1))
+
+
+class ReferenceBackend:
+    """The backend: the updates above, one parameter at a time, for any device and dtype."""
+
+    name = "reference"
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    @staticmethod
+    def unsupported(device, algorithm, dtypes, scheduled_hyperparameters) -> str | None:
+        return None
+
+    def check(self, name, p, grad, state) -> None:
+        pass
+
+    def step(self, d: StepDescription) -> None:
+        """lr(t) per group on the device, then each parameter's update, then t += 1. With
+        GradScaler's ``found_inf`` > 0 nothing but ``t`` moves (and not ``t`` either with
+        ``hold_on_skip``); ``skipped`` records which it was."""
+        lr_spec, momentum_spec, wd_spec = d.schedules
+        skip = None if d.found_inf is None else d.found_inf != 0
+        amp = dict(grad_scale=d.grad_scale, skip=skip)
+        lrs = [lr_spec.lr(d.t, row[L.G_LR]) for row in d.rows]
+        # A scheduled beta1 / momentum or weight decay is a device tensor; else the number.
+        momenta = [momentum_spec.lr(d.t, row[L.G_A]) if momentum_spec else row[L.G_A]
+                   for row in d.rows]
+        decays = [wd_spec.lr(d.t, row[L.G_WD]) if wd_spec else row[L.G_WD] for row in d.rows]
+        s1, s2, s3 = d.states
+        for i, (p, g) in enumerate(zip(d.params, d.grads)):
+            gi = d.group_of[i]
+            row, lr, a, wd = d.rows[gi], lrs[gi], momenta[gi], decays[gi]
+            if d.algorithm == ADAM:
+                adam(p, g, s1[i], s2[i], s3[i], d.steps[i], lr=lr, beta1=a, beta2=row[L.G_B],
+                     eps=row[L.G_EPS], weight_decay=wd, amsgrad=row[L.G_FLAG] != 0,
+                     maximize=row[L.G_MAXIMIZE] != 0, decoupled=row[L.G_DECOUPLED] != 0,
+                     master=d.masters[i], **amp)
+            else:
+                sgd(p, g, s1[i], d.steps[i], lr=lr, momentum=a, dampening=row[L.G_B],
+                    weight_decay=wd, nesterov=row[L.G_FLAG] != 0,
+                    maximize=row[L.G_MAXIMIZE] != 0, master=d.masters[i], **amp)
+        d.advance_counters(skip)
