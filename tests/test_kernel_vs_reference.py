@@ -166,7 +166,7 @@ def test_misaligned_storage_takes_the_scalar_path():
         for ps, opt in runs:
             ps[0].grad = g.clone()
             opt.step()
-    assert runs[1][1]._launcher.aligned is False
+    assert runs[1][1]._backend.aligned is False
     assert_same(runs)
 
 
@@ -175,20 +175,24 @@ def test_tables_are_rebuilt_only_when_tensors_change():
     opt = FusedAdamScheduled([p], lr=0.1, impl="triton")
     p.grad = torch.randn_like(p)
     opt.step()
-    tables = opt._launcher.tensors
+    tables = opt._backend.tensors
     opt.step()                                   # same grad tensor: same tables
-    assert opt._launcher.tensors is tables
+    assert opt._backend.tensors is tables
     opt.param_groups[0]["lr"] = 0.2              # a hyperparameter change: new group table
     opt.step()
-    assert opt._launcher.tensors is not tables
+    assert opt._backend.tensors is not tables
 
 
 @pytest.mark.parametrize("problem", ["float64", "non-contiguous", "cast-after-build"])
 def test_what_the_kernel_cannot_take_raises_and_changes_nothing(problem):
     if problem == "float64":
+        # Known at construction: an explicit impl that cannot run the optimizer is refused there.
         p = torch.randn(8, 4, dtype=torch.float64, device=KERNEL_DEVICE, requires_grad=True)
-    else:
-        p = torch.randn(8, 4, device=KERNEL_DEVICE, requires_grad=True)
+        with pytest.raises(ValueError, match="float32', 'torch.bfloat16', 'torch.float16'.*"
+                                             "impl='auto' picks one that can"):
+            FusedAdamScheduled([p], lr=0.1, impl="triton")
+        return
+    p = torch.randn(8, 4, device=KERNEL_DEVICE, requires_grad=True)
     opt = FusedAdamScheduled([p], lr=0.1, impl="triton")
     if problem == "cast-after-build":
         p.grad = torch.randn_like(p)

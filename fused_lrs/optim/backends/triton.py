@@ -89,17 +89,16 @@ class TritonBackend:
 
     def step(self, d: StepDescription) -> None:
         """One launch for ``d``; the tables are rebuilt only if an address or number changed."""
-        if d is self._desc:
-            grad_key = tuple(g.data_ptr() for g in d.grads)
-            if grad_key != self._grad_key:
-                self._rebuild(d)
-                self._grad_key = grad_key
-        else:
+        grad_key = tuple(g.data_ptr() for g in d.grads)
+        if d is not self._desc or grad_key != self._grad_key:
+            # New gradients may come with a recast model (p.data = p.data.half()): compare every
+            # address, and check the tensors before a rebuild.
             tensors = (*d.params, *d.grads, *d.steps, d.table,
                        *(x for col in (*d.states, d.masters) for x in col if x is not None))
             key = (tuple(x.data_ptr() for x in tensors), tuple(map(tuple, d.rows)), d.kinds,
                    tuple(d.group_of), d.algorithm,
-                   tuple(x is not None for col in (*d.states, d.masters) for x in col))
+                   tuple(x is not None for col in (*d.states, d.masters) for x in col),
+                   tuple(p.dtype for p in d.params))
             if key != self.key:
                 for i, p in enumerate(d.params):
                     states = [col[i] for col in d.states if col[i] is not None]
@@ -108,7 +107,7 @@ class TritonBackend:
                                   states + ([master] if master is not None else []), master)
                 self._rebuild(d)
                 self.key = key
-            self._desc, self._grad_key = d, None
+            self._desc, self._grad_key = d, grad_key
         self._launch(d)
 
     # ---------------------------------------------------------------- tables and launch
