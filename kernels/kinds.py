@@ -5,19 +5,19 @@ kinds is a ``tl.constexpr`` of the kernel, so a new *structure* compiles once, w
 travel in a float64 table and never recompile. The numbers are part of that compile key: append,
 never renumber.
 
-This module holds no ``@triton.jit`` function, so importing it does not fix ``TRITON_INTERPRET``.
+Plain Python ints with no triton import: the specs use them on every platform, triton or not.
+The kernel modules wrap the ones they read as module-level ``tl.constexpr`` (a ``@triton.jit``
+function may read only constexpr globals).
 """
 
-import triton.language as tl
-
-SCALE = tl.constexpr(0)          # v * c
-EXP = tl.constexpr(1)            # v * exp(log_gamma * g(tau / period)), g = identity or floor
-ANNEAL = tl.constexpr(2)         # (v or 1) * (a + (b - a) * shape(min(tau / length, pct_max)))
-POLY = tl.constexpr(3)           # end + (v - end) * (1 - min(tau, T) / T) ** power
-COSINE = tl.constexpr(4)         # eta + (v - eta) * (1 + cos(omega * tau)) / 2
-COSINE_RESTARTS = tl.constexpr(5)  # cosine over cycles T_0, T_0 * T_mult, ...
-CYCLIC = tl.constexpr(6)         # torch CyclicLR: triangular, triangular2, exp_range
-INV_SQRT = tl.constexpr(7)       # v / sqrt((tau + shift) / timescale)
+SCALE = 0            # v * c
+EXP = 1              # v * exp(log_gamma * g(tau / period)), g = identity or floor
+ANNEAL = 2           # (v or 1) * (a + (b - a) * shape(min(tau / length, pct_max)))
+POLY = 3             # end + (v - end) * (1 - min(tau, T) / T) ** power
+COSINE = 4           # eta + (v - eta) * (1 + cos(omega * tau)) / 2
+COSINE_RESTARTS = 5  # cosine over cycles T_0, T_0 * T_mult, ...
+CYCLIC = 6           # torch CyclicLR: triangular, triangular2, exp_range
+INV_SQRT = 7         # v / sqrt((tau + shift) / timescale)
 
 # ANNEAL shapes, a runtime value: s(0) = 0, s(1) = 1.
 SHAPE_LINEAR, SHAPE_COS, SHAPE_SQRT, SHAPE_ONE_MINUS_SQRT = 0.0, 1.0, 2.0, 3.0
@@ -25,5 +25,5 @@ SHAPE_LINEAR, SHAPE_COS, SHAPE_SQRT, SHAPE_ONE_MINUS_SQRT = 0.0, 1.0, 2.0, 3.0
 MODE_TRIANGULAR, MODE_TRIANGULAR2, MODE_EXP_RANGE = 0.0, 1.0, 2.0
 
 # A leaf's row in the float64 table: window lo, hi; clock offset, period, shift; parameters.
-ROW = tl.constexpr(12)
+ROW = 12
 N_PARAMS = 7

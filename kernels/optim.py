@@ -40,8 +40,7 @@ The scaler's tensors are passed as pointers, so no copy precedes the launch.
 import triton
 import triton.language as tl
 
-from fused_lrs.kernels.kinds import ROW
-from fused_lrs.kernels.schedule import schedule_lr
+from fused_lrs.kernels.schedule import ROW, schedule_lr
 
 ADAM = tl.constexpr(0)
 SGD = tl.constexpr(1)

@@ -16,18 +16,22 @@ The same functions work on a scalar ``t`` (the optimizer kernels) and on a block
 import triton
 import triton.language as tl
 
-from fused_lrs.kernels.kinds import (
-    ANNEAL,
-    COSINE,
-    COSINE_RESTARTS,
-    CYCLIC,
-    EXP,
-    INV_SQRT,
-    POLY,
-    ROW,
-    SCALE,
-)
+from fused_lrs.kernels import kinds
 
+# The leaf kinds and the row width as constexpr globals, the only globals a jit function may read.
+SCALE = tl.constexpr(kinds.SCALE)
+EXP = tl.constexpr(kinds.EXP)
+ANNEAL = tl.constexpr(kinds.ANNEAL)
+POLY = tl.constexpr(kinds.POLY)
+COSINE = tl.constexpr(kinds.COSINE)
+COSINE_RESTARTS = tl.constexpr(kinds.COSINE_RESTARTS)
+CYCLIC = tl.constexpr(kinds.CYCLIC)
+INV_SQRT = tl.constexpr(kinds.INV_SQRT)
+ROW = tl.constexpr(kinds.ROW)
+
+# Multiply PI on the right of a tensor (x * PI), never PI * x: under the interpreter PI * x runs
+# tl.constexpr.__mul__, which wraps the tensor in a constexpr, and the builtins of triton >= 3.7
+# refuse that ("cannot convert ... to tensor"). Compiled, both orders are the same multiply.
 PI = tl.constexpr(3.141592653589793)
 # A leaf's row: lo, hi, offset, period, shift, then its parameters from column P on. (Loads are
 # inline rather than through a helper: under the interpreter each nested jit call costs ~0.25 ms.)
@@ -49,7 +53,7 @@ def _anneal(tau, v, row):
     # Every shape is computed and one is selected: NaN from sqrt of a negative in an unselected
     # shape does not leak through tl.where.
     shape = tl.where(code == 0.0, pct,
-                     tl.where(code == 1.0, (1.0 - tl.cos(PI * pct)) * 0.5,
+                     tl.where(code == 1.0, (1.0 - tl.cos(pct * PI)) * 0.5,
                               tl.where(code == 2.0, tl.sqrt(pct), 1.0 - tl.sqrt(1.0 - pct))))
     scale = tl.where(tl.load(row + P + 4) != 0.0, v, 1.0)
     return scale * (a + (b - a) * shape)
@@ -81,7 +85,7 @@ def _cosine_restarts(tau, v, row):
     n = tl.where(tau >= start + length, n + 1.0, tl.where(tau < start, n - 1.0, n))
     start, length = _restart_bounds(n, t0, tm)
     frac = tl.where(t_mult == 1.0, frac_flat, (tau - start) / length)
-    return eta + (v - eta) * (1.0 + tl.cos(PI * frac)) * 0.5
+    return eta + (v - eta) * (1.0 + tl.cos(frac * PI)) * 0.5
 
 
 @triton.jit

@@ -104,7 +104,7 @@ class Schedule:
     def table(self, device=None) -> torch.Tensor:
         """The runtime half of the twin: a float64 ``[n_leaves, ROW]`` tensor (at least one row,
         so an empty program still has a valid pointer)."""
-        rows = [leaf.row() for leaf in self.leaves()] or [[0.0] * kinds.ROW.value]
+        rows = [leaf.row() for leaf in self.leaves()] or [[0.0] * kinds.ROW]
         return torch.tensor(rows, dtype=torch.float64, device=device)
 
     def lr_triton(self, t: torch.Tensor, base_lr: float = 1.0) -> torch.Tensor:
