@@ -14,5 +14,7 @@ __version__ = "0.1.0"
 
 from fused_lrs import schedules  # noqa: E402
 from fused_lrs.optim import FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled  # noqa: E402
+from fused_lrs.migrate import from_torch  # noqa: E402
 
-__all__ = ["schedules", "FusedAdamScheduled", "FusedAdamWScheduled", "FusedSGDScheduled"]
+__all__ = ["schedules", "FusedAdamScheduled", "FusedAdamWScheduled", "FusedSGDScheduled",
+           "from_torch"]

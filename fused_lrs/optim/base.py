@@ -355,6 +355,21 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
         t = torch.clamp(self._t - 1, min=0)
         return torch.stack([self.schedule.lr(t, g["lr"]) for g in self.param_groups])
 
+    def as_lr_scheduler(self):
+        """A torch ``LRScheduler`` for frameworks that want one beside the optimizer (HF
+        Trainer, Lightning): its ``step()`` changes nothing and its ``get_last_lr()`` is the lr
+        this optimizer's last step used (``fused_lrs.adapters``)."""
+        from fused_lrs.adapters import as_lr_scheduler
+        return as_lr_scheduler(self)
+
+    def __setattr__(self, name: str, value) -> None:
+        # Every torch LRScheduler wraps the optimizer's step on attaching (the wrapper carries
+        # _wrapped_by_lr_sched); here that scheduler would rewrite the base lr: warn, once.
+        if name == "step" and getattr(value, "_wrapped_by_lr_sched", False):
+            from fused_lrs.adapters import warn_torch_scheduler
+            warn_torch_scheduler(self)
+        super().__setattr__(name, value)
+
     def get_last_lr(self) -> list[float]:
         """``last_lr`` as Python floats: the lr each group's most recent ``step()`` used.
 

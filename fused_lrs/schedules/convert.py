@@ -5,13 +5,18 @@ separate number, ``torch_position(scheduler)`` (steps completed). So a scheduler
 its run converts to the same spec as a fresh one.
 
 Relative schedules (all but CyclicLR and OneCycleLR, which set absolute lrs) are relative to each
-group's ``initial_lr``, which is torch's ``base_lrs``. Only the lr is converted: the momentum that
-CyclicLR and OneCycleLR cycle by default (``cycle_momentum=True``) is not part of a spec.
+group's ``initial_lr``, which is torch's ``base_lrs``. A spec is the lr alone: the momentum that
+CyclicLR and OneCycleLR cycle by default (``cycle_momentum=True``) is a second spec, for the
+optimizer's ``momentum_schedule=``. ``from_torch`` warns when it leaves that momentum behind;
+``take_over`` (behind ``fused_lrs.from_torch(optimizer, scheduler)``) converts both, and a
+OneCycleLR with one ``max_lr`` per group, which needs the optimizer's group lrs too.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from typing import NamedTuple
 
 from torch.optim import lr_scheduler as lrs
 
@@ -19,8 +24,9 @@ from fused_lrs.schedules.base import Schedule, check_int
 from fused_lrs.schedules.compose import chained, sequential
 from fused_lrs.schedules.compose import every as every_n  # `every` is from_torch's argument
 from fused_lrs.schedules.cosine import cosine, cosine_restarts
-from fused_lrs.schedules.cyclic import cyclic, one_cycle
+from fused_lrs.schedules.cyclic import cyclic, cyclic_momentum, one_cycle, one_cycle_momentum
 from fused_lrs.schedules.decay import constant, exponential, linear, multistep, polynomial, step
+from fused_lrs.schedules.wsd import wsd
 
 
 def from_torch(scheduler, every: int = 1) -> Schedule:
@@ -28,9 +34,76 @@ def from_torch(scheduler, every: int = 1) -> Schedule:
 
     ``every=n`` says the scheduler is stepped once per ``n`` optimizer steps (once per epoch of
     ``n`` batches): the spec is ``every(spec, n)``. The result is the same wherever the
-    scheduler is in its run; ``torch_position`` says where that is."""
+    scheduler is in its run; ``torch_position`` says where that is.
+
+    A OneCycleLR or CyclicLR with ``cycle_momentum=True`` (torch's default) also moves the
+    momentum, which a spec does not hold: that warns, pointing to
+    ``fused_lrs.from_torch(optimizer, scheduler)``, which converts both."""
     check_int("from_torch", "every", every, 1)
-    return every_n(_convert(scheduler), every)
+    spec = every_n(_convert(scheduler), every)
+    cycling = _cycling_momentum(scheduler)
+    if cycling:
+        warnings.warn(
+            f"from_torch: {' and '.join(cycling)} cycles the momentum (cycle_momentum=True), "
+            "which this lr spec leaves out; fused_lrs.from_torch(optimizer, scheduler) converts "
+            "both (or pass momentum_schedule=one_cycle_momentum(...) / cyclic_momentum(...) "
+            "yourself, or build the torch scheduler with cycle_momentum=False)",
+            UserWarning, stacklevel=2)
+    return spec
+
+
+class Converted(NamedTuple):
+    """What an optimizer needs to continue a torch scheduler's run: the lr spec, the momentum
+    spec (None when the scheduler leaves the momentum alone), and each group's base lr (None:
+    its ``initial_lr``, torch's ``base_lrs``)."""
+    schedule: Schedule
+    momentum_schedule: Schedule | None
+    base_lrs: list | None
+
+
+def take_over(scheduler, every: int = 1) -> Converted:
+    """The lr spec, the momentum spec and the group base lrs that reproduce ``scheduler``.
+
+    The momentum of a top-level OneCycleLR or CyclicLR with ``cycle_momentum=True`` becomes
+    ``one_cycle_momentum`` / ``cyclic_momentum``. A top-level OneCycleLR with one ``max_lr`` per
+    group is linear in ``max_lr``: every group follows ``max_lr_g * s(t)`` for one shared
+    ``s``, so the spec is ``s`` (relative) and the base lrs are the groups' ``max_lr``."""
+    check_int("from_torch", "every", every, 1)
+    s = scheduler
+    nested = [] if type(s) in (lrs.OneCycleLR, lrs.CyclicLR) else _cycling_momentum(s)
+    if nested:
+        raise ValueError(
+            f"from_torch: {' and '.join(nested)} inside a {type(s).__name__} cycles the "
+            "momentum; only a top-level OneCycleLR or CyclicLR's momentum is converted. Build "
+            "that member with cycle_momentum=False, or give the fused optimizer "
+            "momentum_schedule= yourself (one_cycle_momentum / cyclic_momentum in a sequential)")
+    base_lrs = None
+    if type(s) is lrs.OneCycleLR and _differ(g["max_lr"] for g in s.optimizer.param_groups):
+        spec, base_lrs = _one_cycle_per_group(s), [g["max_lr"] for g in s.optimizer.param_groups]
+    else:
+        spec = _convert(s)
+    momentum = None
+    if getattr(s, "cycle_momentum", False):
+        momentum = (_one_cycle_momentum(s) if type(s) is lrs.OneCycleLR
+                    else _cyclic_momentum(s))
+        momentum = every_n(momentum, every)
+    return Converted(every_n(spec, every), momentum, base_lrs)
+
+
+def _members(s) -> list:
+    if isinstance(s, (lrs.SequentialLR, lrs.ChainedScheduler)):
+        return [m for member in s._schedulers for m in _members(member)]
+    return [s]
+
+
+def _cycling_momentum(s) -> list[str]:
+    """The names of the members of ``s`` that cycle the momentum."""
+    return [type(m).__name__ for m in _members(s)
+            if type(m) in (lrs.OneCycleLR, lrs.CyclicLR) and m.cycle_momentum]
+
+
+def _differ(values) -> bool:
+    return len({float(v) for v in values}) > 1
 
 
 def torch_position(scheduler, every: int = 1) -> int:
@@ -81,13 +154,17 @@ def _whole(x):
     return int(x) if isinstance(x, float) and x.is_integer() else x
 
 
-def _same(name: str, what: str, values) -> float:
+def _same(name: str, what: str, values, hint: str = "") -> float:
     values = [float(v) for v in values]
     if len(set(values)) > 1:
         raise ValueError(f"from_torch: {name} has {what} {values}, differing between param "
                          f"groups; a spec sets one absolute {what} for every group, so use one "
-                         "optimizer (or one spec) per value")
+                         "optimizer (or one spec) per value" + hint)
     return values[0]
+
+
+_PER_GROUP_HINT = ("; fused_lrs.from_torch(optimizer, scheduler) converts a OneCycleLR with one "
+                   "max_lr per group, by setting each group's base lr to its max_lr")
 
 
 def _shortest(x: float, reproduces) -> float:
@@ -117,7 +194,8 @@ def _restarts(s):
     return cosine_restarts(s.T_0, s.T_mult, s.eta_min)
 
 
-def _cyclic(s):
+def _cyclic_sizes(s) -> tuple[int, int | None]:
+    """CyclicLR's step_size_up and step_size_down (None when equal), from what torch keeps."""
     if s._scale_fn_custom is not None:
         raise TypeError("from_torch: CyclicLR with a custom scale_fn holds a Python function, "
                         "which cannot run inside a GPU kernel; use a built-in mode "
@@ -129,23 +207,110 @@ def _cyclic(s):
     if float(up + down) != total or up / total != s.step_ratio or min(up, down) < 1:
         raise ValueError(f"from_torch: CyclicLR step sizes must be whole steps, got a cycle of "
                          f"{total} steps with {total * s.step_ratio} up")
-    return cyclic(_same("CyclicLR", "base_lr", s.base_lrs), _same("CyclicLR", "max_lr", s.max_lrs),
-                  up, None if down == up else down, s.mode, s.gamma)
+    return up, None if down == up else down
 
 
-def _one_cycle(s):
-    groups = s.optimizer.param_groups
-    peak = _same("OneCycleLR", "max_lr", [g["max_lr"] for g in groups])
-    initial = _same("OneCycleLR", "initial lr", s.base_lrs)
-    minimum = _same("OneCycleLR", "min_lr", [g["min_lr"] for g in groups])
+def _cyclic(s):
+    up, down = _cyclic_sizes(s)
+    hint = ("; one value per group has no spec yet (CyclicLR's lr is base_lr + (max_lr - "
+            "base_lr) * w(t), an absolute value per group)")
+    return cyclic(_same("CyclicLR", "base_lr", s.base_lrs, hint),
+                  _same("CyclicLR", "max_lr", s.max_lrs, hint), up, down, s.mode, s.gamma)
+
+
+def _cyclic_momentum(s):
+    up, down = _cyclic_sizes(s)
+    return cyclic_momentum(_same("CyclicLR", "base_momentum", s.base_momentums),
+                           _same("CyclicLR", "max_momentum", s.max_momentums),
+                           up, down, s.mode, s.gamma)
+
+
+def _one_cycle_shape(s, peak: float, initial: float, minimum: float):
+    """OneCycleLR's pct_start, div_factor and final_div_factor, inverted exactly from the
+    derived values torch keeps (phase ends, and the lrs)."""
     total = s.total_steps
-    # torch keeps derived values only: phase ends, and the lrs. Invert them exactly.
     up_end = s._schedule_phases[0]["end_step"]
     pct = _shortest((up_end + 1) / total, lambda p: float(p * total) - 1 == up_end)
     div = _shortest(peak / initial, lambda d: peak / d == initial)
     final = _shortest(initial / minimum, lambda f: initial / f == minimum)
-    return one_cycle(peak, total, pct, s._anneal_func_type, div, final,
+    return pct, div, final
+
+
+def _one_cycle(s):
+    groups = s.optimizer.param_groups
+    peak = _same("OneCycleLR", "max_lr", [g["max_lr"] for g in groups], _PER_GROUP_HINT)
+    initial = _same("OneCycleLR", "initial lr", s.base_lrs)
+    minimum = _same("OneCycleLR", "min_lr", [g["min_lr"] for g in groups])
+    pct, div, final = _one_cycle_shape(s, peak, initial, minimum)
+    return one_cycle(peak, s.total_steps, pct, s._anneal_func_type, div, final,
                      len(s._schedule_phases) == 3)
+
+
+def _one_cycle_momentum(s):
+    groups = s.optimizer.param_groups
+    g = groups[0]
+    pct, _, _ = _one_cycle_shape(s, g["max_lr"], g["initial_lr"], g["min_lr"])
+    return one_cycle_momentum(
+        s.total_steps, pct, s._anneal_func_type,
+        _same("OneCycleLR", "base_momentum", [g["base_momentum"] for g in groups]),
+        _same("OneCycleLR", "max_momentum", [g["max_momentum"] for g in groups]),
+        len(s._schedule_phases) == 3)
+
+
+def _whole_step(x: float, what: str) -> int:
+    n = round(x)
+    if abs(x - n) > 1e-9 * max(1.0, abs(x)):
+        raise ValueError(f"from_torch: OneCycleLR with one max_lr per group is converted with "
+                         f"phases of whole steps, but its {what} is at step {x} (pct_start * "
+                         "total_steps - 1); choose pct_start so that pct_start * total_steps "
+                         "is a whole number")
+    return n
+
+
+def _one_cycle_per_group(s):
+    """OneCycleLR divided by each group's max_lr: one relative schedule for every group, built
+    from the relative factories (the phases' ends must be whole steps). The values at the phase
+    boundaries are 1/div, 1 and 1/(div * final_div) for every group, since torch derives each
+    group's initial and minimum lrs from its max_lr with the same factors."""
+    g = s.optimizer.param_groups[0]
+    _, div, final = _one_cycle_shape(s, g["max_lr"], g["initial_lr"], g["min_lr"])
+    initial, minimum = 1.0 / div, 1.0 / (div * final)
+    if not (initial <= 1.0 and final >= 1.0):
+        raise ValueError(f"from_torch: OneCycleLR with one max_lr per group needs div_factor >= "
+                         f"1 and final_div_factor >= 1, got {div} and {final}")
+    cos = s._anneal_func_type == "cos"
+    phases = s._schedule_phases
+    total = s.total_steps
+    ends = [_whole_step(p["end_step"], f"phase {i + 1} end") for i, p in enumerate(phases[:-1])]
+    ends.append(total - 1)
+    starts = [0, *ends[:-1]]
+    lengths = [end - start for start, end in zip(starts, ends)]
+    if min(lengths) < 1:
+        raise ValueError(f"from_torch: OneCycleLR phases of {lengths} steps: every phase needs "
+                         "at least one step")
+
+    def anneal(a: float, b: float, n: int) -> Schedule:
+        """From a * base to b * base over n steps, torch's annealing shape, relative."""
+        if not cos:
+            return linear(a, b, n)
+        if a < b:  # rising: HF's cosine warmup from min_lr_ratio, of wsd
+            assert a == initial and b == 1.0
+            return wsd(n, 0, num_stable_steps=0, warmup_type="cosine", min_lr_ratio=a)
+        # falling from a: cosine from the incoming lr to the fraction b / a of it
+        fall = cosine(n, min_lr_rate=b / a)
+        return fall if a == 1.0 else chained([linear(a, a, 1), fall])
+
+    values = [initial, 1.0, initial, minimum] if len(phases) == 3 else [initial, 1.0, minimum]
+    members = [anneal(a, b, n) for a, b, n in zip(values, values[1:], lengths)]
+    # torch's last step (t = total_steps) extrapolates the last phase; past it torch raises,
+    # and, as one_cycle does, the spec holds that value (a linear one below 0 holds at 0).
+    a, b, n = values[-2], values[-1], lengths[-1]
+    pct = (n + 1) / n
+    last = (b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1) if cos
+            else (b - a) * pct + a)
+    last = min(max(last, 0.0), 1.0)
+    members.append(linear(last, last, 1))
+    return sequential(members, [*ends[:-1], total])
 
 
 def _sequential(s):
