@@ -73,7 +73,7 @@ def test_eager_providers_step_the_same_recipe(recipe: Recipe):
             assert_close(p, q, rtol=rtol, atol=1e-7, what=f"{name} vs torch_foreach, param {i}")
 
 
-def _eager_only(device):
+def _eager_only(device, quick=False):
     return [p for p in P.EAGER if not p.compiled]
 
 
@@ -84,7 +84,7 @@ def test_bench_command_writes_table_json_and_chart(tmp_path, monkeypatch, capsys
                  "--steps", "2", "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr()
-    assert "impl='reference'" in printed.out and "bfloat16 parameters, 30 B/param" in printed.out
+    assert "impl='torch_fused'" in printed.out and "needs a GPU" in printed.out and "bfloat16 parameters, 30 B/param" in printed.out
     assert "fused_lrs speedup (wall):" in printed.out
     assert "S3 torch_fused" in printed.err                     # the progress bar
     result = json.loads((out / "bench.json").read_text())
@@ -109,7 +109,7 @@ def test_a_failing_provider_is_reported_and_the_run_goes_on(tmp_path, monkeypatc
     def broken(params, recipe, device):
         raise RuntimeError("cannot capture\nthis")
 
-    monkeypatch.setattr(P, "for_device", lambda d: [P.Provider("broken", broken),
+    monkeypatch.setattr(P, "for_device", lambda d, q=False: [P.Provider("broken", broken),
                                                         P.EAGER[1]])
     assert main(["bench", "--quick", "--device", "cpu", "--scenarios", "S1", "--steps", "1",
                  "--out", str(tmp_path)]) == 0
@@ -118,7 +118,18 @@ def test_a_failing_provider_is_reported_and_the_run_goes_on(tmp_path, monkeypatc
     assert rows[0]["wall_ms"] is None and rows[1]["status"] == "ok"
 
 
+def test_quick_on_cpu_leaves_out_the_compiled_baseline_and_providers_chooses():
+    cpu = torch.device("cpu")
+    assert [p.name for p in P.for_device(cpu, quick=True)] == [
+        "fused_lrs", "torch_foreach", "torch_fused"]
+    assert "torch_compiled" in [p.name for p in P.for_device(cpu)]
+    assert [p.name for p in P.named("torch_compiled, torch_fused", cpu)] == [
+        "fused_lrs", "torch_fused", "torch_compiled"]
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--providers", "torch_fast"], "--providers: unknown torch_fast"),
+    (["--providers", "torch_fused+graph", "--device", "cpu"], "+graph providers need CUDA"),
     (["--scenarios", "S9"], "--scenarios takes"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--device", "meta"], "--device must be cpu or cuda"),

@@ -5,7 +5,7 @@ parameters; ``measure.py`` times it; ``report.py`` prints the table and writes `
 and ``bench.png``. A provider that fails (no CUDA-graph capture, out of memory) is reported with
 its error and the run goes on.
 
-    fused-lrs bench --quick                  # < 2 minutes on a 2-core CPU
+    fused-lrs bench --quick                  # < 90 s on a 2-core CPU
     fused-lrs bench --scenarios S1,S3 --out bench-results/
 """
 
@@ -20,6 +20,9 @@ from fused_lrs.bench import measure, providers, report
 from fused_lrs.bench.scenarios import GROUPS, select
 
 DEFAULT_STEPS = 200
+# Where the GPU figures are; say so plainly until they exist.
+GPU_RESULTS = ("no GPU results are committed yet (benchmarks/gpu_check.sh writes them to "
+               "benchmarks/results/)")
 REPEATS = 3
 # --quick: 10-step loops on CPU (3 x 10 = 30 timed steps of a reduced scenario, milliseconds each
 # on an idle 2-core machine), 50 on a GPU (full-size scenarios, micro- to milliseconds a step).
@@ -28,13 +31,17 @@ QUICK_STEPS = {"cpu": 10, "cuda": 50}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
-                        help="short loops; on CPU also reduced scenarios (< 2 minutes)")
+                        help="short loops; on CPU also reduced scenarios and no compiled "
+                             "baseline (< 90 s)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument("--scenarios", default=",".join(GROUPS),
                         help=f"comma-separated subset of {','.join(GROUPS)} (default: all)")
     parser.add_argument("--steps", type=int,
                         help=f"steps per timed loop (default {DEFAULT_STEPS}; --quick: "
                              f"{QUICK_STEPS['cpu']} on CPU, {QUICK_STEPS['cuda']} on CUDA)")
+    parser.add_argument("--providers",
+                        help="comma-separated baselines to run next to fused_lrs (default: all "
+                             "for the device; --quick on CPU: all but torch_compiled)")
     parser.add_argument("--out", default="bench-results",
                         help="directory for bench.json and bench.png (default bench-results/)")
 
@@ -73,11 +80,12 @@ def execute(args) -> int:
     if device.type == "cuda":
         torch.cuda.set_device(device)
 
-    notes = _notes(args, cpu, steps, repeats)
+    plan = (providers.named(args.providers, device) if args.providers
+            else providers.for_device(device, args.quick))
+    notes = _notes(args, cpu, steps, repeats, plan)
     for n in notes:
         print(f"note: {n}")
 
-    plan = providers.for_device(device)
     progress = report.Progress(1 + len(chosen) * len(plan))
     progress.show("device-to-device copy")
     copy = measure.copy_gbps(device, 2**30 if device.type == "cuda" else 2**27)
@@ -118,15 +126,19 @@ def execute(args) -> int:
     return 0
 
 
-def _notes(args, cpu: bool, steps: int, repeats: int) -> list[str]:
+def _notes(args, cpu: bool, steps: int, repeats: int, plan) -> list[str]:
     """What a reader of the figures must know about this run."""
     notes = []
     if cpu:
-        notes.append("CPU: fused_lrs runs impl='reference' (plain PyTorch, tensor by tensor); "
-                     "its Triton kernel needs CUDA, so these figures say nothing about it. "
+        notes.append("CPU: fused_lrs runs its CPU backend (impl='torch_fused': torch's fused "
+                     "kernels, given lr(t) as a device tensor), so this table compares it with "
+                     "torch on CPU. The Triton kernel's speed needs a GPU: " + GPU_RESULTS + ". "
                      "GPU time, kernels, syncs and peak memory are CUDA-only (n/a); GB/s is "
                      "from the wall clock, and above 100% of the copy when a working set fits "
                      "in the CPU's caches.")
+        if not any(p.compiled for p in plan):
+            notes.append("torch_compiled is left out (--quick on CPU); --providers "
+                         "torch_foreach,torch_fused,torch_compiled runs it.")
         if any(s.gpu_only for s in select(args.scenarios)):
             notes.append("S2-llama (1.36B parameters) runs on GPU only.")
     if cpu and args.quick:

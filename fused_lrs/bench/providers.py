@@ -1,7 +1,8 @@
 """The providers: one optimizer step of a scenario, by fused_lrs and by the baselines users run.
 
-  fused_lrs             FusedAdamWScheduled / FusedSGDScheduled: schedule and update in one
-                        launch (impl="triton" on CUDA; on CPU impl="reference", plain PyTorch);
+  fused_lrs             FusedAdamWScheduled / FusedSGDScheduled, impl="auto": on CUDA the
+                        Triton kernel (schedule and update in one launch); on CPU torch's own
+                        fused kernels, fed lr(t) as a device tensor (backends/torch_fused.py);
   torch_foreach         torch.optim.AdamW / SGD (foreach=True), float lr, + the torch scheduler;
   torch_fused           the same with fused=True and the lr as a device tensor;
   torch_compiled        the PyTorch tutorial's compiled step: lr wrapped in a tensor and
@@ -66,9 +67,9 @@ def torch_optimizer(params, r: Recipe, lr, **options):
 def fused_lrs_optimizer(params, r: Recipe, device: torch.device):
     from fused_lrs import FusedAdamWScheduled, FusedSGDScheduled
 
-    # The Triton kernel needs CUDA; on CPU it would run under the interpreter, far too slow to
-    # time, so the CPU figures are those of the reference path (plain PyTorch, per tensor).
-    impl = "triton" if device.type == "cuda" else "reference"
+    # What a user gets: the Triton kernel on CUDA, torch's fused CPU kernels on CPU (the kernel
+    # would run under the interpreter there, far too slow to time).
+    impl = "auto"
     if r.optimizer == "adamw":
         return FusedAdamWScheduled(params, lr=r.lr, weight_decay=r.weight_decay,
                                    schedule=fused_schedule(r), impl=impl,
@@ -179,9 +180,28 @@ GRAPHED = (
 )
 
 
-def for_device(device: torch.device) -> list[Provider]:
-    """The providers for ``device``: CUDA graphs only on CUDA."""
-    return list(EAGER) + (list(GRAPHED) if device.type == "cuda" else [])
+ALL = EAGER + GRAPHED
+
+
+def for_device(device: torch.device, quick: bool = False) -> list[Provider]:
+    """The providers for ``device``: CUDA graphs only on CUDA. ``--quick`` on CPU leaves out
+    torch_compiled: compiling it at every schedule boundary took 60 of the 143 s of a quick run
+    on the 2-core development machine, and torch_fused is the CPU baseline that counts."""
+    cuda = device.type == "cuda"
+    return [p for p in ALL if (cuda or not p.graphed) and (cuda or not quick or not p.compiled)]
+
+
+def named(names: str, device: torch.device) -> list[Provider]:
+    """``--providers a,b``: those providers, in the standard order (fused_lrs always first, as
+    the speedups are its own)."""
+    wanted = {n.strip() for n in names.split(",") if n.strip()}
+    known = {p.name: p for p in ALL}
+    unknown = sorted(wanted - set(known))
+    if unknown:
+        raise ValueError(f"--providers: unknown {', '.join(unknown)}; known: {', '.join(known)}")
+    if device.type != "cuda" and any(known[n].graphed for n in wanted):
+        raise ValueError("--providers: the +graph providers need CUDA")
+    return [p for p in ALL if p.name in wanted or p.name == "fused_lrs"]
 
 
 def make_params(shapes, device: torch.device, dtype=torch.float32,

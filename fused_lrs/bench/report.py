@@ -137,7 +137,8 @@ def write_chart(result: dict, path: str) -> str | None:
     env, cfg = result["environment"], result["config"]
     ax.set_title(f"optimizer step, {env['device']}; {cfg['steps']} steps x {cfg['repeats']}"
                  + (" (--quick)" if cfg["quick"] else "")
-                 + ("\nCPU: fused_lrs runs impl='reference', not its Triton kernel"
+                 + ("\nCPU: fused_lrs runs torch's fused CPU kernels (impl='torch_fused'); "
+                    "the Triton kernel needs a GPU"
                     if env["device_type"] == "cpu" else ""), fontsize=9)
     ax.grid(axis="y", which="both", alpha=0.3)
     ax.legend(fontsize=7, ncols=2)
