@@ -6,6 +6,7 @@ fails from the wheel, which only CI's wheel check would otherwise catch.
 """
 
 import pathlib
+
 import pytest
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11

@@ -24,7 +24,6 @@ from typing import Any
 import torch
 
 from fused_lrs.kernels import layout
-from fused_lrs.schedules import Schedule
 
 ADAM, SGD = "adam", "sgd"
 # The state slots of each algorithm, in the order of the description's state columns.
@@ -50,6 +49,8 @@ class StepDescription:
     grad_scale: torch.Tensor | None = None  # GradScaler: divide the gradients by this
     found_inf: torch.Tensor | None = None   # GradScaler: > 0 skips the step
     hold_on_skip: bool = False              # a skip holds the schedule counter too
+    # The DTensor parameters whose local shards ``params`` are (``dtensor.py``), or None.
+    wrappers: list | None = None
     members: list[list[int]] = field(init=False)  # each group's tensor indices
 
     def __post_init__(self) -> None:
@@ -119,8 +120,3 @@ def from_flat(params, grads, state1, state2, state3, steps, masters, presence, g
                            group_of=list(group_of), rows=rows, schedules=schedules, table=table,
                            t=t, skipped=skipped, grad_scale=grad_scale, found_inf=found_inf,
                            hold_on_skip=hold_on_skip)
-
-
-def check_schedules(schedules) -> tuple[Schedule | None, ...]:
-    assert len(schedules) == 3 and isinstance(schedules[0], Schedule), schedules
-    return tuple(schedules)
