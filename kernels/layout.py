@@ -11,11 +11,14 @@ so a column cannot mean one thing to the writer and another to the kernel.
 G_LR, G_A, G_B, G_EPS, G_WD, G_FLAG, G_MAXIMIZE, G_DECOUPLED = range(8)
 GROUP_COLS = 8
 
-# The kernel's tensor table, int64, one row per parameter with a gradient: addresses, element
-# count, and ``group * META_GROUP + dtype code``.
-(COL_PARAM, COL_GRAD, COL_STATE1, COL_STATE2, COL_STATE3, COL_STEP, COL_NUMEL, COL_META,
- COL_MASTER) = range(9)
-TENSOR_COLS = 9
+# The kernel's tensor table, int64, one row per parameter with a gradient: the addresses that
+# stay put from step to step, the element count, and ``group * META_GROUP + dtype code``. The
+# gradients' and step counts' addresses are separate int64 arrays, one entry per row: gradient
+# addresses are the one thing that changes from step to step (zero_grad(set_to_none=True)),
+# so that array is all a steady-state step uploads; the step-count array is contiguous so that
+# the counter epilogue gathers it with every thread of a program.
+(COL_PARAM, COL_STATE1, COL_STATE2, COL_STATE3, COL_MASTER, COL_NUMEL, COL_META) = range(7)
+TENSOR_COLS = 7
 META_GROUP = 8
 
 # dtype codes of the tensor table: the parameter's dtype, and for 3 and 4 a 16-bit parameter

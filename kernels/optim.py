@@ -4,20 +4,29 @@ parameter of every group on a device.
 Design
 ------
 Addressing. The launcher writes a device table with one int64 row per parameter that has a
-gradient: the addresses of the parameter, its gradient, up to three state tensors, its
-float32 step count and its fp32 master copy (master_weights=True), its element count, and
-``group * 8 + dtype code``. A program turns an address
-into a typed pointer with ``.to(tl.pointer_type(...))``, which works compiled and interpreted.
-The alternatives cost more: flattening every tensor into one buffer forces users' parameters to
-be views of it; one launch per dtype or per group breaks the one-launch promise. The table is
-rebuilt only when a tensor's identity or storage changes (148 rows of 64 B for GPT-2 small).
+gradient (``kernels/layout.py``): the addresses of the parameter, up to three state tensors and
+its fp32 master copy (master_weights=True), its element count, and ``group * 8 + dtype code``.
+Two more int64 arrays, one entry per row, hold the gradients' addresses (the only thing that
+changes from step to step, so a steady-state step uploads nothing else) and the float32 step
+counts' addresses. A program turns an address into a typed pointer with
+``.to(tl.pointer_type(...))``, which works compiled and interpreted. The alternatives cost
+more: flattening every tensor into one buffer forces users' parameters to be views of it; one
+launch per dtype or per group breaks the one-launch promise. A tensor is walked in storage
+order, so any dense, non-overlapping layout (channels_last) works when its gradient and states
+have the parameter's strides (the launcher checks that).
 
 Work. One program per (tensor, chunk) pair, listed in a second table. A chunk is a whole number
-of BLOCKs, chosen by the launcher so that a launch has about eight programs per SM; inside
-a chunk the program walks BLOCK elements at a time. Full blocks take an unmasked path, which
-the compiler turns into 128-bit accesses when the launcher can promise 16-byte alignment
-(ALIGNED); the one ragged block per tensor takes the masked path. Offsets are int64, so a
-tensor of more than 2^31 elements is addressed correctly.
+of BLOCKs, chosen by the launcher from the compiled kernel's occupancy; inside a chunk the
+program walks BLOCK elements at a time. Full blocks of a tensor whose every address is a
+multiple of 16 bytes (decided per tensor, here, from the addresses) take an unmasked path with
+alignment hints, which the compiler turns into 128-bit accesses; the ragged block, and every
+block of a misaligned tensor, take the masked scalar path. Offsets are int64, so a tensor of
+more than 2^31 elements is addressed correctly.
+
+Layouts. ``tl.max_contiguous(offs, 4)`` caps every access at 4 elements per thread: 16 bytes of
+fp32, 8 of bf16/fp16. Without it a bf16 tensor loads 8 elements per thread and its fp32 master
+and states 4, and each change between the two goes through shared memory (ptxas -v, sm_90, bf16
+with fp32 masters: 146 registers and 14 bar.sync before, 80 and 2 with the cap).
 
 dtypes. A program branches once, at run time, on its tensor's dtype code into a body compiled
 for that dtype; only the dtypes present (DTYPES) are compiled. Math is fp32 whatever the
@@ -26,10 +35,15 @@ storage dtype; schedule and bias-correction scalars are fp64 and cast once.
 Counters. Every program reads the schedule counter ``t`` and its tensor's step count at the
 start, and none of them writes those. When a program finishes, it takes a ticket with an
 acq_rel atomic on a per-optimizer int32; the program that draws the last ticket knows every
-other program has finished (and so has read the counters), advances each listed tensor's step
-count and ``t``, and resets the ticket to 0 for the next launch. A CTA barrier before the ticket
-makes the reads of all of a program's threads precede its release. No second launch and no host
-involvement, so the counters also advance on every replay of a captured CUDA graph.
+other program has finished (and so has read the counters), advances every listed tensor's step
+count and ``t``, and resets the ticket to 0 for the next launch. It advances the step counts
+with all of its threads, 256 tensors at a time: three dependent memory round trips per 256
+tensors rather than two per tensor (148 tensors: 3 round trips, not 296). A CTA barrier before the
+ticket makes the reads of all of a program's threads precede its release. No second launch and
+no host involvement, so the counters also advance on every replay of a captured CUDA graph.
+Two launches for the same optimizer must not overlap (they would also race on the parameters):
+the launcher orders an eager step after the last one when the stream changes; replays of CUDA
+graphs that hold the same optimizer's step must be ordered by the caller.
 
 GradScaler. With UNSCALE the gradients are divided by the scaler's scale as they are loaded;
 with CHECK_INF every program reads found_inf first and, if it is set, updates nothing, and the
@@ -40,28 +54,48 @@ The scaler's tensors are passed as pointers, so no copy precedes the launch.
 import triton
 import triton.language as tl
 
+from fused_lrs.kernels import layout
 from fused_lrs.kernels.schedule import ROW, schedule_lr
 
 ADAM = tl.constexpr(0)
 SGD = tl.constexpr(1)
 
-# Tensor table: int64 columns.
-(COL_PARAM, COL_GRAD, COL_STATE1, COL_STATE2, COL_STATE3, COL_STEP, COL_NUMEL, COL_META,
- COL_MASTER) = map(tl.constexpr, range(9))
-TENSOR_COLS = tl.constexpr(9)
-# Group table: float64 columns. Adam: beta1, beta2, eps, amsgrad, decoupled. SGD: momentum,
-# dampening, -, nesterov, -.
-G_LR, G_A, G_B, G_EPS, G_WD, G_FLAG, G_MAXIMIZE, G_DECOUPLED = map(tl.constexpr, range(8))
-GROUP_COLS = tl.constexpr(8)
-# dtype codes of the tensor table: the parameter's dtype, and for 3 and 4 a 16-bit parameter
-# with an fp32 master copy and fp32 states (master_weights=True). meta = group * 8 + code.
-DTYPE_CODES = {"float32": 0, "bfloat16": 1, "float16": 2}
-MASTER_CODE_OFFSET = 2
-META_GROUP = tl.constexpr(8)
+# The table layout of kernels/layout.py as constexpr globals (the only globals a jit function
+# may read). Tensor table: int64 columns. Group table: float64 columns.
+COL_PARAM = tl.constexpr(layout.COL_PARAM)
+COL_STATE1 = tl.constexpr(layout.COL_STATE1)
+COL_STATE2 = tl.constexpr(layout.COL_STATE2)
+COL_STATE3 = tl.constexpr(layout.COL_STATE3)
+COL_MASTER = tl.constexpr(layout.COL_MASTER)
+COL_NUMEL = tl.constexpr(layout.COL_NUMEL)
+COL_META = tl.constexpr(layout.COL_META)
+TENSOR_COLS = tl.constexpr(layout.TENSOR_COLS)
+META_GROUP = tl.constexpr(layout.META_GROUP)
+G_LR = tl.constexpr(layout.G_LR)
+G_A = tl.constexpr(layout.G_A)
+G_B = tl.constexpr(layout.G_B)
+G_EPS = tl.constexpr(layout.G_EPS)
+G_WD = tl.constexpr(layout.G_WD)
+G_FLAG = tl.constexpr(layout.G_FLAG)
+G_MAXIMIZE = tl.constexpr(layout.G_MAXIMIZE)
+G_DECOUPLED = tl.constexpr(layout.G_DECOUPLED)
+GROUP_COLS = tl.constexpr(layout.GROUP_COLS)
+DTYPE_CODES = layout.DTYPE_CODES
+MASTER_CODE_OFFSET = layout.MASTER_CODE_OFFSET
+# Elements per thread per access (see Layouts above): 16 bytes of fp32.
+VEC = tl.constexpr(4)
+# A misaligned tensor's block: a shape of its own, so that the compiler lays its scalar
+# accesses out apart from the vector path's (a shared shape shares constants, and the vector
+# path's 4-wide layout then meets 1-wide stores: 12 more bar.sync, 126 registers for fp32 Adam).
+SCALAR_BLOCK = tl.constexpr(512)
+# Step counts the last program advances per iteration, 2 per thread of 4 warps; a shape of its
+# own too (sharing BLOCK's, the gathered step pointers were converted to the vector layout: 6
+# bar.sync).
+COUNTER_BLOCK = tl.constexpr(256)
 
 
 @triton.jit
-def _typed(address, CODE: tl.constexpr, ALIGNED: tl.constexpr):
+def _typed(address, CODE: tl.constexpr, ALIGNED: tl.constexpr = False):
     if CODE == 0:
         ptr = address.to(tl.pointer_type(tl.float32))
     elif CODE == 1:
@@ -69,8 +103,9 @@ def _typed(address, CODE: tl.constexpr, ALIGNED: tl.constexpr):
     else:
         ptr = address.to(tl.pointer_type(tl.float16))
     if ALIGNED:
-        # The launcher checked every address is a multiple of 16 bytes; this hint is what
-        # lets the compiler emit ld.global.v4 / st.global.v4.
+        # A promise that the address is a multiple of 16 bytes: what lets the compiler emit
+        # ld.global.v4 / st.global.v4. It marks the op that made the pointer (tl.multiple_of
+        # annotates, it does not copy), so the hinted pointer must be a cast of its own.
         ptr = tl.multiple_of(ptr, 16)
     return ptr
 
@@ -154,9 +189,8 @@ def _sgd_block(w_ptr, p_ptr, g_ptr, buf_ptr, offs, mask, sign, wd, lr, momentum,
 
 
 @triton.jit
-def _chunk(trow, grow, lr, a, wd, start, end, grad_scale, ALGO: tl.constexpr,
-           CODE: tl.constexpr,
-           OPTION: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+def _chunk(trow, g_addr, step, grow, lr, a, wd, start, end, grad_scale, ALGO: tl.constexpr,
+           CODE: tl.constexpr, OPTION: tl.constexpr, BLOCK: tl.constexpr,
            UNSCALE: tl.constexpr):
     """Update elements [start, end) of one tensor. OPTION is amsgrad (Adam) or momentum (SGD).
     CODE 3 and 4 are bf16 and fp16 parameters with fp32 master weights and states."""
@@ -164,18 +198,27 @@ def _chunk(trow, grow, lr, a, wd, start, end, grad_scale, ALGO: tl.constexpr,
     MASTER: tl.constexpr = CODE > 2
     P_CODE: tl.constexpr = CODE - 2 if CODE > 2 else CODE     # the parameter's and gradient's
     S_CODE: tl.constexpr = 0 if CODE > 2 else CODE            # the states' dtype
-    p_ptr = _typed(tl.load(trow + COL_PARAM), P_CODE, ALIGNED)
-    g_ptr = _typed(tl.load(trow + COL_GRAD), P_CODE, ALIGNED)
+    p_addr = tl.load(trow + COL_PARAM)
+    s1_addr = tl.load(trow + COL_STATE1)
+    # Alignment is decided per tensor, from all of its addresses (an absent one is 0): one
+    # misaligned view no longer turns every tensor of the launch to scalar access.
+    addr_bits = p_addr | g_addr | s1_addr
+    p_ptr, pa = _typed(p_addr, P_CODE), _typed(p_addr, P_CODE, True)
+    g_ptr, ga = _typed(g_addr, P_CODE), _typed(g_addr, P_CODE, True)
     if MASTER:
-        w_ptr = _typed(tl.load(trow + COL_MASTER), 0, ALIGNED)
+        w_addr = tl.load(trow + COL_MASTER)
+        addr_bits = addr_bits | w_addr
+        w_ptr, wa = _typed(w_addr, 0), _typed(w_addr, 0, True)
     else:
-        w_ptr = p_ptr
-    s1_ptr = _typed(tl.load(trow + COL_STATE1), S_CODE, ALIGNED)
-    step = tl.load(tl.load(trow + COL_STEP).to(tl.pointer_type(tl.float32))).to(tl.float64)
+        w_ptr, wa = p_ptr, pa
+    s1_ptr, s1a = _typed(s1_addr, S_CODE), _typed(s1_addr, S_CODE, True)
     sign = tl.where(tl.load(grow + G_MAXIMIZE) != 0.0, -1.0, 1.0).to(tl.float32)
     if ALGO == ADAM:
-        s2_ptr = _typed(tl.load(trow + COL_STATE2), S_CODE, ALIGNED)
-        s3_ptr = _typed(tl.load(trow + COL_STATE3), S_CODE, ALIGNED)
+        s2_addr = tl.load(trow + COL_STATE2)
+        s3_addr = tl.load(trow + COL_STATE3)
+        aligned = ((addr_bits | s2_addr | s3_addr) & 15) == 0
+        s2_ptr = _typed(s2_addr, S_CODE)
+        s3_ptr = _typed(s3_addr, S_CODE)
         beta1 = a
         beta2 = tl.load(grow + G_B)
         decoupled = tl.load(grow + G_DECOUPLED) != 0.0
@@ -190,19 +233,30 @@ def _chunk(trow, grow, lr, a, wd, start, end, grad_scale, ALGO: tl.constexpr,
         one_minus_b2 = (1.0 - beta2).to(tl.float32)
         eps = tl.load(grow + G_EPS).to(tl.float32)
         beta2 = beta2.to(tl.float32)
+        # Hinted pointers for the vector path, used only where the hint is true.
+        s2a, s3a = _typed(s2_addr, S_CODE, True), _typed(s3_addr, S_CODE, True)
         off = start
-        while off < end:  # a while, not range(): the interpreter cannot range over loaded ints
-            offs = off + tl.arange(0, BLOCK)
-            if off + BLOCK <= end:
-                _adam_block(w_ptr, p_ptr, g_ptr, s1_ptr, s2_ptr, s3_ptr, offs, None, sign, decay,
-                            l2, one_minus_b1, beta2, one_minus_b2, step_size, bc2_sqrt, eps,
-                            grad_scale, OPTION, S_CODE == 1, UNSCALE, MASTER, P_CODE == 1)
-            else:
+        if aligned:
+            while off < end:  # a while, not range(): the interpreter cannot range over loaded ints
+                offs = tl.max_contiguous(tl.multiple_of(off + tl.arange(0, BLOCK), VEC), VEC)
+                if off + BLOCK <= end:
+                    _adam_block(wa, pa, ga, s1a, s2a, s3a, offs, None, sign, decay, l2,
+                                one_minus_b1, beta2, one_minus_b2, step_size, bc2_sqrt, eps,
+                                grad_scale, OPTION, S_CODE == 1, UNSCALE, MASTER, P_CODE == 1)
+                else:
+                    _adam_block(wa, pa, ga, s1a, s2a, s3a, offs, offs < end, sign, decay, l2,
+                                one_minus_b1, beta2, one_minus_b2, step_size, bc2_sqrt, eps,
+                                grad_scale, OPTION, S_CODE == 1, UNSCALE, MASTER, P_CODE == 1)
+                off += BLOCK
+        else:
+            while off < end:
+                offs = off + tl.arange(0, SCALAR_BLOCK)
                 _adam_block(w_ptr, p_ptr, g_ptr, s1_ptr, s2_ptr, s3_ptr, offs, offs < end, sign,
                             decay, l2, one_minus_b1, beta2, one_minus_b2, step_size, bc2_sqrt,
                             eps, grad_scale, OPTION, S_CODE == 1, UNSCALE, MASTER, P_CODE == 1)
-            off += BLOCK
+                off += SCALAR_BLOCK
     else:
+        aligned = (addr_bits & 15) == 0
         momentum = a.to(tl.float32)
         one_minus_dampening = (1.0 - tl.load(grow + G_B)).to(tl.float32)
         nesterov = tl.load(grow + G_FLAG) != 0.0
@@ -210,22 +264,30 @@ def _chunk(trow, grow, lr, a, wd, start, end, grad_scale, ALGO: tl.constexpr,
         wd = wd.to(tl.float32)
         lr = lr.to(tl.float32)
         off = start
-        while off < end:
-            offs = off + tl.arange(0, BLOCK)
-            if off + BLOCK <= end:
-                _sgd_block(w_ptr, p_ptr, g_ptr, s1_ptr, offs, None, sign, wd, lr, momentum,
-                           one_minus_dampening, first, nesterov, grad_scale, OPTION,
-                           S_CODE == 1, UNSCALE, MASTER, P_CODE == 1)
-            else:
+        if aligned:
+            while off < end:
+                offs = tl.max_contiguous(tl.multiple_of(off + tl.arange(0, BLOCK), VEC), VEC)
+                if off + BLOCK <= end:
+                    _sgd_block(wa, pa, ga, s1a, offs, None, sign, wd, lr, momentum,
+                               one_minus_dampening, first, nesterov, grad_scale, OPTION,
+                               S_CODE == 1, UNSCALE, MASTER, P_CODE == 1)
+                else:
+                    _sgd_block(wa, pa, ga, s1a, offs, offs < end, sign, wd, lr, momentum,
+                               one_minus_dampening, first, nesterov, grad_scale, OPTION,
+                               S_CODE == 1, UNSCALE, MASTER, P_CODE == 1)
+                off += BLOCK
+        else:
+            while off < end:
+                offs = off + tl.arange(0, SCALAR_BLOCK)
                 _sgd_block(w_ptr, p_ptr, g_ptr, s1_ptr, offs, offs < end, sign, wd, lr,
                            momentum, one_minus_dampening, first, nesterov, grad_scale, OPTION,
                            S_CODE == 1, UNSCALE, MASTER, P_CODE == 1)
-            off += BLOCK
+                off += SCALAR_BLOCK
 
 
 @triton.jit
-def _dispatch(trow, grow, lr, a, wd, start, end, code, option, grad_scale, ALGO: tl.constexpr,
-              DTYPES: tl.constexpr, HAS_OPTION: tl.constexpr, ALIGNED: tl.constexpr,
+def _dispatch(trow, g_addr, step, grow, lr, a, wd, start, end, code, option, grad_scale,
+              ALGO: tl.constexpr, DTYPES: tl.constexpr, HAS_OPTION: tl.constexpr,
               BLOCK: tl.constexpr, UNSCALE: tl.constexpr):
     # One run-time branch per program picks the body compiled for this tensor's dtype and
     # option; bodies for dtypes or options absent from the optimizer are never compiled.
@@ -233,22 +295,25 @@ def _dispatch(trow, grow, lr, a, wd, start, end, code, option, grad_scale, ALGO:
         if code == DTYPES[i]:
             if HAS_OPTION:
                 if option:
-                    _chunk(trow, grow, lr, a, wd, start, end, grad_scale, ALGO, DTYPES[i], True,
-                           ALIGNED, BLOCK, UNSCALE)
+                    _chunk(trow, g_addr, step, grow, lr, a, wd, start, end, grad_scale, ALGO,
+                           DTYPES[i], True, BLOCK, UNSCALE)
                 else:
-                    _chunk(trow, grow, lr, a, wd, start, end, grad_scale, ALGO, DTYPES[i], False,
-                           ALIGNED, BLOCK, UNSCALE)
+                    _chunk(trow, g_addr, step, grow, lr, a, wd, start, end, grad_scale, ALGO,
+                           DTYPES[i], False, BLOCK, UNSCALE)
             else:
-                _chunk(trow, grow, lr, a, wd, start, end, grad_scale, ALGO, DTYPES[i], False,
-                       ALIGNED, BLOCK, UNSCALE)
+                _chunk(trow, g_addr, step, grow, lr, a, wd, start, end, grad_scale, ALGO,
+                       DTYPES[i], False, BLOCK, UNSCALE)
 
 
 @triton.jit(do_not_specialize=["n_tensors", "n_programs", "blocks_per_program", "hold_on_skip"])
 def fused_step_kernel(
     tensors_ptr,   # int64 [n_tensors, TENSOR_COLS]: addresses, numel, group * 8 + dtype code
+    grads_ptr,     # int64 [n_tensors]: the gradients' addresses
+    steps_ptr,     # int64 [n_tensors]: the addresses of the float32 step counts
     work_ptr,      # int32 [n_programs, 2]: (tensor row, chunk index); row -1 = no work
     groups_ptr,    # float64 [n_groups, GROUP_COLS]: base lr and hyperparameters
-    table_ptr,     # float64 [n_leaves, ROW]: the leaves of the lr, momentum and wd schedules
+    table_ptr,     # float64 [n_groups * n_leaves, ROW]: per group, the leaves of the lr,
+                   # momentum and wd schedules
     t_ptr,         # int64 []: the schedule counter, steps completed
     ticket_ptr,    # int32 []: programs finished in this launch (0 between launches)
     scale_ptr,     # float32 []: GradScaler's scale, gradients are divided by it (if UNSCALE)
@@ -265,7 +330,6 @@ def fused_step_kernel(
     KINDS_WD: tl.constexpr,    # the weight-decay schedule's; () none
     DTYPES: tl.constexpr,      # dtype codes present
     HAS_OPTION: tl.constexpr,  # some group uses amsgrad (Adam) or momentum (SGD)
-    ALIGNED: tl.constexpr,     # every address is 16-byte aligned
     BLOCK: tl.constexpr,       # elements per inner iteration
     UNSCALE: tl.constexpr,     # a GradScaler's scale applies to this step
     CHECK_INF: tl.constexpr,   # a GradScaler's found_inf applies to this step
@@ -276,41 +340,56 @@ def fused_step_kernel(
     grad_scale = 1.0
     if UNSCALE:
         grad_scale = tl.load(scale_ptr)
-    skip = t != t                                     # False, as a tensor
+    work = row >= 0
     if CHECK_INF:
         # GradScaler saw an inf or NaN: the step changes nothing but the counters.
-        skip = tl.load(found_inf_ptr) != 0.0
-    if (row >= 0) & (skip == 0):
-        trow = tensors_ptr + row.to(tl.int64) * TENSOR_COLS
+        work = work & (tl.load(found_inf_ptr) == 0.0)
+    if work:
+        r = row.to(tl.int64)
+        trow = tensors_ptr + r * TENSOR_COLS
         meta = tl.load(trow + COL_META)
-        grow = groups_ptr + (meta // META_GROUP) * GROUP_COLS
+        group = meta // META_GROUP
+        grow = groups_ptr + group * GROUP_COLS
+        # The schedule table holds one block of rows per group: per-group values (CyclicLR's
+        # lists) and run-time state (a plateau's scale) are numbers of the group's own block.
+        table = table_ptr + group * ((len(KINDS) + len(KINDS_M) + len(KINDS_WD)) * ROW)
+        step = tl.load(tl.load(steps_ptr + r).to(tl.pointer_type(tl.float32))).to(tl.float64)
         # Each schedule maps its group's base value: the lr, beta1 or momentum, weight decay.
         # An empty schedule (KINDS_M or KINDS_WD = ()) folds to the base value itself.
         tf = t.to(tl.float64)
-        lr = schedule_lr(tf, tl.load(grow + G_LR), table_ptr, KINDS)
-        a = schedule_lr(tf, tl.load(grow + G_A), table_ptr + len(KINDS) * ROW, KINDS_M)
-        wd = schedule_lr(tf, tl.load(grow + G_WD), table_ptr + (len(KINDS) + len(KINDS_M)) * ROW,
+        lr = schedule_lr(tf, tl.load(grow + G_LR), table, KINDS)
+        a = schedule_lr(tf, tl.load(grow + G_A), table + len(KINDS) * ROW, KINDS_M)
+        wd = schedule_lr(tf, tl.load(grow + G_WD), table + (len(KINDS) + len(KINDS_M)) * ROW,
                          KINDS_WD)
         start = tl.load(work_ptr + pid * 2 + 1).to(tl.int64) * blocks_per_program * BLOCK
         end = tl.minimum(start + blocks_per_program * BLOCK, tl.load(trow + COL_NUMEL))
         option = tl.load(grow + G_FLAG) != 0.0
         if ALGO == SGD:
             option = tl.load(grow + G_A) != 0.0       # momentum on: the buffer exists
-        _dispatch(trow, grow, lr, a, wd, start, end, meta % META_GROUP, option, grad_scale, ALGO,
-                  DTYPES,
-                  HAS_OPTION, ALIGNED, BLOCK, UNSCALE)
+        _dispatch(trow, tl.load(grads_ptr + r), step, grow, lr, a, wd, start, end,
+                  meta % META_GROUP, option, grad_scale, ALGO, DTYPES, HAS_OPTION, BLOCK, UNSCALE)
     tl.debug_barrier()
     if tl.atomic_add(ticket_ptr, 1) == n_programs - 1:
         # Last program of the launch: every other one has read the counters. A skipped step
         # leaves the step counts (torch's fused Adam subtracts found_inf back), and the
-        # schedule counter too when asked.
+        # schedule counter too when asked. All threads advance COUNTER_BLOCK step counts at a time.
+        # found_inf and t are read again rather than kept: values live across the whole body
+        # cost registers, and spills around the fp64 cos slow-path call of the schedules.
+        # t too: only this program writes it, below, so it still holds what all of them read.
+        t = tl.load(t_ptr)
+        skip = t != t                                 # False, as a tensor
+        if CHECK_INF:
+            skip = tl.load(found_inf_ptr) != 0.0
         advance = tl.where(skip, 0.0, 1.0)
-        i = 0
-        while i < n_tensors:
-            step_ptr = tl.load(tensors_ptr + i * TENSOR_COLS + COL_STEP).to(
+        lane = tl.arange(0, COUNTER_BLOCK)
+        first = 0
+        while first < n_tensors:
+            idx = first + lane
+            mask = idx < n_tensors
+            step_ptrs = tl.load(steps_ptr + idx, mask=mask, other=0).to(
                 tl.pointer_type(tl.float32))
-            tl.store(step_ptr, tl.load(step_ptr) + advance)
-            i += 1
+            tl.store(step_ptrs, tl.load(step_ptrs, mask=mask) + advance, mask=mask)
+            first += COUNTER_BLOCK
         tl.store(t_ptr, t + tl.where(skip & (hold_on_skip != 0), 0, 1))
         tl.store(skipped_ptr, 1.0 - advance)
         tl.store(ticket_ptr, 0)
@@ -318,8 +397,8 @@ def fused_step_kernel(
 
 # Argument types as the launcher passes them: ahead-of-time compilation (tests/test_kernels_aot.py)
 # builds the kernel from this, so a change to the arguments must change it too.
-SIGNATURE = {"tensors_ptr": "*i64", "work_ptr": "*i32", "groups_ptr": "*fp64",
-             "table_ptr": "*fp64", "t_ptr": "*i64", "ticket_ptr": "*i32", "scale_ptr": "*fp32",
-             "found_inf_ptr": "*fp32", "skipped_ptr": "*fp32",
+SIGNATURE = {"tensors_ptr": "*i64", "grads_ptr": "*i64", "steps_ptr": "*i64", "work_ptr": "*i32",
+             "groups_ptr": "*fp64", "table_ptr": "*fp64", "t_ptr": "*i64", "ticket_ptr": "*i32",
+             "scale_ptr": "*fp32", "found_inf_ptr": "*fp32", "skipped_ptr": "*fp32",
              "n_tensors": "i32", "n_programs": "i32", "blocks_per_program": "i32",
              "hold_on_skip": "i32"}

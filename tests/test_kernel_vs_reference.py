@@ -150,23 +150,48 @@ def test_all_grads_none_still_advances_the_schedule():
     assert not opt.state[p]
 
 
-def test_misaligned_storage_takes_the_scalar_path():
-    # A parameter that starts 4 bytes into its storage defeats the 16-byte vector path; the
-    # launcher notices and compiles the unaligned variant, which must give the same result.
-    base = torch.randn(4097, device=KERNEL_DEVICE)
+def run_views(make_view, shape, steps=5, seed=3):
+    """Adam over two parameters in one launch, one plain and one made by ``make_view`` from
+    a fresh tensor (a view with an offset, a layout): the reference against the kernel."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(*shape, generator=gen).to(KERNEL_DEVICE)
+    plain = torch.randn(3000, generator=gen).to(KERNEL_DEVICE)
     runs = []
     for impl in ("reference", "triton"):
-        p = torch.nn.Parameter(base.clone()[1:])
-        opt = FusedAdamScheduled([p], lr=0.1, impl=impl)
-        runs.append(([p], opt))
-    assert runs[1][0][0].data_ptr() % 16 != 0
-    gen = torch.Generator().manual_seed(3)
-    for _ in range(5):
-        g = torch.randn(4096, generator=gen).to(KERNEL_DEVICE)
+        ps = [torch.nn.Parameter(make_view(base.clone())), torch.nn.Parameter(plain.clone())]
+        runs.append((ps, FusedAdamScheduled(ps, lr=0.1, weight_decay=0.01, impl=impl)))
+    for _ in range(steps):
+        grads = [torch.randn(p.shape, generator=gen).to(KERNEL_DEVICE) for p in runs[0][0]]
         for ps, opt in runs:
-            ps[0].grad = g.clone()
+            for p, g in zip(ps, grads):
+                # The gradient in its parameter's layout, as autograd makes it.
+                p.grad = torch.empty_like(p).copy_(g)
             opt.step()
-    assert runs[1][1]._backend.aligned is False
+    return runs
+
+
+def test_a_misaligned_view_beside_an_aligned_tensor():
+    # A parameter that starts 4 bytes into its storage defeats the 16-byte vector path. The
+    # kernel decides per tensor, from its addresses: the misaligned one takes the scalar path,
+    # its neighbour in the same launch keeps the vector path; both match the reference.
+    runs = run_views(lambda x: x[1:], (4097,))
+    assert runs[1][0][0].data_ptr() % 16 != 0 and runs[1][0][1].data_ptr() % 16 == 0
+    assert_same(runs)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "transposed", "channels_last_3d"])
+def test_dense_layouts_other_than_contiguous(layout):
+    # The update is elementwise: any dense, non-overlapping layout works when the gradient
+    # and states share the parameter's strides (zeros_like and autograd keep them).
+    make, shape = {"channels_last": (lambda x: x.to(memory_format=torch.channels_last),
+                                     (8, 3, 5, 7)),
+                   "transposed": (lambda x: x.t(), (40, 33)),
+                   "channels_last_3d": (lambda x: x.to(memory_format=torch.channels_last_3d),
+                                        (2, 3, 4, 5, 6))}[layout]
+    runs = run_views(make, shape)
+    p = runs[1][0][0]
+    assert not p.is_contiguous()
+    assert runs[1][1].state[p]["exp_avg"].stride() == p.stride()
     assert_same(runs)
 
 
@@ -175,15 +200,21 @@ def test_tables_are_rebuilt_only_when_tensors_change():
     opt = FusedAdamScheduled([p], lr=0.1, impl="triton")
     p.grad = torch.randn_like(p)
     opt.step()
-    tables = opt._backend.tensors
+    tables, grads = opt._backend.tensors, opt._backend.grads
     opt.step()                                   # same grad tensor: same tables
     assert opt._backend.tensors is tables
+    opt.zero_grad(set_to_none=True)
+    p.grad = torch.randn_like(p)                 # a new gradient: only its address is written
+    opt.step()
+    assert opt._backend.tensors is tables and opt._backend.grads is grads
+    assert grads[0].item() == p.grad.data_ptr()
     opt.param_groups[0]["lr"] = 0.2              # a hyperparameter change: new group table
     opt.step()
     assert opt._backend.tensors is not tables
 
 
-@pytest.mark.parametrize("problem", ["float64", "non-contiguous", "cast-after-build"])
+@pytest.mark.parametrize("problem", ["float64", "not-dense", "grad-strides",
+                                     "cast-after-build"])
 def test_what_the_kernel_cannot_take_raises_and_changes_nothing(problem):
     if problem == "float64":
         # Known at construction: an explicit impl that cannot run the optimizer is refused there.
@@ -200,15 +231,18 @@ def test_what_the_kernel_cannot_take_raises_and_changes_nothing(problem):
         p.data = p.data.to(torch.bfloat16)       # the model was cast; the states were not
         p.grad = None
         p.grad = torch.randn_like(p)
-    elif problem == "non-contiguous":
-        p.data = p.data.t()
+    elif problem == "not-dense":
+        p.data = torch.randn(8, 8, device=KERNEL_DEVICE)[:, ::2]     # every other column
         p.grad = torch.randn_like(p)
+    elif problem == "grad-strides":
+        p.grad = torch.randn(4, 8, device=KERNEL_DEVICE).t()  # contiguous p, transposed grad
     else:
         p.grad = torch.randn_like(p)
     before = (p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()},
               int(opt.schedule_step))
     with pytest.raises((TypeError, ValueError),
-                       match="float32, bfloat16 and float16|contiguous|was the model cast"):
+                       match="float32, bfloat16 and float16|dense, non-overlapping|"
+                             "parameter's layout|was the model cast"):
         opt.step()
     assert torch.equal(p.detach(), before[0])
     assert set(opt.state[p]) == set(before[1])

@@ -1,24 +1,37 @@
 """The Triton backend: the thin launcher between a step description and ``kernels/optim.py``.
 
-It owns the device tables the kernel reads, rebuilds them only when a tensor's identity or
-storage, or a group's hyperparameter, changes, and makes one launch per ``step()``. The check
-that decides "unchanged" reads only host-side facts (addresses, Python numbers), so it never
-synchronises:
+It owns the device tables the kernel reads (``kernels/layout.py``) and makes one launch per
+``step()``. Host work per step is what changed and no more, judged from host-side facts only
+(addresses, Python numbers), so it never synchronises:
   * the same description object as last time (eager steps: the optimizer rebuilds it only when
-    tensors, state or hyperparameters change): only the gradients' addresses are compared;
-  * a new description (the custom op rebuilds one per call): every address is compared.
+    the set of tensors, the state or a hyperparameter changes): one bulk read of the gradients'
+    addresses. Unchanged: nothing else. Changed (``zero_grad(set_to_none=True)`` gives new
+    gradients every step): one bulk read of the parameters' addresses (a model recast with
+    ``p.data = p.data.half()`` moves them: then the full check below), and one upload of the
+    gradient-address array, asynchronous, from pinned memory;
+  * a new description (the custom op builds one per call): every address and number is
+    compared, and the tables are rebuilt if one differs.
+Gradients are trusted to have their parameter's layout between rebuilds, as autograd makes them
+(a hand-assigned gradient with other strides is caught only when the tensors change).
 
-Under CUDA-graph capture a rebuild copies from pinned host memory, which a graph may capture;
-those host buffers are kept for the backend's lifetime, since each replay copies them again.
+CUDA graphs. A captured launch holds raw pointers to these tables, the ticket and the pinned
+buffers its uploads copy from. Once a launch is captured, its tables are never written again
+and never freed: an eager step that needs other addresses writes a new generation, and the
+captured ones go to ``HELD_BY_GRAPHS``, which lives as long as the process (a graph may outlive
+this backend: the optimizer drops it on ``set_schedule``, ``add_param_group`` and
+``load_state_dict``). They are small: 8 bytes per tensor per generation.
 
 Triton itself is imported when the first backend object is made, never at package import.
 """
 
 from __future__ import annotations
 
+import array
+import ctypes
 import importlib.util
 import math
 import os
+from operator import attrgetter
 
 import torch
 
@@ -27,31 +40,83 @@ from fused_lrs.optim.step import ADAM, KERNEL_DTYPES, StepDescription
 
 # Elements per inner iteration: 4 warps x 32 threads x 8 fp32 = two 128-bit accesses per thread
 # per tensor, the usual shape for a memory-bound elementwise body (Liger, Apex use the same).
-# Not yet tuned on a GPU.
 BLOCK = 1024
 NUM_WARPS = 4
-# Programs per SM the chunking aims at, and the most blocks one program walks. A launch of
-# 1B parameters then has 1B / (64 * 1024) ~ 15k programs rather than 1M, which keeps the
-# per-program ticket atomics (one each) negligible.
-PROGRAMS_PER_SM = 8
+# The most blocks one program walks. A launch of 1B parameters then has at least
+# 1B / (64 * 1024) ~ 15k programs rather than 1M, which keeps the per-program ticket atomics
+# (one each) negligible.
 MAX_BLOCKS_PER_PROGRAM = 64
+# Programs per SM assumed before the kernel is compiled (under the interpreter, always): what
+# 72 to 80 registers allow at 4 warps (programs_per_sm below).
+DEFAULT_PROGRAMS_PER_SM = 6
+
+# Every table a captured launch may read, for the life of the process (see the module doc).
+HELD_BY_GRAPHS: dict[int, torch.Tensor] = {}
+
+
+def hold(*tensors: torch.Tensor) -> None:
+    """Keep ``tensors`` alive for the life of the process: a captured graph reads them."""
+    for x in tensors:
+        HELD_BY_GRAPHS[id(x)] = x
+
+_DATA_PTR = torch.Tensor.data_ptr
+
+
+def programs_per_sm(n_regs: int, num_warps: int, shared: int = 0, regs_per_sm: int = 65536,
+                    threads_per_sm: int = 2048, shared_per_sm: int = 233472,
+                    max_blocks: int = 32) -> int:
+    """Resident programs per SM for a kernel using ``n_regs`` registers per thread: registers
+    are granted per warp in units of 256 (sm_70 to sm_90), so a warp at 146 registers takes
+    19 * 256 = 4864 of an SM's 65536, 13 warps fit and 3 programs of 4 warps."""
+    per_warp = math.ceil(max(n_regs, 1) * 32 / 256) * 256
+    by_regs = (regs_per_sm // per_warp) // num_warps
+    by_threads = threads_per_sm // (num_warps * 32)
+    by_shared = shared_per_sm // (shared + 1024) if shared else max_blocks
+    return max(1, min(by_regs, by_threads, by_shared, max_blocks))
+
+
+def _dense(x: torch.Tensor) -> bool:
+    """Whether ``x`` covers exactly ``numel`` consecutive elements in some order of its
+    dimensions (contiguous, channels_last, a transpose...): what walking it in storage order
+    needs."""
+    if x.numel() == 0:
+        return True
+    expected = 1
+    for stride, size in sorted((s, n) for n, s in zip(x.shape, x.stride()) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _strides(x: torch.Tensor) -> tuple:
+    # Strides of dimensions of size 1 say nothing about where elements are.
+    return tuple(s for n, s in zip(x.shape, x.stride()) if n != 1)
 
 
 def check_tensors(name: str, p: torch.Tensor, tensors: list[torch.Tensor],
                   states: list[torch.Tensor], master: torch.Tensor | None) -> None:
     """What the kernel needs of a parameter, its gradient (in ``tensors``) and its states
-    (fp32 when it has a master copy)."""
+    (fp32 when it has a master copy): supported dtypes, and one dense layout for all, since
+    the update walks every tensor in storage order."""
     if p.dtype not in KERNEL_DTYPES:
         raise TypeError(f"{name}: impl='triton' updates float32, bfloat16 and float16 "
                         f"parameters, got {p.dtype}; use impl='reference'")
     state_dtype = p.dtype if master is None else torch.float32
-    if not all(x.is_contiguous() for x in (*tensors, *states)):
-        raise ValueError(f"{name}: impl='triton' needs contiguous parameters, gradients and "
-                         "states; use impl='reference'")
     if any(x.dtype != p.dtype for x in tensors) or any(x.dtype != state_dtype for x in states):
         raise TypeError(f"{name}: a gradient's or state tensor's dtype differs from its "
                         f"parameter's ({p.dtype}); was the model cast after the optimizer was "
                         "built?")
+    if not _dense(p):
+        raise ValueError(f"{name}: impl='triton' needs dense, non-overlapping parameters (any "
+                         f"memory format), got strides {p.stride()} for shape "
+                         f"{tuple(p.shape)}; use impl='reference'")
+    strides = _strides(p)
+    for x in (*tensors, *states):
+        if _strides(x) != strides:
+            raise ValueError(f"{name}: impl='triton' needs the gradient and states in the "
+                             f"parameter's layout (strides {p.stride()}), got {x.stride()}; "
+                             "use impl='reference'")
 
 
 class TritonBackend:
@@ -62,10 +127,19 @@ class TritonBackend:
 
         self.kernel = kernel
         self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.key = None
-        self._desc, self._grad_key = None, None
+        self._desc = None
+        self._grad_addrs: list[int] | None = None
+        self._param_addrs: list[int] | None = None
         self.ticket = torch.zeros((), dtype=torch.int32, device=self.device)
-        self.pinned: list[torch.Tensor] = []
+        self.captured = False          # the current tables are held by a captured graph
+        self._stream = None            # the stream of the last eager launch (CUDA)
+        self.max_blocks_per_program = MAX_BLOCKS_PER_PROGRAM
+        self.programs_per_sm = DEFAULT_PROGRAMS_PER_SM
+        self._sized_for = None         # the table key the grid was sized for
 
     @staticmethod
     def unsupported(device, algorithm, dtypes, scheduled_hyperparameters) -> str | None:
@@ -81,6 +155,11 @@ class TritonBackend:
         return None
 
     def check(self, name, p, grad, state) -> None:
+        local = attrgetter("_local_tensor")     # DTensor (FSDP2): the kernel sees local shards
+        if hasattr(p, "_local_tensor"):
+            p, grad = local(p), local(grad)
+            state = {k: local(v) if hasattr(v, "_local_tensor") else v
+                     for k, v in state.items()}
         check_tensors(name, p, [p, grad], [v for k, v in state.items()
                                            if k != "step" and v is not None],
                       state.get("master"))
@@ -88,85 +167,185 @@ class TritonBackend:
     # ---------------------------------------------------------------- the step
 
     def step(self, d: StepDescription) -> None:
-        """One launch for ``d``; the tables are rebuilt only if an address or number changed."""
-        grad_key = tuple(g.data_ptr() for g in d.grads)
-        if d is not self._desc or grad_key != self._grad_key:
-            # New gradients may come with a recast model (p.data = p.data.half()): compare every
-            # address, and check the tensors before a rebuild.
-            tensors = (*d.params, *d.grads, *d.steps, d.table,
-                       *(x for col in (*d.states, d.masters) for x in col if x is not None))
-            key = (tuple(x.data_ptr() for x in tensors), tuple(map(tuple, d.rows)), d.kinds,
-                   tuple(d.group_of), d.algorithm,
-                   tuple(x is not None for col in (*d.states, d.masters) for x in col),
-                   tuple(p.dtype for p in d.params))
-            if key != self.key:
-                for i, p in enumerate(d.params):
-                    states = [col[i] for col in d.states if col[i] is not None]
-                    master = d.masters[i]
-                    check_tensors("fused_lrs::step", p, [p, d.grads[i]],
-                                  states + ([master] if master is not None else []), master)
-                self._rebuild(d)
-                self.key = key
-            self._desc, self._grad_key = d, grad_key
+        """One launch for ``d``, on the parameters' device; only what changed is uploaded."""
+        if self.cuda and torch.cuda.current_device() != self.device.index:
+            # Triton launches on the current device: with parameters on cuda:1 and the
+            # current device 0 it would run on GPU 0 with GPU 1's pointers.
+            with torch.cuda.device(self.device):
+                return self.step(d)
+        if d is self._desc:
+            addrs = list(map(_DATA_PTR, d.grads))
+            if addrs != self._grad_addrs:
+                if list(map(_DATA_PTR, d.params)) == self._param_addrs:
+                    self._upload_grads(addrs)
+                else:
+                    self._desc = None          # a parameter moved (a recast): check everything
+        if d is not self._desc:
+            self._full_check(d)
+        if self.cuda:
+            if torch.cuda.is_current_stream_capturing():
+                # From now on these tables belong to the graph too: never written again, and
+                # kept alive after they are replaced.
+                self.captured = True
+                self._stream = None
+                hold(self.ticket, self.tensors, self.steps, self.grads, self.groups, self.work,
+                     d.table, d.t, d.skipped)
+            else:
+                self._order_after_last_launch()
         self._launch(d)
+
+    def _full_check(self, d: StepDescription) -> None:
+        """Compare every address and number with the tables' and, if one differs, check the
+        tensors and rebuild the tables."""
+        tensors = (*d.params, *d.steps, d.table,
+                   *(x for col in (*d.states, d.masters) for x in col if x is not None))
+        key = (tuple(map(_DATA_PTR, tensors)), tuple(map(tuple, d.rows)), d.kinds,
+               tuple(d.group_of), d.algorithm,
+               tuple(x is not None for col in (*d.states, d.masters) for x in col),
+               tuple(p.dtype for p in d.params))
+        if key != self.key:
+            for i, p in enumerate(d.params):
+                states = [col[i] for col in d.states if col[i] is not None]
+                master = d.masters[i]
+                check_tensors("fused_lrs::step", p, [p, d.grads[i]],
+                              states + ([master] if master is not None else []), master)
+            self._rebuild(d)
+            self.key = key
+        addrs = list(map(_DATA_PTR, d.grads))
+        if addrs != self._grad_addrs:
+            self._upload_grads(addrs)
+        self._desc, self._param_addrs = d, list(map(_DATA_PTR, d.params))
+
+    def _order_after_last_launch(self) -> None:
+        # The ticket and the step counts belong to this optimizer: two of its launches must not
+        # overlap (they would race on the parameters too). An eager step on another stream
+        # than the last one waits for that stream first (no host sync). Under capture, waiting
+        # on an uncaptured stream is illegal: ordering graph replays is the caller's part.
+        stream = torch.cuda.current_stream(self.device)
+        if self._stream is not None and stream != self._stream:
+            stream.wait_stream(self._stream)
+        self._stream = stream
 
     # ---------------------------------------------------------------- tables and launch
 
     def _rebuild(self, d: StepDescription) -> None:
         K = self.kernel
-        tensor_rows, addresses, dtypes = [], [], set()
+        tensor_rows, step_addrs, dtypes = [], [], set()
         for i, p in enumerate(d.params):
             code = L.DTYPE_CODES[str(p.dtype).removeprefix("torch.")]
             master = d.masters[i]
             if master is not None:
                 code += L.MASTER_CODE_OFFSET
-            row = [p.data_ptr(), d.grads[i].data_ptr(),
-                   *(col[i].data_ptr() if col[i] is not None else 0 for col in d.states),
-                   d.steps[i].data_ptr(), p.numel(), d.group_of[i] * L.META_GROUP + code,
-                   master.data_ptr() if master is not None else 0]
+            row = [0] * L.TENSOR_COLS
+            row[L.COL_PARAM] = p.data_ptr()
+            for col, column in zip((L.COL_STATE1, L.COL_STATE2, L.COL_STATE3), d.states):
+                row[col] = column[i].data_ptr() if column[i] is not None else 0
+            row[L.COL_MASTER] = master.data_ptr() if master is not None else 0
+            row[L.COL_NUMEL] = p.numel()
+            row[L.COL_META] = d.group_of[i] * L.META_GROUP + code
             tensor_rows.append(row)
-            addresses += [a for a in (*row[:5], row[L.COL_MASTER]) if a]
+            step_addrs.append(d.steps[i].data_ptr())
             dtypes.add(code)
-        sizes = [p.numel() for p in d.params]
-        total = sum(sizes)
-        sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
-               if self.device.type == "cuda" else 1)
-        blocks = math.ceil(total / (BLOCK * PROGRAMS_PER_SM * sms)) if total else 1
-        self.blocks_per_program = min(max(blocks, 1), MAX_BLOCKS_PER_PROGRAM)
-        chunk = BLOCK * self.blocks_per_program
-        pairs = [(r, c) for r, n in enumerate(sizes) for c in range(math.ceil(n / chunk))]
-        pairs = pairs or [(-1, 0)]        # one program still advances the counters
+        self._retire()
+        n = len(tensor_rows)
         self.tensors = self._to_device(torch.tensor(tensor_rows or [[0] * L.TENSOR_COLS],
                                                     dtype=torch.int64))
-        self.work = self._to_device(torch.tensor(pairs, dtype=torch.int32))
+        self.steps = self._to_device(torch.tensor(step_addrs or [0], dtype=torch.int64))
+        self.grads = torch.zeros(max(n, 1), dtype=torch.int64, device=self.device)
+        self._grad_addrs = None
         self.groups = self._to_device(torch.tensor(d.rows, dtype=torch.float64))
+        self.sizes = [p.numel() for p in d.params]
         self.kinds = d.kinds
         self.algorithm = K.ADAM if d.algorithm == ADAM else K.SGD
-        self.n_tensors, self.n_programs = len(tensor_rows), len(pairs)
+        self.n_tensors = n
         self.dtypes = tuple(sorted(dtypes)) or (0,)
         self.has_option = any(d.option(g) for g in range(len(d.rows)))
-        self.aligned = all(a % 16 == 0 for a in addresses)
+        self._constexprs = {}          # per GradScaler presence: the kernel's compile key
+        self._chunk()
+
+    def _chunk(self) -> None:
+        """The work table: (tensor, chunk) pairs, chunks sized so that one launch is about one
+        wave of resident programs (``programs_per_sm`` of the compiled kernel)."""
+        total = sum(self.sizes)
+        sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
+               if self.cuda else 1)
+        blocks = math.ceil(total / (BLOCK * self.programs_per_sm * sms)) if total else 1
+        self.blocks_per_program = min(max(blocks, 1), self.max_blocks_per_program)
+        chunk = BLOCK * self.blocks_per_program
+        pairs = [(r, c) for r, n in enumerate(self.sizes) for c in range(math.ceil(n / chunk))]
+        pairs = pairs or [(-1, 0)]        # one program still advances the counters
+        self.work = self._to_device(torch.tensor(pairs, dtype=torch.int32))
+        self.n_programs = len(pairs)
+
+    def _retire(self) -> None:
+        """Before the tables are replaced: captured ones are already held (see ``step``)."""
+        self.captured = False
+
+    def _upload_grads(self, addrs: list[int]) -> None:
+        """Write the gradient addresses into the device array: one bulk pack, one copy."""
+        if self.captured:
+            # A captured graph reads this array (and may re-upload into it on replay): a new
+            # one for the eager steps; the graph's stays as it is, held.
+            self.grads = torch.empty_like(self.grads)
+            self.captured = False
+        packed = array.array("q", addrs)
+        if not self.cuda:
+            ctypes.memmove(self.grads.data_ptr(), packed.buffer_info()[0], 8 * len(addrs))
+        elif addrs:
+            # Pinned and asynchronous: no sync, and legal inside a CUDA-graph capture. A fresh
+            # buffer from torch's caching host allocator, which reuses it only once this copy
+            # has run, so a later step cannot overwrite addresses still in flight.
+            staging = torch.empty(len(addrs), dtype=torch.int64, pin_memory=True)
+            ctypes.memmove(staging.data_ptr(), packed.buffer_info()[0], 8 * len(addrs))
+            self.grads[:len(addrs)].copy_(staging, non_blocking=True)
+            if torch.cuda.is_current_stream_capturing():
+                hold(staging)                      # every replay copies from it again
+        self._grad_addrs = addrs
 
     def _to_device(self, host: torch.Tensor) -> torch.Tensor:
-        if self.device.type != "cuda":
+        if not self.cuda:
             return host.to(self.device)
         # Pinned and asynchronous: no sync, and legal inside a CUDA-graph capture.
         host = host.pin_memory()
         if torch.cuda.is_current_stream_capturing():
-            self.pinned.append(host)     # every replay of the graph reads it again
+            hold(host)                      # every replay of the graph reads it again
         return host.to(self.device, non_blocking=True)
 
     def _launch(self, d: StepDescription) -> None:
         # Absent GradScaler tensors are compiled out (UNSCALE, CHECK_INF); `skipped` stands in
         # for their pointers, never read.
         grad_scale, found_inf, skipped = d.grad_scale, d.found_inf, d.skipped
+        amp = (grad_scale is not None, found_inf is not None)
+        constexprs = self._constexprs.get(amp)
+        if constexprs is None:
+            constexprs = self._constexprs[amp] = dict(
+                ALGO=self.algorithm, KINDS=self.kinds[0], KINDS_M=self.kinds[1],
+                KINDS_WD=self.kinds[2], DTYPES=self.dtypes, HAS_OPTION=self.has_option,
+                BLOCK=BLOCK, UNSCALE=amp[0], CHECK_INF=amp[1], num_warps=NUM_WARPS)
+        scaler = (skipped if grad_scale is None else grad_scale,
+                  skipped if found_inf is None else found_inf, skipped)
+        if self.cuda and self._sized_for != self.key:
+            self._size_grid(d, scaler, constexprs)
         self.kernel.fused_step_kernel[(self.n_programs,)](
-            self.tensors, self.work, self.groups, d.table, d.t, self.ticket,
-            skipped if grad_scale is None else grad_scale,
-            skipped if found_inf is None else found_inf, skipped,
-            self.n_tensors, self.n_programs, self.blocks_per_program, int(d.hold_on_skip),
-            ALGO=self.algorithm, KINDS=self.kinds[0], KINDS_M=self.kinds[1],
-            KINDS_WD=self.kinds[2], DTYPES=self.dtypes,
-            HAS_OPTION=self.has_option, ALIGNED=self.aligned, BLOCK=BLOCK,
-            UNSCALE=grad_scale is not None, CHECK_INF=found_inf is not None,
-            num_warps=NUM_WARPS)
+            self.tensors, self.grads, self.steps, self.work, self.groups, d.table, d.t,
+            self.ticket, *scaler, self.n_tensors, self.n_programs, self.blocks_per_program,
+            int(d.hold_on_skip), **constexprs)
+
+    def _size_grid(self, d: StepDescription, scaler, constexprs) -> None:
+        """Compile (without launching) and size the work table from the kernel's occupancy:
+        registers decide how many programs an SM holds (3 to 7 at 146 to 72 registers)."""
+        self._sized_for = self.key
+        compiled = self.kernel.fused_step_kernel.warmup(
+            self.tensors, self.grads, self.steps, self.work, self.groups, d.table, d.t,
+            self.ticket, *scaler, self.n_tensors, self.n_programs, self.blocks_per_program,
+            int(d.hold_on_skip), grid=(self.n_programs,), **constexprs)
+        compiled._init_handles()
+        props = torch.cuda.get_device_properties(self.device)
+        pps = programs_per_sm(
+            compiled.n_regs, compiled.metadata.num_warps, compiled.metadata.shared,
+            regs_per_sm=getattr(props, "regs_per_multiprocessor", 65536),
+            threads_per_sm=getattr(props, "max_threads_per_multi_processor", 2048),
+            shared_per_sm=getattr(props, "shared_memory_per_multiprocessor", 233472))
+        if pps != self.programs_per_sm:
+            self.programs_per_sm = pps
+            self._chunk()                  # a new work table (a captured one stays held)
