@@ -182,17 +182,22 @@ class TritonBackend:
                     self._desc = None          # a parameter moved (a recast): check everything
         if d is not self._desc:
             self._full_check(d)
+        if self._capturing():
+            self._launch(d)
+            # From now on these tables belong to the graph too: never written again, and kept
+            # alive after they are replaced. What a capture uploads is only recorded, not run,
+            # so the next eager step rebuilds rather than trust the device copies.
+            self.captured = True
+            hold(self.ticket, self.tensors, self.steps, self.grads, self.groups, self.work,
+                 d.table, d.t, d.skipped)
+            self.key, self._desc, self._grad_addrs, self._stream = None, None, None, None
+            return
         if self.cuda:
-            if torch.cuda.is_current_stream_capturing():
-                # From now on these tables belong to the graph too: never written again, and
-                # kept alive after they are replaced.
-                self.captured = True
-                self._stream = None
-                hold(self.ticket, self.tensors, self.steps, self.grads, self.groups, self.work,
-                     d.table, d.t, d.skipped)
-            else:
-                self._order_after_last_launch()
+            self._order_after_last_launch()
         self._launch(d)
+
+    def _capturing(self) -> bool:
+        return self.cuda and torch.cuda.is_current_stream_capturing()
 
     def _full_check(self, d: StepDescription) -> None:
         """Compare every address and number with the tables' and, if one differs, check the
@@ -298,7 +303,7 @@ class TritonBackend:
             staging = torch.empty(len(addrs), dtype=torch.int64, pin_memory=True)
             ctypes.memmove(staging.data_ptr(), packed.buffer_info()[0], 8 * len(addrs))
             self.grads[:len(addrs)].copy_(staging, non_blocking=True)
-            if torch.cuda.is_current_stream_capturing():
+            if self._capturing():
                 hold(staging)                      # every replay copies from it again
         self._grad_addrs = addrs
 
@@ -307,7 +312,7 @@ class TritonBackend:
             return host.to(self.device)
         # Pinned and asynchronous: no sync, and legal inside a CUDA-graph capture.
         host = host.pin_memory()
-        if torch.cuda.is_current_stream_capturing():
+        if self._capturing():
             hold(host)                      # every replay of the graph reads it again
         return host.to(self.device, non_blocking=True)
 
