@@ -25,9 +25,9 @@ from typing import Any, ClassVar
 import torch
 
 from fused_lrs.kernels import kinds
-from fused_lrs.optim import backends
+from fused_lrs.optim import backends, dtensor
 from fused_lrs.optim.backends import IMPLS
-from fused_lrs.optim.checkpoint import Checkpoints
+from fused_lrs.optim.checkpoint import Checkpoints, initializing_for_dcp
 from fused_lrs.optim.op import step as step_op
 from fused_lrs.optim.step import STATE_KEYS, StepDescription, to_flat
 from fused_lrs.schedules import Schedule, constant
@@ -86,6 +86,7 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
         self._invalidate()
         super().__init__(params, defaults)
         self._t = torch.zeros((), dtype=torch.int64, device=self._device)
+        self._link_counter()     # each group carries t, for DCP and ZeRO (checkpoint.py)
         self._skipped = torch.zeros((), dtype=torch.float32, device=self._device)
         self.hold_schedule_on_skip = bool(hold_schedule_on_skip)
         self.master_weights = bool(master_weights)
@@ -113,6 +114,8 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
             raise
         self._device = device
         self._invalidate()
+        if "_t" in self.__dict__:        # (groups given to __init__ are linked once t exists)
+            self._link_counter()
 
     def _check_params(self, params: list[torch.Tensor]) -> torch.device | None:
         """Check a new group's parameters; return the optimizer's device with them."""
@@ -181,6 +184,9 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
         if torch.compiler.is_compiling():
             self._compiled_step()
             return loss
+        if not self.state and initializing_for_dcp():
+            self.prepare_state(self._gather())  # DCP makes state, no step (checkpoint.py)
+            return loss
         description = self._describe()
         if self._backend is None:
             self._backend = backends.create(self.impl, self._device)
@@ -204,26 +210,31 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
         the parameters with a gradient, the hyperparameters or the schedule changed, a new one,
         after checking every tensor and creating missing state (nothing is touched if a check
         fails). Reads host-side facts only."""
+        self._sync_counter()     # a checkpoint loaded behind our back (ZeRO): checkpoint.py
         grads = [p.grad for g in self.param_groups for p in g["params"]]
         self.group_rows()
         key = (tuple(g is None for g in grads), self._rows_key)
         d = self._description
-        if d is None or key != self._description_key:
+        if d is None or key != self._description_key or (
+                d.wrappers is not None and not dtensor.current(d)):
             work = self._gather()
             self.check_gradients([p for ps in work for p in ps])
             backend = backends.BACKENDS[self.impl]
             name = type(self).__name__
             for p in (p for params in work for p in params):
                 backend.check(backend, name, p, p.grad, self.state[p])
+                dtensor.check(name, p, p.grad, self.state[p])
             self.prepare_state(work)
             d = self._description = self._build_description(work)
             self._description_key = key
         else:
             d.grads = [g for g in grads if g is not None]
+            if d.wrappers is not None:      # FSDP2: new DTensor gradients every step
+                d.grads = dtensor.local_grads(d.grads)
             if self.impl != "triton":
                 # What torch's kernels or the reference would trip on, refused before any
                 # write. (The Triton backend checks a gradient when its address is new.)
-                self.check_gradients(d.params)
+                self.check_gradients(d.params if d.wrappers is None else d.wrappers)
         d.grad_scale, d.found_inf = self._amp_tensors()
         return d
 
@@ -234,7 +245,7 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
         grad_scale, found_inf = self._amp_tensors()
         # Tensors the optimizer owns are read through __dict__: dynamo proxies a dict lookup,
         # while it cannot proxy an optimizer's own tensor attributes.
-        return StepDescription(
+        d = StepDescription(
             algorithm=self.algorithm, params=params, grads=[p.grad for p in params],
             states=tuple([s.get(k) if k else None for s in states]
                          for k in STATE_KEYS[self.algorithm]),
@@ -244,6 +255,8 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
             table=self.__dict__["_table"], t=self.__dict__["_t"],
             skipped=self.__dict__["_skipped"], grad_scale=grad_scale, found_inf=found_inf,
             hold_on_skip=self.hold_schedule_on_skip)
+        dtensor.unwrap(d)        # DTensor (FSDP2) parameters: every backend sees local shards
+        return d
 
     def _amp_tensors(self) -> tuple:
         """GradScaler's tensors for this step, if ``scaler.step(opt)`` is the caller: it sets

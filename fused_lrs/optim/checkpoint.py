@@ -2,19 +2,89 @@
 
 A mixin of ``ScheduledOptimizer`` (``base.py``), which it expects to provide ``schedule``,
 ``_t``, ``_check_group``, ``group_keys`` and the master-weight helpers.
+
+The schedule counter ``t`` travels in two places:
+  * the ``"fused_lrs"`` entry (schedules and ``t``), which only our own ``load_state_dict``
+    reads: torch.distributed.checkpoint (``get_optimizer_state_dict``) and
+    ``ZeroRedundancyOptimizer`` keep nothing of a state_dict but ``state`` and
+    ``param_groups``;
+  * every parameter group, under ``"schedule_step"``, which those flows carry: DCP saves and
+    loads group entries, and ZeRO copies each key of its local optimizer's live groups into its
+    own groups after every step and back on ``load_state_dict``. So the live groups hold the
+    counter tensor itself (linked at the first step), and a step that finds another value
+    there (ZeRO's load writes it there without calling our ``load_state_dict``) adopts it,
+    with the states ZeRO put in place (``_sync_counter``).
+torch's optimizers keep unknown group entries as they are, so a checkpoint still loads into
+``torch.optim`` and back.
+
+DCP's ``_init_optim_state`` calls ``step()`` with lr 0 on an optimizer without state, to create
+it. Our step would still advance the schedule (and a schedule with an absolute floor, e.g.
+``eta_min``, would still move the weights at base lr 0), so that call only creates the state
+(``initializing_for_dcp``).
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
 
-from fused_lrs.schedules import parse
+from fused_lrs.schedules import Schedule, parse
+
+
+#: The parameter-group entry that carries the schedule counter (see above).
+COUNTER = "schedule_step"
+
+
+def _allow_schedules_in_torch_load() -> None:
+    """Let ``torch.load`` (``weights_only=True``, torch's default since 2.6) read schedule
+    specs. ``ZeroRedundancyOptimizer`` builds its param_groups from its keyword arguments, so
+    a ZeRO checkpoint of ours holds ``schedule=`` itself, and torch refuses any class it was not
+    told about. A spec is plain data (numbers, tuples, other specs): unpickling one runs no code
+    of the checkpoint's choosing."""
+    classes, todo = set(), [Schedule]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub not in classes:
+                classes.add(sub)
+                todo.append(sub)
+    torch.serialization.add_safe_globals(sorted(classes, key=lambda c: c.__qualname__))
+
+
+_allow_schedules_in_torch_load()
 
 
 def _repr_or_none(spec) -> str | None:
     return None if spec is None else repr(spec)
+
+
+def initializing_for_dcp() -> bool:
+    """Whether ``step()`` was called by torch.distributed.checkpoint's ``_init_optim_state``
+    (which creates a fresh optimizer's state by stepping it with lr 0 and zero gradients).
+    Read from the call stack: step's caller is at most three frames up (torch's profiling
+    wrapper and ``no_grad``'s). Called only while the optimizer has no state."""
+    frame = sys._getframe(1)
+    for _ in range(6):
+        if frame is None:
+            return False
+        if frame.f_code.co_name == "_init_optim_state" and frame.f_globals.get(
+                "__name__", "").startswith("torch.distributed.checkpoint"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _count(value) -> int:
+    """A saved schedule counter as an int (reads a tensor back: loading may synchronise)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_floating_point() or value.is_complex():
+            raise TypeError(f"expected an integer count, got a {value.dtype} tensor of "
+                            f"shape {tuple(value.shape)}")
+        return int(value.item())
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer count, got {value!r}")
+    return value
 
 
 class Checkpoints:
@@ -23,7 +93,10 @@ class Checkpoints:
     def state_dict(self) -> dict[str, Any]:
         """torch's layout (``state`` and ``param_groups``, loadable by the matching torch
         optimizer) plus a ``"fused_lrs"`` entry: the schedules and their counter."""
+        self._sync_counter()
         sd = super().state_dict()
+        for group in sd["param_groups"]:        # a snapshot, where DCP and ZeRO keep it
+            group[COUNTER] = self._t.clone()
         sd["fused_lrs"] = {"schedule": repr(self.schedule), "t": self._t.clone(),
                            "momentum_schedule": _repr_or_none(self._momentum_schedule),
                            "weight_decay_schedule": _repr_or_none(self._weight_decay_schedule)}
@@ -57,7 +130,39 @@ class Checkpoints:
         if schedules is not None:
             self._momentum_schedule, self._weight_decay_schedule = schedules[1:]
             self.schedule = schedules[0]
+        if t is not None:
             self._t.fill_(t)
+        self._link_counter()
+        self._invalidate()
+
+    def _link_counter(self) -> None:
+        """Every live group holds the counter tensor itself (``COUNTER``)."""
+        for group in self.param_groups:
+            group[COUNTER] = self._t
+
+    def _sync_counter(self) -> None:
+        """Adopt a counter that arrived in the groups without ``load_state_dict``, with the
+        state that came with it: ``ZeroRedundancyOptimizer.load_state_dict`` puts the
+        checkpoint's states into ``optim.state`` and its group entries into
+        ``optim.param_groups`` directly. O(groups) identity tests: called every step."""
+        t = self._t
+        if all(group.get(COUNTER) is t for group in self.param_groups):
+            return
+        loaded = [v for g in self.param_groups
+                  if (v := g.get(COUNTER)) is not None and v is not t]
+        if loaded:
+            try:
+                count = _count(loaded[0])
+            except TypeError as e:
+                raise ValueError(f"{type(self).__name__}: parameter group entry {COUNTER!r}: "
+                                 f"{e}") from None
+            if count < 0:
+                raise ValueError(f"{type(self).__name__}: a negative schedule counter "
+                                 f"({count}) in the parameter groups")
+            t.fill_(count)
+            for p, state in self.state.items():
+                self._adopt_state(p, state)
+        self._link_counter()
         self._invalidate()
 
     def _adopt_state(self, p: torch.Tensor, state: dict[str, Any]) -> None:
@@ -143,8 +248,20 @@ class Checkpoints:
                     if not v.is_floating_point():
                         raise ValueError(f"{name}: parameter {key}: state {k!r} has dtype "
                                          f"{v.dtype}, expected floating point")
+        t = None
+        for i, saved in enumerate(saved_groups):
+            if saved.get(COUNTER) is not None:
+                try:
+                    t = _count(saved[COUNTER])
+                except TypeError as e:
+                    raise ValueError(f"{name}: group {i} of the checkpoint: {COUNTER!r}: {e}"
+                                     ) from None
+                if t < 0:
+                    raise ValueError(f"{name}: the checkpoint's schedule counter is negative "
+                                     f"({t})")
+                break
         if extra is None:
-            return None, None
+            return None, t
         if not isinstance(extra, dict):
             raise ValueError(f"{name}: the checkpoint's 'fused_lrs' entry is unreadable: "
                              f"expected a dict, got {type(extra).__name__}")

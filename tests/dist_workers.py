@@ -1,0 +1,294 @@
+"""The multi-process side of ``test_distributed.py``: a launcher, and the scenarios each rank
+runs (DDP, FSDP2, ZeRO, torch.distributed.checkpoint), on CPU with gloo.
+
+``launch`` starts ``WORLD`` spawned processes once for every scenario (starting a process that
+imports torch costs seconds on a loaded 2-core machine, so one start serves them all), on a
+free port, and kills them after a deadline. Each rank runs each scenario, catches its error, and
+saves ``{scenario: result or {"error": traceback}}``; the tests compare in the parent, so a
+failing scenario fails its own test with the first mismatching entries.
+
+A result holds this rank's tensors, local shards under FSDP2: an elementwise update is right
+everywhere if it is right on every rank's shard, and comparing locally needs no collective.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+import traceback
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.optim import lr_scheduler as tls
+
+WORLD = 2
+LR, WD = 0.01, 0.1
+STEPS, SAVE_AT = 8, 4   # resume scenarios: save after SAVE_AT steps, run to STEPS
+
+
+def spec():
+    """Warmup then cosine, ours; ``torch_scheduler`` is torch's equivalent."""
+    from fused_lrs.schedules import cosine, linear, sequential
+    return sequential([linear(0.1, 1.0, 3), cosine(20)], [3])
+
+
+def torch_scheduler(opt):
+    return tls.SequentialLR(opt, [tls.LinearLR(opt, start_factor=0.1, total_iters=3),
+                                  tls.CosineAnnealingLR(opt, 20)], milestones=[3])
+
+
+# ---------------------------------------------------------------- launcher
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(scenarios: list[str], out: str, timeout: float) -> list[dict]:
+    """Run ``scenarios`` on ``WORLD`` spawned ranks; each rank's results, by rank."""
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    procs = [ctx.Process(target=_worker, args=(rank, port, scenarios, out), daemon=True)
+             for rank in range(WORLD)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    hung = [p for p in procs if p.is_alive()]
+    for p in hung:
+        p.kill()
+        p.join()
+    if hung:
+        raise TimeoutError(f"distributed workers still running after {timeout:.0f} s")
+    codes = [p.exitcode for p in procs]
+    if any(codes):
+        raise RuntimeError(f"distributed workers exited with {codes}")
+    return [torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=False)
+            for r in range(WORLD)]
+
+
+def _worker(rank: int, port: int, scenarios: list[str], out: str) -> None:
+    torch.set_num_threads(1)           # two ranks on a 2-core machine
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD, timeout=timedelta(seconds=60))
+    results = {}
+    for name in scenarios:
+        kind, _, arg = name.partition(":")
+        try:
+            results[name] = SCENARIOS[kind](arg, os.path.join(out, name.replace(":", "-")))
+        except Exception:
+            results[name] = {"error": traceback.format_exc()}
+        dist.barrier()
+    torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- models and loops
+
+def mlp(seed: int = 0) -> nn.Module:
+    """Two hidden layers and a head of one output: its [1, 16] weight and [1] bias leave rank 1
+    an empty FSDP2 shard."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(),
+                         nn.Linear(16, 1))
+
+
+def shard(model: nn.Module, **options) -> nn.Module:
+    from torch.distributed.fsdp import fully_shard
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer, **options)
+    return fully_shard(model, **options)
+
+
+def batch(k: int, micro: int = 0):
+    """Step k's input on this rank: a function of (k, micro, rank), so a resumed run sees what
+    the uninterrupted one saw."""
+    gen = torch.Generator().manual_seed(1000 * k + 10 * micro + dist.get_rank())
+    return torch.randn(4, 8, generator=gen)
+
+
+def loss_of(model, k, micro=0):
+    return model(batch(k, micro)).pow(2).mean()
+
+
+def ours(params, impl, **kw):
+    from fused_lrs.optim import FusedAdamWScheduled
+    return FusedAdamWScheduled(params, lr=LR, weight_decay=WD, schedule=spec(), impl=impl, **kw)
+
+
+def train(model, opt, sched, start, stop, accumulate=1, clip=None):
+    """Steps ``start..stop-1`` of torch's loop; ``accumulate`` micro-batches per step, all but
+    the last under DDP's ``no_sync``; ``clip``: ``clip_grad_norm_`` before the step."""
+    for k in range(start, stop):
+        for micro in range(accumulate):
+            last = micro == accumulate - 1
+            sync = contextlib.nullcontext() if last else model.no_sync()
+            with sync:
+                (loss_of(model, k, micro) / accumulate).backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        if sched is not None:
+            sched.step()
+        opt.zero_grad()
+
+
+def local(x):
+    """A tensor's local shard, detached and cloned (a DTensor's ``to_local``)."""
+    from torch.distributed.tensor import DTensor
+    x = x.to_local() if isinstance(x, DTensor) else x
+    return x.detach().clone()
+
+
+def snapshot(model, opt) -> dict:
+    """This rank's parameters and every state tensor, in parameter order (local shards)."""
+    params = list(model.parameters())
+    inner = getattr(opt, "optim", opt)           # ZeRO's local optimizer
+    return {"params": [local(p) for p in params],
+            "state": [{k: local(v) for k, v in inner.state[p].items()}
+                      if p in inner.state else {} for p in params]}
+
+
+# ---------------------------------------------------------------- scenarios
+
+def fsdp_vs_torch(arg, _):
+    """FSDP2 ours (impl from ``arg``) against torch AdamW (fused) + scheduler, same model and
+    data. ``arg``: impl/setup, setup one of fp32, bf16 (MixedPrecisionPolicy), keep
+    (reshard_after_forward=False)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+    impl, setup = arg.split("/")
+    options = {"fp32": {}, "keep": dict(reshard_after_forward=False),
+               "bf16": dict(mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16,
+                                                           reduce_dtype=torch.float32))}[setup]
+    a, b = shard(mlp(), **options), shard(mlp(), **options)
+    opt_a = ours(a.parameters(), impl)
+    opt_b = torch.optim.AdamW(b.parameters(), lr=LR, weight_decay=WD, fused=True)
+    train(a, opt_a, None, 0, STEPS)
+    train(b, opt_b, torch_scheduler(opt_b), 0, STEPS)
+    return {"ours": snapshot(a, opt_a), "torch": snapshot(b, opt_b),
+            "t": int(opt_a.schedule_step), "described": opt_a._description.wrappers is not None}
+
+
+def ddp_vs_torch(impl, _):
+    """DDP with gradient_as_bucket_view, 2 micro-batches (no_sync on the first) and
+    clip_grad_norm_: ours against torch AdamW (fused) + scheduler."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    a, b = (DDP(mlp(), gradient_as_bucket_view=True) for _ in range(2))
+    opt_a = ours(a.parameters(), impl)
+    opt_b = torch.optim.AdamW(b.parameters(), lr=LR, weight_decay=WD, fused=True)
+    train(a, opt_a, None, 0, STEPS, accumulate=2, clip=0.5)
+    train(b, opt_b, torch_scheduler(opt_b), 0, STEPS, accumulate=2, clip=0.5)
+    return {"ours": snapshot(a, opt_a), "torch": snapshot(b, opt_b),
+            "t": int(opt_a.schedule_step)}
+
+
+def _resume(make, save, load, path, impl="torch_fused"):
+    """The uninterrupted run and the run saved after SAVE_AT steps and resumed in fresh objects
+    (``make() -> (model, opt)``), both to STEPS."""
+    model, opt = make(impl)
+    train(model, opt, None, 0, STEPS)
+    uninterrupted = snapshot(model, opt)
+    model, opt = make(impl)
+    train(model, opt, None, 0, SAVE_AT)
+    save(model, opt, path)
+    dist.barrier()
+    del model, opt
+    model, opt = make(impl)
+    info = load(model, opt, path)
+    train(model, opt, None, SAVE_AT, STEPS)
+    inner = getattr(opt, "optim", opt)
+    return {"uninterrupted": uninterrupted, "resumed": snapshot(model, opt),
+            "t": int(inner.schedule_step), **(info or {})}
+
+
+def ddp_torch_save(impl, path):
+    """DDP; rank 0 saves model and optimizer with torch.save; every rank loads."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    def make(impl):
+        model = DDP(mlp())
+        return model, ours(model.parameters(), impl)
+
+    def save(model, opt, path):
+        if dist.get_rank() == 0:
+            torch.save({"model": model.module.state_dict(), "optim": opt.state_dict()}, path)
+
+    def load(model, opt, path):
+        saved = torch.load(path)
+        model.module.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optim"])
+
+    return _resume(make, save, load, path, impl)
+
+
+def zero(impl, path):
+    """ZeroRedundancyOptimizer around ours under DDP: consolidate_state_dict on rank 0,
+    torch.save, and every rank's load_state_dict."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from fused_lrs.optim import FusedAdamWScheduled
+
+    def make(impl):
+        model = DDP(mlp())
+        return model, ZeroRedundancyOptimizer(
+            model.parameters(), optimizer_class=FusedAdamWScheduled, lr=LR, weight_decay=WD,
+            schedule=spec(), impl=impl)
+
+    def save(model, opt, path):
+        opt.consolidate_state_dict(to=0)
+        if dist.get_rank() == 0:
+            torch.save({"model": model.module.state_dict(), "optim": opt.state_dict()}, path)
+
+    def load(model, opt, path):
+        saved = torch.load(path)
+        model.module.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optim"])
+
+    return _resume(make, save, load, path, impl)
+
+
+def dcp(setup, path):
+    """torch.distributed.checkpoint: get_*_state_dict, dcp.save; in fresh objects
+    get_*_state_dict (DCP steps a fresh optimizer to make its state), dcp.load,
+    set_*_state_dict. ``setup``: fsdp2 or ddp."""
+    import torch.distributed.checkpoint as DCP
+    from torch.distributed.checkpoint import state_dict as SD
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    def make(impl):
+        model = shard(mlp()) if setup == "fsdp2" else DDP(mlp())
+        return model, ours(model.parameters(), impl)
+
+    def save(model, opt, path):
+        DCP.save({"model": SD.get_model_state_dict(model),
+                  "optim": SD.get_optimizer_state_dict(model, opt)}, checkpoint_id=path)
+
+    def load(model, opt, path):
+        before = [local(p) for p in model.parameters()]
+        sd = {"model": SD.get_model_state_dict(model),
+              "optim": SD.get_optimizer_state_dict(model, opt)}
+        # What DCP's state initialisation left: the counter, the weights, the step counts.
+        fresh = {"t": int(opt.schedule_step),
+                 "moved": any(not torch.equal(x, local(p))
+                              for x, p in zip(before, model.parameters())),
+                 "steps": [float(s["step"]) for s in opt.state.values()],
+                 "states": len(opt.state)}
+        DCP.load(sd, checkpoint_id=path)
+        SD.set_model_state_dict(model, sd["model"])
+        SD.set_optimizer_state_dict(model, opt, sd["optim"])
+        return {"fresh": fresh}
+
+    return _resume(make, save, load, path)
+
+
+SCENARIOS = {"fsdp": fsdp_vs_torch, "ddp": ddp_vs_torch, "ddp_save": ddp_torch_save,
+             "zero": zero, "dcp": dcp}
