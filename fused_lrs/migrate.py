@@ -8,8 +8,8 @@ scheduler's position, so that stepping it gives what stepping the torch pair wou
 Where each value goes:
   * a group's ``lr`` is its base lr, torch's ``initial_lr`` (what a torch scheduler scales),
     not the current ``group["lr"]``, which the torch scheduler overwrites each step; for a
-    OneCycleLR with one ``max_lr`` per group it is that group's ``max_lr``
-    (``schedules.convert.take_over``);
+    ReduceLROnPlateau, which keeps no base, it is the current ``group["lr"]``, and the plateau
+    continues from scale 1 with torch's counters (``schedules.convert.take_over``);
   * with a cycled momentum, Adam's ``betas[0]`` and SGD's ``momentum`` are the scheduler's
     ``max_momentum`` (its value at step 0; ``one_cycle_momentum`` and ``cyclic_momentum`` set
     absolute values, so it is only what ``param_groups`` shows), not the current value;
@@ -21,7 +21,6 @@ from __future__ import annotations
 import warnings
 
 import torch
-from torch.optim import lr_scheduler as lrs
 
 from fused_lrs.optim import FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled
 from fused_lrs.schedules.base import check_int
@@ -52,11 +51,6 @@ def from_torch(optimizer, scheduler=None, *, every: int = 1, **options):
                         "as FusedAdamScheduled, FusedAdamWScheduled and FusedSGDScheduled")
     converted = None
     if scheduler is not None:
-        if isinstance(scheduler, lrs.ReduceLROnPlateau):
-            raise NotImplementedError(
-                "from_torch: ReduceLROnPlateau is not supported yet: its lr follows the metrics "
-                "passed to step(); keep torch's optimizer for it, or convert the optimizer alone "
-                "and choose a step-count schedule from fused_lrs.schedules")
         if getattr(scheduler, "optimizer", None) is not optimizer:
             raise ValueError("from_torch: the scheduler is attached to another optimizer than "
                              "the one given")
@@ -83,6 +77,8 @@ def from_torch(optimizer, scheduler=None, *, every: int = 1, **options):
     fused.load_state_dict({"state": state, "param_groups": ours})
     if scheduler is not None:
         fused.set_schedule(fused.schedule, torch_position(scheduler, every))
+    if converted is not None and converted.plateau_state is not None:
+        fused._plateau.copy_(torch.tensor(converted.plateau_state, dtype=torch.float64))
     return fused
 
 

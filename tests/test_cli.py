@@ -28,6 +28,7 @@ from fused_lrs.schedules import (
     one_cycle,
     one_cycle_momentum,
     parse,
+    plateau,
     polynomial,
     sequential,
     step,
@@ -51,6 +52,8 @@ SPECS = [
     chained([step(3), warmup(constant(0.5, 4), 2, 0.1)]),
     every(sequential([constant(0.25, 2), exponential(0.9)], [3]), 4),
     one_cycle_momentum(500, three_phase=True),
+    plateau("max", 0.5, 3, 0.01, "abs", 2, [1e-5, 1e-6], 1e-9),
+    cyclic([1e-4, 1e-3], [1e-2, 1e-1], 20),  # one value per group: tuples round-trip too
 ]
 
 

@@ -25,6 +25,7 @@ from fused_lrs.schedules import (
     every,
     from_torch,
     linear,
+    plateau,
     sequential,
     step,
     torch_position,
@@ -259,10 +260,13 @@ def test_multiple_groups():
     opt = sgd(groups=2)
     spec = from_torch(tlr.CyclicLR(opt, [0.01, 0.01], [0.1, 0.1], 5))  # equal values are fine
     assert spec.base_lr == 0.01 and spec.max_lr == 0.1
-    with pytest.raises(ValueError, match="base_lr .*differing between param groups"):
-        from_torch(tlr.CyclicLR(sgd(groups=2), [0.01, 0.02], 0.1, 5))
-    with pytest.raises(ValueError, match="max_lr .*differing between param groups"):
-        from_torch(tlr.OneCycleLR(sgd(groups=2), [0.1, 0.2], 50))
+    # values that differ become one per group (their runs: test_migrate.py, test_per_group.py)
+    spec = from_torch(tlr.CyclicLR(sgd(groups=2), [0.01, 0.02], 0.1, 5, cycle_momentum=False))
+    assert spec.base_lr == (0.01, 0.02) and spec.max_lr == 0.1 and spec.groups == 2
+    spec = from_torch(tlr.OneCycleLR(sgd(groups=2), [0.1, 0.2], 50, cycle_momentum=False))
+    assert spec.max_lr == (0.1, 0.2) and spec.groups == 2
+    spec = from_torch(tlr.ReduceLROnPlateau(sgd(groups=2), "max", min_lr=[0.0, 1e-3]))
+    assert spec == plateau("max", min_lr=[0.0, 1e-3])
 
 
 @pytest.mark.parametrize("name, make", [
@@ -276,8 +280,6 @@ def test_python_functions_are_refused(name, make):
 
 
 def test_refused_schedulers():
-    with pytest.raises(TypeError, match="ReduceLROnPlateau is not supported yet.*metric"):
-        from_torch(tlr.ReduceLROnPlateau(sgd()))
     with pytest.raises(TypeError, match="custom scale_fn"):
         from_torch(tlr.CyclicLR(sgd(), 0.01, 0.1, scale_fn=lambda x: 1.0))
 

@@ -3,7 +3,8 @@
 Two identical torch pairs run ``K`` steps on the same gradients; one is converted, the other
 continues; both then take ``N`` more steps on the same gradients. Params and every state tensor
 must agree with torch continuing: rtol 1e-5 in fp32 (atol 1e-7 for entries near 0), the
-tolerance of the optimizer suite; the largest difference measured is 1.3e-6 relative (fp32 rounding over 25 steps).
+tolerance of the optimizer suite; the largest difference measured is 1.3e-6 relative (fp32
+rounding over 25 steps).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ SCHEDULERS = {
     "OneCycleLR": lambda o: tlr.OneCycleLR(o, 0.05, TOTAL, cycle_momentum=False),
     "OneCycleLR-momentum": lambda o: tlr.OneCycleLR(o, 0.05, TOTAL, pct_start=0.25,
                                                     three_phase=True, anneal_strategy="linear"),
+    "OneCycleLR-per-group": lambda o: tlr.OneCycleLR(o, [0.05, 0.1], TOTAL),
+    "CyclicLR-per-group": lambda o: tlr.CyclicLR(o, [0.005, 0.01], [0.05, 0.03], 5),
 }
 OPTIMIZERS = ["adam", "adam-amsgrad", "adamw", "sgd", "sgd-nesterov"]
 
@@ -164,8 +167,8 @@ def test_without_the_scheduler_holds_the_current_lr():
     assert fused.param_groups[0]["lr"] == 0.5 and "initial_lr" not in fused.param_groups[0]
 
 
-# Per-group values: OneCycleLR is linear in max_lr, so each group's base lr is its max_lr and
-# one relative schedule serves every group.
+# Per-group values: a OneCycleLR or CyclicLR with one value per group converts to a spec with
+# per-group values (each group's block of the table holds its own numbers).
 @pytest.mark.parametrize("config", [
     dict(),
     dict(three_phase=True),
@@ -179,31 +182,50 @@ def test_one_cycle_max_lr_per_group(kind, config):
         return tlr.OneCycleLR(o, [0.05, 0.2], TOTAL, **config)
 
     def check(fused, opt):
-        assert [g["lr"] for g in fused.param_groups] == [0.05, 0.2]
+        assert fused.schedule.groups == 2 and fused.schedule.max_lr == (0.05, 0.2)
 
     continue_run(kind, make, before=13, after=TOTAL - 13, check_groups=check)
 
 
-def test_per_group_schedule_has_a_triton_twin():
+@pytest.mark.parametrize("cycle_momentum", [True, False])
+@pytest.mark.parametrize("kind", ["adamw", "sgd-nesterov"])
+def test_cyclic_lists_per_group(kind, cycle_momentum):
+    def make(o):
+        return tlr.CyclicLR(o, [0.005, 0.01], [0.05, 0.03], 4, 7, "triangular2",
+                            cycle_momentum=cycle_momentum)
+
+    def check(fused, opt):
+        assert fused.schedule == S.cyclic((0.005, 0.01), (0.05, 0.03), 4, 7, "triangular2")
+
+    continue_run(kind, make, before=9, after=20, check_groups=check)
+
+
+def test_one_cycle_phase_ends_between_steps_per_group():
+    # pct_start * total_steps = 30.3: phase 1 ends between steps 29 and 30, as torch has it.
+    continue_run("sgd", lambda o: tlr.OneCycleLR(o, [0.1, 0.2], 101), before=20, after=81)
+
+
+@pytest.mark.parametrize("g", [0, 1])
+def test_per_group_schedule_has_a_triton_twin(g):
     opt = torch_optimizer("sgd", [torch.zeros(1, requires_grad=True) for _ in SHAPES])
-    spec = S.convert.take_over(tlr.OneCycleLR(opt, [0.05, 0.2], TOTAL, three_phase=True)).schedule
     t = torch.arange(0, TOTAL + 5, device=KERNEL_DEVICE)
-    assert_close(spec.lr_triton(t, 0.2), spec.lr(t, 0.2), rtol=1e-12, what=repr(spec))
+    for sched in (tlr.OneCycleLR(opt, [0.05, 0.2], TOTAL, three_phase=True),
+                  tlr.CyclicLR(opt, [0.005, 0.01], [0.05, 0.03], 4, 7, "exp_range", gamma=0.99)):
+        spec = S.convert.take_over(sched).schedule.for_group(g)
+        assert_close(spec.lr_triton(t, 0.2), spec.lr(t, 0.2), rtol=1e-12, what=repr(spec))
 
 
 def test_per_group_refusals():
-    def opt():
-        return torch_optimizer("sgd", [torch.zeros(1, requires_grad=True) for _ in SHAPES])
-
-    o = opt()
-    with pytest.raises(ValueError, match="pct_start \\* total_steps is a whole number"):
-        fused_lrs.from_torch(o, tlr.OneCycleLR(o, [0.1, 0.2], 101))  # phase 1 ends at 29.3
-    o = opt()
-    with pytest.raises(ValueError, match="max_lr .*differing between param groups.*no spec"):
-        fused_lrs.from_torch(o, tlr.CyclicLR(o, 0.01, [0.1, 0.2], 5))
-    o = opt()
-    with pytest.raises(ValueError, match="max_lr .*fused_lrs.from_torch\\(optimizer"):
-        S.from_torch(tlr.OneCycleLR(o, [0.1, 0.2], 50, cycle_momentum=False))
+    o = torch_optimizer("sgd", [torch.zeros(1, requires_grad=True) for _ in SHAPES])
+    with pytest.raises(ValueError, match="max_momentum .*differing between param groups"):
+        fused_lrs.from_torch(o, tlr.OneCycleLR(o, 0.1, 50, max_momentum=[0.9, 0.95]))
+    spec = S.from_torch(tlr.OneCycleLR(o, [0.1, 0.2], 50, cycle_momentum=False))
+    with pytest.raises(ValueError, match="schedule holds values for 2 parameter groups, the "
+                                         "optimizer has 1"):
+        FusedSGDScheduled([torch.zeros(1, requires_grad=True)], schedule=spec)
+    with pytest.raises(ValueError, match="one_cycle holds one value per parameter group.*"
+                                         "for_group"):
+        spec.lr(3)
 
 
 def test_refusals_name_what_to_use():
@@ -219,8 +241,6 @@ def test_refusals_name_what_to_use():
 
     with pytest.raises(TypeError, match="cannot convert .*MyStep"):
         fused_lrs.from_torch(sgd, MyStep(sgd, 3))
-    with pytest.raises(NotImplementedError, match="ReduceLROnPlateau is not supported yet"):
-        fused_lrs.from_torch(sgd, tlr.ReduceLROnPlateau(sgd))
     other = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     with pytest.raises(ValueError, match="attached to another optimizer"):
         fused_lrs.from_torch(sgd, tlr.StepLR(other, 3))

@@ -52,10 +52,12 @@ VALID = {
     "wsd": {"num_warmup_steps": 5, "num_decay_steps": 5, "num_training_steps": 20,
             "warmup_type": "linear", "decay_type": "cosine", "min_lr_ratio": 0.0,
             "num_cycles": 0.5},
-    "warmup": {"schedule": cosine(10), "steps": 5, "start_factor": 0.0},
+    "warmup": {"schedule": cosine(10), "steps": 5, "start_factor": 0.0, "prefix": False},
     "sequential": {"schedules": [linear(), cosine(10), step(3)], "milestones": [5, 8]},
     "chained": {"schedules": [step(3), exponential(0.9)]},
     "every": {"schedule": cosine(10), "n": 3},
+    "plateau": {"mode": "max", "factor": 0.5, "patience": 3, "threshold": 0.01,
+                "threshold_mode": "abs", "cooldown": 2, "min_lr": [1e-4, 1e-5], "eps": 1e-9},
 }
 
 NOT_INT = [2.0, True, "3", None]     # integral float, bool, string, None where an int is needed
@@ -91,7 +93,18 @@ INVALID = [
     ("cyclic", "step_size_down", [0, 2.0, True, "3"], {}),
     ("cyclic", "mode", ["triangle", "", "Triangular", None], {}),
     ("cyclic", "gamma", [0.0, -0.9, *NOT_REAL], {}),
-    ("one_cycle", "max_lr", [0.0, -0.1, *NOT_REAL], {}),
+    ("one_cycle", "max_lr", [0.0, -0.1, *NOT_REAL, [], [0.1, 0.0], (0.1, NAN)], {}),
+    ("cyclic", "base_lr", [[], [0.1, -0.1]], {}),
+    # lists of different lengths: one value per group, for how many groups?
+    ("cyclic", "max_lr", [[0.1, 0.2, 0.3]], {"base_lr": [0.01, 0.02]}),
+    ("plateau", "mode", ["minimum", "", None], {}),
+    ("plateau", "factor", [1.0, 1.5, -0.1, *NOT_REAL], {}),
+    ("plateau", "patience", [-1, *NOT_INT], {}),
+    ("plateau", "threshold", [-0.1, *NOT_REAL], {}),
+    ("plateau", "threshold_mode", ["relative", None], {}),
+    ("plateau", "cooldown", [-1, *NOT_INT], {}),
+    ("plateau", "min_lr", [-1e-3, [], [1e-3, -1e-3], *NOT_REAL], {}),
+    ("plateau", "eps", [-1e-8, *NOT_REAL], {}),
     ("one_cycle", "total_steps", [0, *NOT_INT], {}),
     ("one_cycle", "pct_start", [-0.1, 1.1, *NOT_REAL], {}),
     # phases of no length: the warmup ends before step 1, or the last phase has no steps
@@ -139,6 +152,7 @@ INVALID = [
                                  [True, 8]], {}),
     ("chained", "schedules", [[], ()], {}),
     ("every", "n", [0, -1, *NOT_INT], {}),
+    ("warmup", "prefix", [1, "no", None], {}),
 ]
 
 CASES = [pytest.param(factory, argument, value, changed, id=f"{factory}-{argument}={value!r}")

@@ -41,6 +41,7 @@ from fused_lrs.schedules import (
     multistep,
     one_cycle,
     one_cycle_momentum,
+    plateau,
     polynomial,
     sequential,
     step,
@@ -97,6 +98,7 @@ BOUNDARIES = {
     "linear": lambda s: [s.total_iters],
     "polynomial": lambda s: [s.total_iters],
     "inverse_sqrt": lambda s: [s.num_warmup_steps],
+    "plateau": lambda s: [],  # its scale moves when a metric is reported: test_plateau.py
     "wsd": lambda s: [s.num_warmup_steps, s.num_warmup_steps + s.num_stable_steps,
                       s.num_warmup_steps + s.num_stable_steps + s.num_decay_steps],
 }
@@ -107,8 +109,9 @@ def edges(spec: Schedule, offset: int = 0, scale: int = 1) -> set[int]:
     ``offset`` and slowed by ``scale`` has its own step ``e`` at ``offset + scale * e``."""
     f = spec.factory
     if f == "warmup":
-        start = offset + scale * spec.steps
-        return {start} | edges(spec.schedule, start, scale)
+        end = offset + scale * spec.steps
+        start = end if spec.prefix else offset  # prefix=False: the schedule's clock is ours
+        return {end} | edges(spec.schedule, start, scale)
     if f == "sequential":
         out = set()
         for m, child in zip((0, *spec.milestones), spec.schedules):
@@ -189,6 +192,10 @@ FIXED = {
     "every-sequential": every(sequential([linear(0.1, 1.0, 3), cosine(10)], [3]), 3),
     "sequential-every": sequential([every(cosine(10), 5), one_cycle(0.1, 30)], [40]),
     "warmup-every": warmup(every(cosine(20), 3), 7),
+    "warmup-plateau": warmup(plateau(), 7),
+    "warmup-not-prefix": warmup(cosine(40, 0.01), 10, 0.1, prefix=False),  # timm's default
+    "warmup-not-prefix-sequential": warmup(sequential([step(5), cosine(30)], [12]), 8,
+                                           prefix=False),  # a fresh plateau: scale 1 (reports: test_plateau)
 }
 
 

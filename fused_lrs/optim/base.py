@@ -231,10 +231,12 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
             d.grads = [g for g in grads if g is not None]
             if d.wrappers is not None:      # FSDP2: new DTensor gradients every step
                 d.grads = dtensor.local_grads(d.grads)
-            if self.impl != "triton":
+                if self.impl != "triton" and not dtensor.grads_match(d):
+                    self.check_gradients(d.wrappers)
+            elif self.impl != "triton":
                 # What torch's kernels or the reference would trip on, refused before any
                 # write. (The Triton backend checks a gradient when its address is new.)
-                self.check_gradients(d.params if d.wrappers is None else d.wrappers)
+                self.check_gradients(d.params)
         d.grad_scale, d.found_inf = self._amp_tensors()
         return d
 

@@ -100,6 +100,9 @@ class Checkpoints:
         sd["fused_lrs"] = {"schedule": repr(self.schedule), "t": self._t.clone(),
                            "momentum_schedule": _repr_or_none(self._momentum_schedule),
                            "weight_decay_schedule": _repr_or_none(self._weight_decay_schedule)}
+        if self._plateau is not None:   # ReduceLROnPlateau's counters, and each group's scale
+            sd["fused_lrs"]["plateau"] = {"state": self._plateau.clone(),
+                                          "scales": self._plateau_scales(self._table).clone()}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -112,6 +115,7 @@ class Checkpoints:
         state_dict = dict(state_dict)
         extra = state_dict.pop("fused_lrs", None)
         schedules, t = self._check_checkpoint(state_dict, extra)
+        plateau = self._check_plateau(extra, schedules)
         # torch's load casts every state tensor to its parameter's dtype; fp32 masters and
         # states of 16-bit parameters are taken back from the checkpoint untouched.
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
@@ -130,6 +134,9 @@ class Checkpoints:
         if schedules is not None:
             self._momentum_schedule, self._weight_decay_schedule = schedules[1:]
             self.schedule = schedules[0]
+            if plateau is not None:
+                self._plateau.copy_(plateau["state"])
+                self._plateau_scales(self._table).copy_(plateau["scales"])
         if t is not None:
             self._t.fill_(t)
         self._link_counter()
@@ -164,6 +171,24 @@ class Checkpoints:
                 self._adopt_state(p, state)
         self._link_counter()
         self._invalidate()
+
+    def _check_plateau(self, extra, schedules) -> dict | None:
+        """The checkpoint's plateau state (``schedules/plateau.py``), checked, or None."""
+        entry = extra.get("plateau") if isinstance(extra, dict) else None
+        if entry is None:
+            return None
+        name = type(self).__name__
+        if schedules is None or schedules[0].state_row is None:
+            raise ValueError(f"{name}: the checkpoint has plateau state but its schedule holds "
+                             "no plateau(...)")
+        shapes = {"state": (4,), "scales": (len(self.param_groups),)}
+        for key, shape in shapes.items():
+            value = entry.get(key) if isinstance(entry, dict) else None
+            if not (isinstance(value, torch.Tensor) and value.is_floating_point()
+                    and tuple(value.shape) == shape):
+                raise ValueError(f"{name}: the checkpoint's plateau {key!r} must be a float "
+                                 f"tensor of shape {shape}, got {value!r}")
+        return entry
 
     def _adopt_state(self, p: torch.Tensor, state: dict[str, Any]) -> None:
         """Bring loaded state into this class's form: steps as float32 device tensors; with

@@ -24,8 +24,12 @@ described (one identity test each); a different one rebuilds the description.
 from __future__ import annotations
 
 import sys
+from itertools import repeat
+from operator import attrgetter, is_
 
 import torch
+
+_DTYPE, _SPARSE = attrgetter("dtype"), attrgetter("is_sparse")
 
 
 def dtensor_class():
@@ -78,12 +82,23 @@ def unwrap(d) -> None:
     d.masters = [local(m) for m in d.masters]
 
 
+# The per-step checks below run as C-level loops (map), not generator expressions: at 72
+# tensors a Python-level loop costs tens of microseconds, against a step of ~0.2 ms.
+# ``getattr(x, "_local_tensor", x)`` is a DTensor's local tensor and a plain tensor itself.
+
 def current(d) -> bool:
     """Whether ``d``'s local tensors are still its parameters' (one identity test each)."""
-    return all(w._local_tensor is p for w, p in zip(d.wrappers, d.params))
+    return all(map(is_, map(getattr, d.wrappers, repeat("_local_tensor"), d.params), d.params))
 
 
 def local_grads(grads: list) -> list:
     """This step's gradients' local shards (one attribute read each)."""
-    cls = dtensor_class()
-    return [g._local_tensor if isinstance(g, cls) else g for g in grads]
+    return list(map(getattr, grads, repeat("_local_tensor"), grads))
+
+
+def grads_match(d) -> bool:
+    """Whether ``d``'s (local) gradients are dense and of their parameters' dtypes: what
+    ``check_gradients`` asks, without reading each DTensor's ``.grad`` again. False sends the
+    step to ``check_gradients`` for the error."""
+    return not any(map(_SPARSE, d.grads)) and list(map(_DTYPE, d.grads)) == list(
+        map(_DTYPE, d.params))

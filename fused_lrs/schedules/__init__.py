@@ -17,12 +17,13 @@ from fused_lrs.schedules.decay import (
     polynomial,
     step,
 )
+from fused_lrs.schedules.plateau import plateau
 from fused_lrs.schedules.wsd import wsd
 
 FACTORIES = {f.__name__: f for f in (
     constant, step, multistep, exponential, cosine, cosine_restarts, cyclic, one_cycle, linear,
     polynomial, inverse_sqrt, wsd, warmup, sequential, chained, every, one_cycle_momentum,
-    cyclic_momentum)}
+    cyclic_momentum, plateau)}
 
 from fused_lrs.schedules.convert import from_torch, torch_position  # noqa: E402
 from fused_lrs.schedules.parse import parse  # noqa: E402

@@ -24,9 +24,10 @@ A spec gives
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -49,6 +50,9 @@ class Leaf:
     shift: float = 0.0
     offset: int = 0
     period: int = 1
+    # A name for the optimizer to find this leaf's row by ("plateau": its scale is state that
+    # opt.report() rewrites in the table). Not part of the row.
+    tag: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         assert len(self.params) <= kinds.N_PARAMS, (self.kind, self.params)
@@ -72,15 +76,83 @@ class Leaf:
                 *pad]
 
 
+def per_group(**kwargs):
+    """A dataclass field that may hold one value per parameter group (a tuple), as torch's
+    schedulers accept a list: ``for_group(g)`` picks group ``g``'s."""
+    return field(metadata={"per_group": True}, **kwargs)
+
+
 class Schedule:
     """Base of every spec. Subclasses are frozen dataclasses whose fields are the factory's
-    arguments, so ``repr(spec)`` is the factory call that rebuilds it."""
+    arguments, so ``repr(spec)`` is the factory call that rebuilds it.
+
+    Per-group values. A field declared with ``per_group()`` may be a tuple with one value per
+    parameter group (CyclicLR's ``base_lr``/``max_lr``, OneCycleLR's ``max_lr``, the plateau's
+    ``min_lr``). Such a spec describes every group at once: ``groups`` is their number, and
+    ``for_group(g)`` is the plain spec of group ``g``, which has a reference and leaves like
+    any other. The optimizer's table holds one block of rows per group, each from
+    ``for_group(g).leaves()``, so the kernel reads its group's numbers and a new value never
+    recompiles (the kinds are the same for every group)."""
 
     factory: ClassVar[str]
+
+    @functools.cached_property
+    def groups(self) -> int | None:
+        """How many parameter groups the per-group values are for (None: one value for all).
+        Raises if two parts of a composition disagree."""
+        counts = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("per_group") and isinstance(value, tuple):
+                counts[f.name] = len(value)
+            for child in _children(value):
+                if child.groups is not None:
+                    counts[f"{f.name} ({child.factory})"] = child.groups
+        if len(set(counts.values())) > 1:
+            raise ValueError(f"{self.factory}: one value per parameter group, but for different "
+                             "numbers of groups: " + ", ".join(f"{k} has {n}"
+                                                               for k, n in counts.items()))
+        return next(iter(counts.values()), None)
+
+    def for_group(self, g: int, rows: torch.Tensor | None = None) -> Schedule:
+        """The plain spec of group ``g``: every per-group field set to group ``g``'s value.
+        ``rows``: group ``g``'s rows of an optimizer's table for this spec; a plateau then
+        takes its current scale from there (a device tensor, never read back)."""
+        scale = None
+        if rows is not None and self.state_row is not None:
+            scale = rows[self.state_row, STATE_COL]
+        if self.groups is None and scale is None:
+            return self
+        return self._resolved(g, scale)
+
+    def _resolved(self, g: int, scale) -> Schedule:
+        changes = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("per_group") and isinstance(value, tuple):
+                changes[f.name] = value[g]
+            elif isinstance(value, Schedule):
+                changes[f.name] = value._resolved(g, scale)
+            elif _children(value):
+                changes[f.name] = tuple(c._resolved(g, scale) for c in value)
+        return dataclasses.replace(self, **changes) if changes else self
+
+    @functools.cached_property
+    def state_row(self) -> int | None:
+        """The row of this spec's leaves that holds run-time state (a plateau's scale, in
+        column ``STATE_COL``), or None. A schedule holds at most one plateau."""
+        rows = [i for i, leaf in enumerate(self.for_group(0).leaves()) if leaf.tag == "plateau"]
+        if len(rows) > 1:
+            raise ValueError(f"{self.factory}: a schedule may hold one plateau, this one holds "
+                             f"{len(rows)} (opt.report(metric) updates one)")
+        return rows[0] if rows else None
 
     def lr(self, t, base_lr=1.0) -> torch.Tensor:
         """float64 learning rate after ``t`` completed steps, for a group whose lr is
         ``base_lr``."""
+        if self.groups is not None:
+            raise ValueError(f"{self.factory} holds one value per parameter group; evaluate "
+                             f"group g's schedule with spec.for_group(g).lr(t, base_lr)")
         t = torch.as_tensor(t).to(torch.float64)
         # A Python base lr becomes a device tensor by a fill, not a host-to-device copy: on
         # CUDA a copy from pageable memory synchronises, and step() must not.
@@ -98,12 +170,16 @@ class Schedule:
 
     @property
     def kinds(self) -> tuple[int, ...]:
-        """The compile-time key of the Triton twin: one kind per leaf."""
-        return tuple(int(leaf.kind) for leaf in self.leaves())
+        """The compile-time key of the Triton twin: one kind per leaf (the same for every
+        group)."""
+        return tuple(int(leaf.kind) for leaf in self.for_group(0).leaves())
 
     def table(self, device=None) -> torch.Tensor:
         """The runtime half of the twin: a float64 ``[n_leaves, ROW]`` tensor (at least one row,
         so an empty program still has a valid pointer)."""
+        if self.groups is not None:
+            raise ValueError(f"{self.factory} holds one value per parameter group; take group "
+                             "g's table with spec.for_group(g).table()")
         rows = [leaf.row() for leaf in self.leaves()] or [[0.0] * kinds.ROW]
         return torch.tensor(rows, dtype=torch.float64, device=device)
 
@@ -116,8 +192,59 @@ class Schedule:
         return evaluate(self.kinds, self.table(t.device), t, base_lr)
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+        args = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                         if f.repr)
         return f"{self.factory}({args})"
+
+
+def _children(value) -> tuple:
+    """The specs a field holds: itself, or the members of a tuple of specs."""
+    if isinstance(value, Schedule):
+        return (value,)
+    if isinstance(value, tuple) and value and all(isinstance(v, Schedule) for v in value):
+        return value
+    return ()
+
+
+# The parameter column of a SCALE leaf: where a plateau's scale lives in the table.
+STATE_COL = 5
+
+
+def group_values(spec: Schedule, t: torch.Tensor, bases, table: torch.Tensor,
+                 first_row: int = 0) -> torch.Tensor:
+    """float64 [groups]: ``spec`` after ``t`` steps for every group, each from its base value
+    (``bases``: numbers or 0-dim tensors, or one [groups] tensor), its own per-group values and
+    the run-time state in its rows of ``table`` (an optimizer's: one block of rows per group,
+    this spec's from ``first_row`` of each block). No host read."""
+    n = len(bases)
+    if spec.groups is None and spec.state_row is None:
+        if isinstance(bases, torch.Tensor):
+            return spec.lr(t, bases)
+        return torch.stack([spec.lr(t, b) for b in bases])
+    per_block = table.shape[0] // n
+    width = len(spec.kinds)
+    return torch.stack([
+        spec.for_group(g, table[g * per_block + first_row:g * per_block + first_row + width])
+        .lr(t, bases[g]) for g in range(n)])
+
+
+def checked_groups(spec: Schedule) -> Schedule:
+    """``spec``, after checking that its per-group values are for one number of groups (lists
+    of different lengths raise here, at construction, naming them)."""
+    spec.groups  # noqa: B018
+    return spec
+
+
+def check_per_group(fn: str, name: str, value, *bounds, **options):
+    """A number, or a list with one per parameter group (kept as a tuple), each checked as
+    ``check_real`` does."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise _fail(fn, name, "a number or a non-empty list of numbers (one per group)",
+                        value)
+        return tuple(check_real(fn, f"{name}[{i}]", v, *bounds, **options)
+                     for i, v in enumerate(value))
+    return check_real(fn, name, value, *bounds, **options)
 
 
 # Validation: every factory argument is checked at construction, and the message names the

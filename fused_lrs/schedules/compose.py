@@ -14,9 +14,11 @@ import torch
 from fused_lrs.schedules.base import (
     INF,
     Schedule,
+    check_bool,
     check_int,
     check_real,
     check_schedule,
+    checked_groups,
     torch_hint,
 )
 from fused_lrs.schedules.decay import anneal_leaf
@@ -28,25 +30,36 @@ class Warmup(Schedule):
     schedule: Schedule
     steps: int
     start_factor: float = 0.0
+    prefix: bool = True
+
+    @property
+    def _start(self) -> int:
+        """Where the schedule's own clock starts: after the warmup, or at 0 under it."""
+        return self.steps if self.prefix else 0
 
     def _lr(self, t, base):
         ramp = base * (self.start_factor + (1.0 - self.start_factor) * t / max(1, self.steps))
-        return torch.where(t < self.steps, ramp, self.schedule.lr(t - self.steps, base))
+        return torch.where(t < self.steps, ramp, self.schedule.lr(t - self._start, base))
 
     def leaves(self):
         ramp = ((anneal_leaf(self.start_factor, 1.0, self.steps, hi=self.steps),)
                 if self.steps else ())
-        return ramp + tuple(leaf.placed(self.steps, lo=self.steps)
+        return ramp + tuple(leaf.placed(self._start, lo=self.steps)
                             for leaf in self.schedule.leaves())
 
 
-def warmup(schedule: Schedule, steps: int, start_factor: float = 0.0) -> Schedule:
+def warmup(schedule: Schedule, steps: int, start_factor: float = 0.0,
+           prefix: bool = True) -> Schedule:
     """Linear warmup from ``start_factor * base`` to ``base`` over ``steps`` steps, then
     ``schedule`` shifted by ``steps`` (its own t = 0 at the end of warmup). With
-    ``start_factor=0`` this is the warmup of HF's ``*_with_warmup`` schedules: ``t / steps``."""
-    return Warmup(check_schedule("warmup", "schedule", schedule),
-                  check_int("warmup", "steps", steps, 0),
-                  check_real("warmup", "start_factor", start_factor, 0.0, 1.0))
+    ``start_factor=0`` this is the warmup of HF's ``*_with_warmup`` schedules: ``t / steps``.
+
+    ``prefix=False``: ``schedule`` is not shifted; the warmup replaces its first ``steps``
+    steps (timm's default, ``warmup_prefix=False``)."""
+    return checked_groups(Warmup(check_schedule("warmup", "schedule", schedule),
+                                 check_int("warmup", "steps", steps, 0),
+                                 check_real("warmup", "start_factor", start_factor, 0.0, 1.0),
+                                 check_bool("warmup", "prefix", prefix)))
 
 
 def _schedule_list(fn: str, schedules) -> tuple:
@@ -97,7 +110,7 @@ def sequential(schedules, milestones) -> Schedule:
     for m in milestones:
         checked.append(check_int("sequential", "each milestone", m, checked[-1] + 1 if checked
                                  else 1))
-    return Sequential(schedules, tuple(checked))
+    return checked_groups(Sequential(schedules, tuple(checked)))
 
 
 @dataclass(frozen=True, repr=False)
@@ -125,7 +138,7 @@ def chained(schedules) -> Schedule:
         raise ValueError("chained: schedules must hold at least one schedule, got none")
     for s in schedules:
         check_schedule("chained", "each of schedules", s)
-    return Chained(schedules)
+    return checked_groups(Chained(schedules))
 
 
 @dataclass(frozen=True, repr=False)

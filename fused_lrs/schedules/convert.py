@@ -5,11 +5,13 @@ separate number, ``torch_position(scheduler)`` (steps completed). So a scheduler
 its run converts to the same spec as a fresh one.
 
 Relative schedules (all but CyclicLR and OneCycleLR, which set absolute lrs) are relative to each
-group's ``initial_lr``, which is torch's ``base_lrs``. A spec is the lr alone: the momentum that
-CyclicLR and OneCycleLR cycle by default (``cycle_momentum=True``) is a second spec, for the
-optimizer's ``momentum_schedule=``. ``from_torch`` warns when it leaves that momentum behind;
-``take_over`` (behind ``fused_lrs.from_torch(optimizer, scheduler)``) converts both, and a
-OneCycleLR with one ``max_lr`` per group, which needs the optimizer's group lrs too.
+group's ``initial_lr``, which is torch's ``base_lrs``. Values torch keeps per group (CyclicLR's
+``base_lr``/``max_lr``, OneCycleLR's ``max_lr``, ReduceLROnPlateau's ``min_lr``) become per-group
+values of the spec when they differ. A spec is the lr alone: the momentum that CyclicLR and
+OneCycleLR cycle by default (``cycle_momentum=True``) is a second spec, for the optimizer's
+``momentum_schedule=``, and a ReduceLROnPlateau's counters are state, not spec. ``from_torch``
+warns when it leaves either behind; ``take_over`` (behind ``fused_lrs.from_torch(optimizer,
+scheduler)``) converts them too.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from fused_lrs.schedules.compose import every as every_n  # `every` is from_torc
 from fused_lrs.schedules.cosine import cosine, cosine_restarts
 from fused_lrs.schedules.cyclic import cyclic, cyclic_momentum, one_cycle, one_cycle_momentum
 from fused_lrs.schedules.decay import constant, exponential, linear, multistep, polynomial, step
-from fused_lrs.schedules.wsd import wsd
+from fused_lrs.schedules.plateau import Plateau, plateau
 
 
 def from_torch(scheduler, every: int = 1) -> Schedule:
@@ -40,7 +42,13 @@ def from_torch(scheduler, every: int = 1) -> Schedule:
     momentum, which a spec does not hold: that warns, pointing to
     ``fused_lrs.from_torch(optimizer, scheduler)``, which converts both."""
     check_int("from_torch", "every", every, 1)
-    spec = every_n(_convert(scheduler), every)
+    spec = _every(_convert(scheduler), every)
+    if isinstance(scheduler, lrs.ReduceLROnPlateau) and scheduler.last_epoch > 0:
+        warnings.warn(
+            f"from_torch: this ReduceLROnPlateau has had {scheduler.last_epoch} metrics, and its "
+            "counters (best, num_bad_epochs, cooldown) and lrs are state that the spec leaves "
+            "out; fused_lrs.from_torch(optimizer, scheduler) carries them over",
+            UserWarning, stacklevel=2)
     cycling = _cycling_momentum(scheduler)
     if cycling:
         warnings.warn(
@@ -54,22 +62,27 @@ def from_torch(scheduler, every: int = 1) -> Schedule:
 
 class Converted(NamedTuple):
     """What an optimizer needs to continue a torch scheduler's run: the lr spec, the momentum
-    spec (None when the scheduler leaves the momentum alone), and each group's base lr (None:
-    its ``initial_lr``, torch's ``base_lrs``)."""
+    spec (None when the scheduler leaves the momentum alone), each group's base lr (None: its
+    ``initial_lr``, torch's ``base_lrs``) and a plateau's state ``[best, num_bad_epochs,
+    cooldown_counter, last_epoch]`` (``schedules/plateau.py``; None for other schedulers)."""
     schedule: Schedule
     momentum_schedule: Schedule | None
     base_lrs: list | None
+    plateau_state: list | None = None
 
 
 def take_over(scheduler, every: int = 1) -> Converted:
     """The lr spec, the momentum spec and the group base lrs that reproduce ``scheduler``.
 
     The momentum of a top-level OneCycleLR or CyclicLR with ``cycle_momentum=True`` becomes
-    ``one_cycle_momentum`` / ``cyclic_momentum``. A top-level OneCycleLR with one ``max_lr`` per
-    group is linear in ``max_lr``: every group follows ``max_lr_g * s(t)`` for one shared
-    ``s``, so the spec is ``s`` (relative) and the base lrs are the groups' ``max_lr``."""
+    ``one_cycle_momentum`` / ``cyclic_momentum``. A ReduceLROnPlateau continues from each
+    group's current lr (the base lr, at scale 1) with its counters."""
     check_int("from_torch", "every", every, 1)
     s = scheduler
+    if isinstance(s, lrs.ReduceLROnPlateau):
+        return Converted(_convert(s), None, [g["lr"] for g in s.optimizer.param_groups],
+                         [float(s.best), float(s.num_bad_epochs), float(s.cooldown_counter),
+                          float(s.last_epoch)])
     nested = [] if type(s) in (lrs.OneCycleLR, lrs.CyclicLR) else _cycling_momentum(s)
     if nested:
         raise ValueError(
@@ -77,17 +90,18 @@ def take_over(scheduler, every: int = 1) -> Converted:
             "momentum; only a top-level OneCycleLR or CyclicLR's momentum is converted. Build "
             "that member with cycle_momentum=False, or give the fused optimizer "
             "momentum_schedule= yourself (one_cycle_momentum / cyclic_momentum in a sequential)")
-    base_lrs = None
-    if type(s) is lrs.OneCycleLR and _differ(g["max_lr"] for g in s.optimizer.param_groups):
-        spec, base_lrs = _one_cycle_per_group(s), [g["max_lr"] for g in s.optimizer.param_groups]
-    else:
-        spec = _convert(s)
+    spec = _convert(s)
     momentum = None
     if getattr(s, "cycle_momentum", False):
         momentum = (_one_cycle_momentum(s) if type(s) is lrs.OneCycleLR
                     else _cyclic_momentum(s))
         momentum = every_n(momentum, every)
-    return Converted(every_n(spec, every), momentum, base_lrs)
+    return Converted(every_n(spec, every), momentum, None)
+
+
+def _every(spec: Schedule, n: int) -> Schedule:
+    # A plateau moves when a metric is reported, not with the step count: every does not apply.
+    return spec if isinstance(spec, Plateau) else every_n(spec, n)
 
 
 def _members(s) -> list:
@@ -102,8 +116,10 @@ def _cycling_momentum(s) -> list[str]:
             if type(m) in (lrs.OneCycleLR, lrs.CyclicLR) and m.cycle_momentum]
 
 
-def _differ(values) -> bool:
-    return len({float(v) for v in values}) > 1
+def _per_group(values):
+    """One number if every group has the same, else a tuple with one per group."""
+    values = [float(v) for v in values]
+    return values[0] if len(set(values)) == 1 else tuple(values)
 
 
 def torch_position(scheduler, every: int = 1) -> int:
@@ -126,8 +142,7 @@ def _convert(s) -> Schedule:
     if isinstance(s, (lrs.LambdaLR, lrs.MultiplicativeLR)):
         raise TypeError(_LAMBDA_HELP.format(name=kind.__name__))
     if isinstance(s, lrs.ReduceLROnPlateau):
-        raise TypeError("from_torch: ReduceLROnPlateau is not supported yet: its lr depends on "
-                        "a metric passed to step(), not on the step count alone")
+        return _plateau(s)
     # Exact types: a subclass may override get_lr, and then the spec would silently be wrong.
     convert = _CONVERTERS.get(kind)
     if convert is None:
@@ -161,10 +176,6 @@ def _same(name: str, what: str, values, hint: str = "") -> float:
                          f"groups; a spec sets one absolute {what} for every group, so use one "
                          "optimizer (or one spec) per value" + hint)
     return values[0]
-
-
-_PER_GROUP_HINT = ("; fused_lrs.from_torch(optimizer, scheduler) converts a OneCycleLR with one "
-                   "max_lr per group, by setting each group's base lr to its max_lr")
 
 
 def _shortest(x: float, reproduces) -> float:
@@ -212,10 +223,7 @@ def _cyclic_sizes(s) -> tuple[int, int | None]:
 
 def _cyclic(s):
     up, down = _cyclic_sizes(s)
-    hint = ("; one value per group has no spec yet (CyclicLR's lr is base_lr + (max_lr - "
-            "base_lr) * w(t), an absolute value per group)")
-    return cyclic(_same("CyclicLR", "base_lr", s.base_lrs, hint),
-                  _same("CyclicLR", "max_lr", s.max_lrs, hint), up, down, s.mode, s.gamma)
+    return cyclic(_per_group(s.base_lrs), _per_group(s.max_lrs), up, down, s.mode, s.gamma)
 
 
 def _cyclic_momentum(s):
@@ -238,12 +246,23 @@ def _one_cycle_shape(s, peak: float, initial: float, minimum: float):
 
 def _one_cycle(s):
     groups = s.optimizer.param_groups
-    peak = _same("OneCycleLR", "max_lr", [g["max_lr"] for g in groups], _PER_GROUP_HINT)
-    initial = _same("OneCycleLR", "initial lr", s.base_lrs)
-    minimum = _same("OneCycleLR", "min_lr", [g["min_lr"] for g in groups])
-    pct, div, final = _one_cycle_shape(s, peak, initial, minimum)
-    return one_cycle(peak, s.total_steps, pct, s._anneal_func_type, div, final,
-                     len(s._schedule_phases) == 3)
+    g = groups[0]
+    pct, div, final = _one_cycle_shape(s, g["max_lr"], g["initial_lr"], g["min_lr"])
+    # torch derives every group's initial and minimum lr from its max_lr with the same two
+    # factors; check that the factors recovered from group 0 give the others' exactly.
+    for i, g in enumerate(groups):
+        if g["max_lr"] / div != g["initial_lr"] or g["initial_lr"] / final != g["min_lr"]:
+            raise ValueError(f"from_torch: OneCycleLR group {i} has initial_lr "
+                             f"{g['initial_lr']} and min_lr {g['min_lr']}, which max_lr "
+                             f"{g['max_lr']} / div_factor {div} / final_div_factor {final} do "
+                             "not give (rewritten by hand?)")
+    return one_cycle(_per_group(g["max_lr"] for g in groups), s.total_steps, pct,
+                     s._anneal_func_type, div, final, len(s._schedule_phases) == 3)
+
+
+def _plateau(s):
+    return plateau(s.mode, s.factor, s.patience, s.threshold, s.threshold_mode, s.cooldown,
+                   _per_group(s.min_lrs), s.eps)
 
 
 def _one_cycle_momentum(s):
@@ -255,62 +274,6 @@ def _one_cycle_momentum(s):
         _same("OneCycleLR", "base_momentum", [g["base_momentum"] for g in groups]),
         _same("OneCycleLR", "max_momentum", [g["max_momentum"] for g in groups]),
         len(s._schedule_phases) == 3)
-
-
-def _whole_step(x: float, what: str) -> int:
-    n = round(x)
-    if abs(x - n) > 1e-9 * max(1.0, abs(x)):
-        raise ValueError(f"from_torch: OneCycleLR with one max_lr per group is converted with "
-                         f"phases of whole steps, but its {what} is at step {x} (pct_start * "
-                         "total_steps - 1); choose pct_start so that pct_start * total_steps "
-                         "is a whole number")
-    return n
-
-
-def _one_cycle_per_group(s):
-    """OneCycleLR divided by each group's max_lr: one relative schedule for every group, built
-    from the relative factories (the phases' ends must be whole steps). The values at the phase
-    boundaries are 1/div, 1 and 1/(div * final_div) for every group, since torch derives each
-    group's initial and minimum lrs from its max_lr with the same factors."""
-    g = s.optimizer.param_groups[0]
-    _, div, final = _one_cycle_shape(s, g["max_lr"], g["initial_lr"], g["min_lr"])
-    initial, minimum = 1.0 / div, 1.0 / (div * final)
-    if not (initial <= 1.0 and final >= 1.0):
-        raise ValueError(f"from_torch: OneCycleLR with one max_lr per group needs div_factor >= "
-                         f"1 and final_div_factor >= 1, got {div} and {final}")
-    cos = s._anneal_func_type == "cos"
-    phases = s._schedule_phases
-    total = s.total_steps
-    ends = [_whole_step(p["end_step"], f"phase {i + 1} end") for i, p in enumerate(phases[:-1])]
-    ends.append(total - 1)
-    starts = [0, *ends[:-1]]
-    lengths = [end - start for start, end in zip(starts, ends)]
-    if min(lengths) < 1:
-        raise ValueError(f"from_torch: OneCycleLR phases of {lengths} steps: every phase needs "
-                         "at least one step")
-
-    def anneal(a: float, b: float, n: int) -> Schedule:
-        """From a * base to b * base over n steps, torch's annealing shape, relative."""
-        if not cos:
-            return linear(a, b, n)
-        if a < b:  # rising: HF's cosine warmup from min_lr_ratio, of wsd
-            assert a == initial and b == 1.0
-            return wsd(n, 0, num_stable_steps=0, warmup_type="cosine", min_lr_ratio=a)
-        # falling from a: cosine from the incoming lr to the fraction b / a of it
-        fall = cosine(n, min_lr_rate=b / a)
-        return fall if a == 1.0 else chained([linear(a, a, 1), fall])
-
-    values = [initial, 1.0, initial, minimum] if len(phases) == 3 else [initial, 1.0, minimum]
-    members = [anneal(a, b, n) for a, b, n in zip(values, values[1:], lengths)]
-    # torch's last step (t = total_steps) extrapolates the last phase; past it torch raises,
-    # and, as one_cycle does, the spec holds that value (a linear one below 0 holds at 0).
-    a, b, n = values[-2], values[-1], lengths[-1]
-    pct = (n + 1) / n
-    last = (b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1) if cos
-            else (b - a) * pct + a)
-    last = min(max(last, 0.0), 1.0)
-    members.append(linear(last, last, 1))
-    return sequential(members, [*ends[:-1], total])
 
 
 def _sequential(s):

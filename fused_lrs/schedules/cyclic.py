@@ -1,5 +1,7 @@
 """Cyclical rates: torch's CyclicLR and OneCycleLR. Both set absolute lrs, ignoring the group's
-lr, as their torch peers do."""
+lr, as their torch peers do. As torch's, they take one value per group where torch does
+(``cyclic``'s ``base_lr`` and ``max_lr``, ``one_cycle``'s ``max_lr``): see ``per_group`` in
+``base.py``."""
 
 from __future__ import annotations
 
@@ -16,7 +18,10 @@ from fused_lrs.schedules.base import (
     check_bool,
     check_choice,
     check_int,
+    check_per_group,
     check_real,
+    checked_groups,
+    per_group,
 )
 from fused_lrs.schedules.decay import anneal_leaf
 
@@ -27,8 +32,8 @@ _MODES = {"triangular": kinds.MODE_TRIANGULAR, "triangular2": kinds.MODE_TRIANGU
 @dataclass(frozen=True, repr=False)
 class Cyclic(Schedule):
     factory = "cyclic"
-    base_lr: float
-    max_lr: float
+    base_lr: float | tuple[float, ...] = per_group()
+    max_lr: float | tuple[float, ...] = per_group()
     step_size_up: int = 2000
     step_size_down: int | None = None
     mode: str = "triangular"
@@ -62,14 +67,18 @@ class Cyclic(Schedule):
 def cyclic(base_lr: float, max_lr: float, step_size_up: int = 2000,
            step_size_down: int | None = None, mode: str = "triangular", gamma: float = 1.0
            ) -> Schedule:
-    """torch ``CyclicLR`` (built-in modes; a custom ``scale_fn`` has no device twin)."""
+    """torch ``CyclicLR`` (built-in modes; a custom ``scale_fn`` has no device twin).
+    ``base_lr`` and ``max_lr`` are numbers, or lists with one value per parameter group."""
     fn = "cyclic"
     if step_size_down is not None:
         check_int(fn, "step_size_down", step_size_down, 1)
-    return Cyclic(check_real(fn, "base_lr", base_lr, 0.0), check_real(fn, "max_lr", max_lr, 0.0),
-                  check_int(fn, "step_size_up", step_size_up, 1), step_size_down,
-                  check_choice(fn, "mode", mode, tuple(_MODES)),
-                  check_real(fn, "gamma", gamma, 0.0, INF, lo_open=True))
+    return checked_groups(Cyclic(
+        check_per_group(fn, "base_lr", base_lr, 0.0),
+        check_per_group(fn, "max_lr", max_lr, 0.0),
+        check_int(fn, "step_size_up", step_size_up, 1), step_size_down,
+        check_choice(fn, "mode", mode, tuple(_MODES)),
+        check_real(fn, "gamma", gamma, 0.0, INF, lo_open=True)))
+
 
 
 class _Phased(Schedule):
@@ -127,7 +136,7 @@ class _Phased(Schedule):
 @dataclass(frozen=True, repr=False)
 class OneCycle(_Phased):
     factory = "one_cycle"
-    max_lr: float
+    max_lr: float | tuple[float, ...] = per_group()
     total_steps: int
     pct_start: float = 0.3
     anneal_strategy: str = "cos"
@@ -207,9 +216,10 @@ def one_cycle(max_lr: float, total_steps: int, pct_start: float = 0.3,
               final_div_factor: float = 1e4, three_phase: bool = False) -> Schedule:
     """torch ``OneCycleLR``: from ``max_lr / div_factor`` up to ``max_lr`` and down to
     ``max_lr / div_factor / final_div_factor``. Past ``total_steps`` (where torch raises) the
-    last value holds."""
+    last value holds. ``max_lr`` is a number, or a list with one per parameter group."""
     fn = "one_cycle"
-    return _check_phases(fn, OneCycle(check_real(fn, "max_lr", max_lr, 0.0, INF, lo_open=True),
+    return _check_phases(fn, OneCycle(check_per_group(fn, "max_lr", max_lr, 0.0, INF,
+                                                      lo_open=True),
                     check_int(fn, "total_steps", total_steps, 1),
                     check_real(fn, "pct_start", pct_start, 0.0, 1.0),
                     check_choice(fn, "anneal_strategy", anneal_strategy, ("cos", "linear")),

@@ -14,6 +14,7 @@ import torch
 
 from fused_lrs.kernels import layout as L
 from fused_lrs.optim.step import ADAM, StepDescription
+from fused_lrs.schedules.base import group_values
 
 
 def _compute_dtype(param: torch.Tensor) -> torch.dtype:
@@ -133,11 +134,18 @@ class ReferenceBackend:
         lr_spec, momentum_spec, wd_spec = d.schedules
         skip = None if d.found_inf is None else d.found_inf != 0
         amp = dict(grad_scale=d.grad_scale, skip=skip)
-        lrs = [lr_spec.lr(d.t, row[L.G_LR]) for row in d.rows]
+        # Each group's values from its own block of the table (per-group values, a plateau's
+        # scale), the lr rows first, then the momentum's, then the weight decay's.
+        lrs = group_values(lr_spec, d.t, [row[L.G_LR] for row in d.rows], d.table).unbind()
+        first = len(lr_spec.kinds)
         # A scheduled beta1 / momentum or weight decay is a device tensor; else the number.
-        momenta = [momentum_spec.lr(d.t, row[L.G_A]) if momentum_spec else row[L.G_A]
-                   for row in d.rows]
-        decays = [wd_spec.lr(d.t, row[L.G_WD]) if wd_spec else row[L.G_WD] for row in d.rows]
+        momenta = [row[L.G_A] for row in d.rows]
+        if momentum_spec:
+            momenta = group_values(momentum_spec, d.t, momenta, d.table, first).unbind()
+            first += len(momentum_spec.kinds)
+        decays = [row[L.G_WD] for row in d.rows]
+        if wd_spec:
+            decays = group_values(wd_spec, d.t, decays, d.table, first).unbind()
         s1, s2, s3 = d.states
         for i, (p, g) in enumerate(zip(d.params, d.grads)):
             gi = d.group_of[i]

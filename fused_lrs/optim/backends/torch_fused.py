@@ -44,6 +44,20 @@ class _Bucket:
     steps: list[torch.Tensor]
     kwargs: dict                            # the kernel's number arguments
     warm: bool = False                      # SGD: every step count is past 0
+    counts: torch.Tensor | None = None      # one buffer that ``steps`` are views of
+
+
+def _one_buffer(steps: list[torch.Tensor]) -> torch.Tensor:
+    """Move a bucket's step counts into one float32 buffer: each state's 0-dim ``step`` stays
+    the same tensor object with the same value, but becomes a view of the buffer, so ``+= 1``
+    is one add. torch's ``_foreach_add_`` on CPU loops over 0-dim tensors one by one: 101 us
+    for 72 counts against 2.2 us for one add of the buffer (torch 2.13, 1 thread), which was
+    half the step of a 72-tensor FSDP2 model (benchmarks/bench_fsdp.py)."""
+    counts = torch.stack(steps)
+    storage = counts.untyped_storage()
+    for j, step in enumerate(steps):
+        step.set_(storage, j, (), ())
+    return counts
 
 
 class TorchFusedBackend:
@@ -105,6 +119,7 @@ class TorchFusedBackend:
                     grad_buffers=[torch.empty_like(w) for w in weights] if master else [],
                     states=states, steps=[d.steps[i] for i in index], kwargs=kwargs,
                     warm=d.algorithm == ADAM or row[L.G_A] == 0))
+                self._buckets[-1].counts = _one_buffer(self._buckets[-1].steps)
         self._bases = torch.tensor([row[L.G_LR] for row in d.rows], dtype=torch.float64,
                                    device=d.t.device)
         if d.algorithm == ADAM:
@@ -131,13 +146,13 @@ class TorchFusedBackend:
                 grads = b.grad_buffers
             lr = lrs[b.group]
             if d.algorithm == ADAM:
-                torch._foreach_add_(b.steps, 1)
+                b.counts.add_(1)
                 self._kernel[d.rows[b.group][L.G_DECOUPLED] != 0](
                     b.weights, grads, *b.states, b.steps, lr=lr, **b.kwargs, **amp)
             else:
                 self._sgd(b, grads, lr, amp)
             if d.found_inf is not None:
-                torch._foreach_sub_(b.steps, [d.found_inf] * len(b.steps))
+                b.counts.sub_(d.found_inf)
             if b.params16:
                 torch._foreach_copy_(b.params16, b.weights)
         d.advance_counters(None if d.found_inf is None else d.found_inf != 0)
@@ -145,12 +160,12 @@ class TorchFusedBackend:
     def _sgd(self, b: _Bucket, grads, lr, amp) -> None:
         parts = [(list(range(len(b.steps))), False)]
         if not b.warm:
-            first = torch.stack(b.steps).eq(0).tolist()     # CPU tensors: no device sync
+            first = b.counts.eq(0).tolist()                 # CPU tensors: no device sync
             b.warm = not any(first)
             if any(first):
                 parts = [([j for j, f in enumerate(first) if f == want], want)
                          for want in (True, False)]
-        torch._foreach_add_(b.steps, 1)
+        b.counts.add_(1)
         for index, is_first in parts:
             if not index:
                 continue
