@@ -130,3 +130,86 @@ def test_compiled_step_on_cuda(mode):
         optimizer_step()
     assert counters["stats"]["unique_graphs"] == 1, "recompiled"
     assert_same(opt, eager_run(40, 3), rtol=1e-5, atol=1e-7)
+
+
+def pair(make):
+    """The same model under the kernel (graph-captured) and the reference (eager)."""
+    out = []
+    for impl in ("triton", "reference"):
+        model, _ = model_and_data()
+        params = list(model.parameters())
+        out.append((params, make(params, impl)))
+    return out
+
+
+def set_grads(params, grads):
+    for p, g in zip(params, grads):
+        p.grad.copy_(g)
+
+
+def test_capture_then_an_eager_rebuild_then_replay():
+    # The graph holds the launcher's tables; an eager step with other gradient tensors makes
+    # new ones. Replays must still read the captured tables (still alive, never rewritten).
+    (params, opt), (ref_params, ref) = pair(
+        lambda ps, impl: FusedAdamWScheduled(ps, lr=1e-3, weight_decay=0.1,
+                                             schedule=SCHEDULE, impl=impl))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for p in params + ref_params:
+        p.grad = torch.zeros_like(p)
+    static = [p.grad for p in params]
+    opt.init_state()
+    opt.step()                                          # eager: tables
+    ref.step()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    for k in range(6):
+        grads = [torch.randn(p.shape, device="cuda", generator=gen) for p in params]
+        if k % 2:                                       # eager, on new gradient tensors
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+        else:                                           # the graph, on the static ones
+            for p, s in zip(params, static):
+                p.grad = s
+            set_grads(static, grads)
+            graph.replay()
+        set_grads(ref_params, grads)
+        ref.step()
+    if k % 2 == 0:
+        for p, s in zip(params, static):
+            p.grad = s
+    assert_same(opt, ref, rtol=1e-6, atol=1e-7)
+    opt.set_schedule(S.warmup(S.cosine(T_max=40), steps=10))   # drops the launcher
+    graph.replay()                                      # its tables are held: still valid
+    torch.cuda.synchronize()
+
+
+def test_found_inf_toggling_across_replays():
+    # GradScaler's tensors are read by pointer inside the captured launch: each replay skips
+    # or steps according to found_inf at that moment; skipped replays hold the step counts.
+    (params, opt), (ref_params, ref) = pair(
+        lambda ps, impl: FusedSGDScheduled(ps, lr=0.1, momentum=0.9,
+                                           schedule=S.multistep([3, 6]), impl=impl))
+    scale = torch.full((), 4.0, device="cuda")
+    found_inf = torch.zeros((), device="cuda")
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    for p in params + ref_params:
+        p.grad = torch.zeros_like(p)
+    opt.init_state()
+    opt.grad_scale, opt.found_inf = scale, found_inf    # what GradScaler.step sets
+    opt.step()
+    ref.grad_scale, ref.found_inf = scale, found_inf
+    ref.step()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    for k in range(10):
+        grads = [torch.randn(p.shape, device="cuda", generator=gen) * 4.0 for p in params]
+        set_grads([p.grad for p in params], grads)
+        set_grads([p.grad for p in ref_params], grads)
+        found_inf.fill_(float(k % 3 == 1))
+        graph.replay()
+        ref.step()
+        assert bool(opt.last_step_skipped) == (k % 3 == 1)
+    assert_same(opt, ref, rtol=1e-6, atol=1e-7)

@@ -147,3 +147,255 @@ def test_grad_scaler_step_never_synchronises():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert bool(skipped)
+
+
+# ---------------------------------------------------------------- issue 11: GPU-ready checks
+
+def reference_pair(make, params, steps, grads_for):
+    """The kernel and the reference from the same parameters: returns both (params, opt)."""
+    runs = []
+    for impl in ("reference", "triton"):
+        ps = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        runs.append((ps, make(ps, impl)))
+    for k in range(steps):
+        grads = grads_for(k)
+        for ps, opt in runs:
+            for p, g in zip(ps, grads):
+                p.grad = None if g is None else torch.empty_like(p).copy_(g)
+            opt.step()
+    return runs
+
+
+def assert_runs_match(runs, rtol=1e-6):
+    # As tests/test_kernel_vs_reference.py: relative to each tensor's own scale.
+    from conftest import assert_close
+
+    (ref_ps, ref), (tri_ps, tri) = runs
+    assert int(ref.schedule_step) == int(tri.schedule_step)
+    for i, (a, b) in enumerate(zip(ref_ps, tri_ps)):
+        assert_close(b, a, rtol=rtol, atol=rtol * a.detach().abs().max().item(), what=f"p{i}")
+        assert set(ref.state[a]) == set(tri.state[b])
+        for key, v in ref.state[a].items():
+            scale = v.abs().max().item() if v.numel() else 0.0
+            assert_close(tri.state[b][key], v, rtol=rtol, atol=rtol * scale,
+                         what=f"p{i} {key}")
+
+
+@pytest.mark.parametrize("kind", ["adamw-amsgrad", "sgd-nesterov", "adam-bf16-masters"])
+def test_multi_block_programs_on_10m_elements_match_the_reference(kind):
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    sizes = [10_500_001, 4097, 1, 1_048_576]          # many programs per tensor, ragged ends
+    dtype = torch.bfloat16 if kind == "adam-bf16-masters" else torch.float32
+    params = [torch.randn(n, device="cuda", generator=gen).to(dtype) for n in sizes]
+
+    def make(ps, impl):
+        if kind == "sgd-nesterov":
+            return FusedSGDScheduled(ps, lr=0.05, momentum=0.9, nesterov=True,
+                                     weight_decay=0.01, schedule=S.multistep([2, 4]), impl=impl)
+        return FusedAdamWScheduled(ps, lr=1e-3, weight_decay=0.1, amsgrad=kind != "adam-bf16-"
+                                   "masters", master_weights=dtype != torch.float32,
+                                   schedule=SCHEDULE, impl=impl)
+
+    def grads_for(k):
+        return [None if (i + k) % 4 == 3 else
+                torch.randn(n, device="cuda", generator=gen).to(dtype)
+                for i, n in enumerate(sizes)]
+
+    runs = reference_pair(make, params, 6, grads_for)
+    assert runs[1][1]._backend.n_programs > 100
+    assert_runs_match(runs)
+
+
+def test_misaligned_and_channels_last_parameters_in_one_launch():
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    conv = torch.randn(64, 32, 3, 3, device="cuda", generator=gen).to(
+        memory_format=torch.channels_last)
+    base = torch.randn(1_000_003, device="cuda", generator=gen)
+    params = [conv, base[1:], base[:-1].clone(), torch.randn(33, 17, device="cuda").t()]
+    params = [p.to(torch.bfloat16) if i == 0 else p for i, p in enumerate(params)]
+    assert params[1].data_ptr() % 16 != 0
+
+    def make(ps, impl):
+        return FusedAdamWScheduled(ps, lr=1e-3, weight_decay=0.1, schedule=SCHEDULE, impl=impl)
+
+    def grads_for(k):
+        return [torch.randn(p.shape, device="cuda", generator=gen).to(p.dtype) for p in params]
+
+    runs = reference_pair(make, params, 5, grads_for)
+    assert runs[1][0][0].is_contiguous(memory_format=torch.channels_last)
+    assert_runs_match(runs)
+
+
+def test_ticket_stress_20k_programs_200_steps_counts_exact():
+    # 20,480 programs of one block each: every launch's last program must see all the others
+    # finished, or a count or t would be off by one somewhere in 200 steps.
+    sizes = [102_400] * 240 + [1, 3, 1025]      # 8 in 9 of them per step: ~21,800 programs
+    params = [torch.zeros(n, device="cuda", requires_grad=True) for n in sizes]
+    grads = [torch.full((n,), 1e-3, device="cuda") for n in sizes]
+    opt = FusedAdamWScheduled(params, lr=1e-4, schedule=SCHEDULE)
+    expected = [0] * len(params)
+
+    def step(k):
+        for i, (p, g) in enumerate(zip(params, grads)):
+            p.grad = None if (i + k) % 9 == 4 else g
+            expected[i] += p.grad is not None
+        opt.step()
+
+    step(0)
+    backend = opt._backend
+    backend.max_blocks_per_program = 1
+    backend._chunk()
+    for k in range(1, 200):
+        step(k)
+        backend.max_blocks_per_program = 1        # a new None pattern rebuilds the tables
+    torch.cuda.synchronize()
+    assert backend.n_programs >= 20_000 and backend.blocks_per_program == 1
+    assert int(opt.schedule_step) == 200
+    assert [int(opt.state[p]["step"]) for p in params] == expected
+    assert int(backend.ticket) == 0
+
+
+def test_two_optimizers_on_two_streams_and_one_optimizer_moving_streams():
+    gen = torch.Generator(device="cuda").manual_seed(2)
+
+    def model():
+        return [torch.randn(2_000_000, device="cuda", generator=gen) for _ in range(3)]
+
+    pa, pb = model(), model()
+    runs = {}
+    for impl in ("reference", "triton"):
+        a = [torch.nn.Parameter(p.clone()) for p in pa]
+        b = [torch.nn.Parameter(p.clone()) for p in pb]
+        runs[impl] = (a, b, FusedAdamWScheduled(a, lr=1e-3, schedule=SCHEDULE, impl=impl),
+                      FusedSGDScheduled(b, lr=0.1, momentum=0.9, impl=impl))
+    s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
+    for k in range(4):
+        ga = [torch.randn(p.shape, device="cuda", generator=gen) for p in pa]
+        gb = [torch.randn(p.shape, device="cuda", generator=gen) for p in pb]
+        for impl, (a, b, opt_a, opt_b) in runs.items():
+            for p, g in zip(a + b, ga + gb):
+                p.grad = g.clone()
+            torch.cuda.synchronize()
+            if impl == "reference":
+                opt_a.step()
+                opt_b.step()
+                continue
+            with torch.cuda.stream(s1):                # two optimizers at once
+                torch.cuda._sleep(20_000_000)
+                opt_a.step()
+            with torch.cuda.stream(s2):
+                opt_b.step()
+            torch.cuda.synchronize()
+    # One optimizer moving from a delayed stream to another, with new gradients: the second
+    # step (its upload included) must wait for the first, or it runs first, on the other
+    # gradients, and its upload overwrites the gradient table the first has yet to read.
+    g1 = [torch.randn(p.shape, device="cuda", generator=gen) for p in pa]
+    g2 = [torch.randn(p.shape, device="cuda", generator=gen) for p in pa]
+    ref_a, ref_opt = runs["reference"][0], runs["reference"][2]
+    for gs in (g1, g2):                                # the order the steps were issued in
+        for p, g in zip(ref_a, gs):
+            p.grad = g.clone()
+        ref_opt.step()
+    for impl, (a, b, opt_a, _) in list(runs.items())[1:]:
+        torch.cuda.synchronize()
+        with torch.cuda.stream(s1):
+            for p, g in zip(a, g1):
+                p.grad = g.clone()
+            torch.cuda._sleep(100_000_000)
+            opt_a.step()
+        with torch.cuda.stream(s2):
+            for p, g in zip(a, g2):
+                p.grad = g.clone()
+            opt_a.step()
+        torch.cuda.synchronize()
+    ref, tri = runs["reference"], runs["triton"]
+    assert_runs_match([(ref[0], ref[2]), (tri[0], tri[2])])
+    assert_runs_match([(ref[1], ref[3]), (tri[1], tri[3])])
+
+
+def test_step_never_synchronises_with_new_gradients_every_step():
+    params = with_grads(gpt2_small_params()[:20])
+    opt = FusedAdamWScheduled(params, lr=3e-4, schedule=SCHEDULE)
+    opt.step()
+    new = [[torch.randn_like(p) for p in params] for _ in range(2)]
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for k in range(6):
+            opt.zero_grad(set_to_none=True)
+            for p, g in zip(params, new[k % 2]):
+                p.grad = g
+            opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert int(opt.schedule_step) == 7
+
+
+def test_the_grid_follows_the_compiled_kernels_occupancy():
+    from fused_lrs.optim.backends.triton import programs_per_sm
+
+    p = torch.zeros(64 << 20, device="cuda", requires_grad=True)
+    p.grad = torch.ones_like(p)
+    opt = FusedAdamWScheduled([p], lr=1e-3)
+    opt.step()
+    backend = opt._backend
+    from fused_lrs.kernels import optim as K
+    cache = K.fused_step_kernel.device_caches[torch.cuda.current_device()][0]
+    compiled = next(iter(cache.values()))
+    compiled._init_handles()
+    assert backend.programs_per_sm == programs_per_sm(compiled.n_regs,
+                                                      compiled.metadata.num_warps,
+                                                      compiled.metadata.shared)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    assert backend.n_programs <= backend.programs_per_sm * sms
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_parameters_on_the_second_gpu_with_the_first_current():
+    p = torch.randn(1 << 20, device="cuda:1", requires_grad=True)
+    q = p.detach().clone().requires_grad_()
+    ref = FusedAdamWScheduled([q], lr=1e-3, impl="reference")
+    opt = FusedAdamWScheduled([p], lr=1e-3)
+    torch.cuda.set_device(0)
+    for _ in range(3):
+        g = torch.randn_like(p)
+        p.grad, q.grad = g, g.clone()
+        opt.step()
+        ref.step()
+    assert_runs_match([([q], ref), ([p], opt)])
+
+
+def test_fsdp2_world_size_1_matches_torch_adamw(tmp_path):
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path}/rdzv", rank=0,
+                            world_size=1)
+    try:
+        torch.manual_seed(0)
+        models = []
+        for _ in range(2):
+            torch.manual_seed(0)
+            m = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(),
+                                    torch.nn.Linear(256, 8)).cuda()
+            fully_shard(m[0])
+            fully_shard(m)
+            models.append(m)
+        ours = FusedAdamWScheduled(models[0].parameters(), lr=1e-3, weight_decay=0.1)
+        assert ours.impl == "triton"
+        theirs = torch.optim.AdamW(models[1].parameters(), lr=1e-3, weight_decay=0.1,
+                                   fused=True)
+        for k in range(5):
+            x = torch.randn(16, 64, device="cuda", generator=torch.Generator(
+                device="cuda").manual_seed(k))
+            for m, opt in zip(models, (ours, theirs)):
+                opt.zero_grad(set_to_none=True)
+                m(x).square().mean().backward()
+                opt.step()
+        for a, b in zip(models[0].parameters(), models[1].parameters()):
+            torch.testing.assert_close(a.to_local(), b.to_local(), rtol=1e-5, atol=1e-7)
+            for key in ("exp_avg", "exp_avg_sq"):
+                torch.testing.assert_close(ours.state[a][key].to_local(),
+                                           theirs.state[b][key].to_local(), rtol=1e-5,
+                                           atol=1e-7)
+    finally:
+        dist.destroy_process_group()

@@ -26,11 +26,11 @@ Triton itself is imported when the first backend object is made, never at packag
 
 from __future__ import annotations
 
-import array
 import ctypes
 import importlib.util
 import math
 import os
+import struct
 from operator import attrgetter
 
 import torch
@@ -134,12 +134,14 @@ class TritonBackend:
         self._desc = None
         self._grad_addrs: list[int] | None = None
         self._param_addrs: list[int] | None = None
+        self._packer = struct.Struct("0q")    # packs the gradient addresses, one int64 each
         self.ticket = torch.zeros((), dtype=torch.int32, device=self.device)
         self.captured = False          # the current tables are held by a captured graph
         self._stream = None            # the stream of the last eager launch (CUDA)
         self.max_blocks_per_program = MAX_BLOCKS_PER_PROGRAM
         self.programs_per_sm = DEFAULT_PROGRAMS_PER_SM
         self._sized_for = None         # the table key the grid was sized for
+        self._recorded_uploads = False  # a capture recorded (did not run) an upload
 
     @staticmethod
     def unsupported(device, algorithm, dtypes, scheduled_hyperparameters) -> str | None:
@@ -173,6 +175,11 @@ class TritonBackend:
             # current device 0 it would run on GPU 0 with GPU 1's pointers.
             with torch.cuda.device(self.device):
                 return self.step(d)
+        capturing = self._capturing()
+        if self.cuda and not capturing:
+            # Before any upload: an upload on this stream must not overtake the last launch's
+            # reads of the same tables on another stream.
+            self._order_after_last_launch()
         if d is self._desc:
             addrs = list(map(_DATA_PTR, d.grads))
             if addrs != self._grad_addrs:
@@ -182,18 +189,19 @@ class TritonBackend:
                     self._desc = None          # a parameter moved (a recast): check everything
         if d is not self._desc:
             self._full_check(d)
-        if self._capturing():
+        if capturing:
             self._launch(d)
             # From now on these tables belong to the graph too: never written again, and kept
-            # alive after they are replaced. What a capture uploads is only recorded, not run,
-            # so the next eager step rebuilds rather than trust the device copies.
+            # alive after they are replaced. An upload during capture is only recorded, not
+            # run: then the next eager step rebuilds rather than trust the device copies.
             self.captured = True
             hold(self.ticket, self.tensors, self.steps, self.grads, self.groups, self.work,
                  d.table, d.t, d.skipped)
-            self.key, self._desc, self._grad_addrs, self._stream = None, None, None, None
+            self._stream = None
+            if self._recorded_uploads:
+                self.key, self._desc, self._grad_addrs = None, None, None
+                self._recorded_uploads = False
             return
-        if self.cuda:
-            self._order_after_last_launch()
         self._launch(d)
 
     def _capturing(self) -> bool:
@@ -293,18 +301,23 @@ class TritonBackend:
             # one for the eager steps; the graph's stays as it is, held.
             self.grads = torch.empty_like(self.grads)
             self.captured = False
-        packed = array.array("q", addrs)
+        n = len(addrs)
+        if n != self._packer.size // 8:
+            self._packer = struct.Struct(f"{n}q")
         if not self.cuda:
-            ctypes.memmove(self.grads.data_ptr(), packed.buffer_info()[0], 8 * len(addrs))
+            self._packer.pack_into((ctypes.c_char * (8 * n)).from_address(self.grads.data_ptr()),
+                                   0, *addrs)
         elif addrs:
             # Pinned and asynchronous: no sync, and legal inside a CUDA-graph capture. A fresh
             # buffer from torch's caching host allocator, which reuses it only once this copy
             # has run, so a later step cannot overwrite addresses still in flight.
-            staging = torch.empty(len(addrs), dtype=torch.int64, pin_memory=True)
-            ctypes.memmove(staging.data_ptr(), packed.buffer_info()[0], 8 * len(addrs))
-            self.grads[:len(addrs)].copy_(staging, non_blocking=True)
+            staging = torch.empty(n, dtype=torch.int64, pin_memory=True)
+            self._packer.pack_into((ctypes.c_char * (8 * n)).from_address(staging.data_ptr()),
+                                   0, *addrs)
+            self.grads[:n].copy_(staging, non_blocking=True)
             if self._capturing():
                 hold(staging)                      # every replay copies from it again
+                self._recorded_uploads = True
         self._grad_addrs = addrs
 
     def _to_device(self, host: torch.Tensor) -> torch.Tensor:
@@ -314,6 +327,7 @@ class TritonBackend:
         host = host.pin_memory()
         if self._capturing():
             hold(host)                      # every replay of the graph reads it again
+            self._recorded_uploads = True
         return host.to(self.device, non_blocking=True)
 
     def _launch(self, d: StepDescription) -> None:
