@@ -24,14 +24,17 @@ from typing import Any, ClassVar
 
 import torch
 
-from fused_lrs.kernels import kinds
+from fused_lrs.kernels import kinds, layout
 from fused_lrs.optim import backends, dtensor
 from fused_lrs.optim.backends import IMPLS
 from fused_lrs.optim.checkpoint import Checkpoints, initializing_for_dcp
 from fused_lrs.optim.op import step as step_op
 from fused_lrs.optim.step import STATE_KEYS, StepDescription, to_flat
 from fused_lrs.schedules import Schedule, constant
-from fused_lrs.schedules.base import check_schedule
+from fused_lrs.schedules.base import STATE_COL, check_schedule, group_values
+from fused_lrs.schedules.plateau import find as find_plateau
+from fused_lrs.schedules.plateau import initial_state as plateau_state
+from fused_lrs.schedules.plateau import report as plateau_report
 
 
 def _scalar_key(value):
@@ -109,11 +112,15 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
         try:
             device = self._check_params(group["params"])
             self._check_group(group)
+            if "_schedule" in self.__dict__:  # (groups given to __init__: when it is set)
+                self._check_schedules(self._schedules())
         except Exception:
             self.param_groups.pop()
             raise
         self._device = device
         self._invalidate()
+        if "_schedule" in self.__dict__:
+            self._pack_schedules(keep_state=True)
         if "_t" in self.__dict__:        # (groups given to __init__ are linked once t exists)
             self._link_counter()
 
@@ -293,7 +300,7 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
         torch's own optimizers do under compile, so that ``mode="reduce-overhead"`` can keep
         the step inside its CUDA graph instead of copying the mutated inputs."""
         self.prepare_state([g["params"] for g in self.param_groups])
-        tensors = [self._t, self._table]
+        tensors = [self._t, self._table, *([self._plateau] if self._plateau is not None else [])]
         for group in self.param_groups:
             for p in group["params"]:
                 tensors += [p, *(v for v in self.state[p].values() if v is not None)]
@@ -338,8 +345,28 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
 
     @schedule.setter
     def schedule(self, spec: Schedule) -> None:
-        self._schedule = check_schedule(type(self).__name__, "schedule", spec)
+        spec = check_schedule(type(self).__name__, "schedule", spec)
+        self._check_schedules((spec, *self._schedules()[1:]))
+        self._schedule = spec
         self._pack_schedules()
+
+    def _schedules(self) -> tuple:
+        return (self.__dict__.get("_schedule"), self._momentum_schedule,
+                self._weight_decay_schedule)
+
+    def _check_schedules(self, specs) -> None:
+        """Per-group values must match the groups, and only the lr schedule may hold a
+        plateau (report() reduces the lr)."""
+        name, n = type(self).__name__, len(self.param_groups)
+        for what, spec in zip(("schedule", "momentum_schedule", "weight_decay_schedule"), specs):
+            if spec is None:
+                continue
+            if spec.groups not in (None, n):
+                raise ValueError(f"{name}: {what} holds values for {spec.groups} parameter "
+                                 f"groups, the optimizer has {n}")
+            if what != "schedule" and spec.state_row is not None:
+                raise ValueError(f"{name}: {what} holds a plateau; only the lr schedule may "
+                                 "(opt.report(metric) reduces the lr)")
 
     @property
     def momentum_schedule(self) -> Schedule | None:
@@ -352,14 +379,78 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
         """The schedule of the weight decay (None: the group's value), e.g. ``cosine(T)``."""
         return self._weight_decay_schedule
 
-    def _pack_schedules(self) -> None:
-        """One float64 device table for the lr, momentum and weight-decay schedules, their rows
-        in that order (the kernel reads them at offsets given by the specs' kinds)."""
-        specs = (self._schedule, self._momentum_schedule, self._weight_decay_schedule)
-        rows = [leaf.row() for spec in specs if spec for leaf in spec.leaves()]
-        self._table = torch.tensor(rows or [[0.0] * int(kinds.ROW)], dtype=torch.float64,
-                                   device=self._device)
+    def _pack_schedules(self, keep_state: bool = False) -> None:
+        """One float64 device table for the lr, momentum and weight-decay schedules: per
+        parameter group, one block of their rows in that order (the kernel reads its group's
+        block, at offsets given by the specs' kinds; blocks differ where a spec has per-group
+        values or a plateau's scale). ``keep_state``: a group count changed, the plateau's
+        state carries over."""
+        specs = self._schedules()
+        n = len(self.param_groups)
+        rows = [leaf.row() for g in range(n) for spec in specs if spec
+                for leaf in spec.for_group(g).leaves()]
+        table = torch.tensor(rows or [[0.0] * int(kinds.ROW)], dtype=torch.float64,
+                             device=self._device)
+        found = find_plateau(self._schedule)
+        # Kept here, not looked up per report: dynamo cannot trace a cached_property's lock.
+        self._plateau_spec = found
+        self._plateau_row = None if found is None else self._schedule.state_row
+        if found is None:
+            self._plateau = None
+        elif keep_state and self.__dict__.get("_plateau") is not None:
+            old, kept = self._table, min(n, self._table_groups)
+            self._plateau_scales(table, n)[:kept] = self._plateau_scales(old)[:kept]
+        else:
+            self._plateau = plateau_state(found, self._device)
+        self._table, self._table_groups = table, n
+        self._plateau_key = None
+        if found is not None:   # made now, so that a compiled report() finds them made
+            self._plateau_constants(found)
         self._invalidate()
+
+    def _plateau_scales(self, table: torch.Tensor, groups: int | None = None) -> torch.Tensor:
+        """The plateau's scale of every group: a [groups] view of ``table``."""
+        groups = self._table_groups if groups is None else groups
+        return table.view(groups, -1, table.shape[1])[:, self._plateau_row, STATE_COL]
+
+    def report(self, metric) -> None:
+        """torch ``ReduceLROnPlateau.step(metric)`` for a schedule that holds
+        ``plateau(...)``: updates the plateau's state on the device (``schedules/plateau.py``).
+        ``metric``: a 0-dim tensor (or a float). Nothing is read back to the host, and under
+        ``torch.compile`` a new metric value does not recompile."""
+        name = type(self).__name__
+        found = self._plateau_spec
+        if found is None:
+            raise ValueError(f"{name}.report: the schedule holds no plateau(...), so there is "
+                             f"nothing to report a metric to; schedule is {self._schedule!r}")
+        device = self._table.device
+        if isinstance(metric, torch.Tensor):
+            if metric.numel() != 1:
+                raise ValueError(f"{name}.report: metric must hold one value, got a tensor of "
+                                 f"shape {tuple(metric.shape)}")
+            metric = metric.detach().reshape(()).to(device=device, dtype=torch.float64)
+        elif isinstance(metric, (int, float)) or hasattr(metric, "__float__"):
+            metric = torch.full((), float(metric), dtype=torch.float64, device=device)
+        else:
+            raise TypeError(f"{name}.report: metric must be a number or a 0-dim tensor, got "
+                            f"{type(metric).__name__}")
+        bases, min_lrs = self._plateau_constants(found)
+        plateau_report(found, metric, self._plateau, self._plateau_scales(self._table), bases,
+                       min_lrs)
+
+    def _plateau_constants(self, found) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each group's base lr and min_lr as float64 device tensors, made by fills (no
+        host-to-device copy) and kept until a group's lr changes."""
+        self.group_rows()
+        if self._plateau_key != self._rows_key:
+            def fill(values):
+                return torch.stack([torch.full((), float(v), dtype=torch.float64,
+                                               device=self._table.device) for v in values])
+            n = len(self.param_groups)
+            self._plateau_bases = (fill(row[layout.G_LR] for row in self._rows),
+                                   fill(found.for_group(g).min_lr for g in range(n)))
+            self._plateau_key = self._rows_key
+        return self._plateau_bases
 
     @property
     def last_lr(self) -> torch.Tensor:
@@ -368,7 +459,7 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
         costs no sync until it is read. (A torch scheduler's ``get_last_lr()`` after
         ``scheduler.step()`` is the lr of the *next* step, ``lr(t)``.)"""
         t = torch.clamp(self._t - 1, min=0)
-        return torch.stack([self.schedule.lr(t, g["lr"]) for g in self.param_groups])
+        return group_values(self.schedule, t, [g["lr"] for g in self.param_groups], self._table)
 
     def as_lr_scheduler(self):
         """A torch ``LRScheduler`` for frameworks that want one beside the optimizer (HF
@@ -414,6 +505,9 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
                 "_momentum_schedule": self._momentum_schedule,
                 "_weight_decay_schedule": self._weight_decay_schedule,
                 "_table": self._table, "_t": self._t, "impl_requested": self.impl_requested,
+                "_plateau": self._plateau, "_plateau_key": None,
+                "_table_groups": self._table_groups, "_plateau_spec": self._plateau_spec,
+                "_plateau_row": self._plateau_row,
                 "_skipped": self._skipped, "hold_schedule_on_skip": self.hold_schedule_on_skip,
                 "master_weights": self.master_weights,
                 "_device": self._device, "_rows_key": None, "_rows": None,

@@ -29,6 +29,7 @@ import torch
 
 from fused_lrs.kernels import layout as L
 from fused_lrs.optim.step import ADAM, SGD, StepDescription
+from fused_lrs.schedules.base import group_values
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -137,7 +138,7 @@ class TorchFusedBackend:
                 self._plan(d)
                 self._key = key
             self._desc = d
-        lrs = d.schedules[0].lr(d.t, self._bases).unbind()
+        lrs = group_values(d.schedules[0], d.t, self._bases, d.table).unbind()
         amp = dict(grad_scale=d.grad_scale, found_inf=d.found_inf)
         for b in self._buckets:
             grads = [d.grads[i] for i in b.index]
