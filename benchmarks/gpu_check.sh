@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in ONE call of the device tool: 7 minutes or less on an H200
+# (Python 3.12, torch 2.11, triton 3.6 preinstalled, no network). Run from anywhere:
+#
+#   bash benchmarks/gpu_check.sh        # results in $OUT (default bench-results/gpu)
+#
+# Steps, each under `timeout` and the whole run under a 415 s budget (a hung step costs its own
+# limit, never the rest):
+#   1. install: pip install --no-deps --no-build-isolation -e .
+#   2. tests (pytest-xdist, 8 workers: Triton compiles in parallel): every gpu-marked test
+#      (test_gpu.py, test_cuda_graphs.py, test_schedules_triton.py) and the suites that run the
+#      compiled kernel on CUDA against the reference (kernel_vs_reference, master_weights,
+#      grad_scaler, scheduled_hyperparameters, per_group, compile, optim_vs_torch), and the
+#      ahead-of-time resource checks;
+#   3. bench_kernel.py: kernel-only time (do_bench_cudagraph), S1 10.8M/76, GPT-2 small, 1.36B
+#      fp32 and 256M bf16 + masters, each as % of a copy of the same bytes;
+#   4. bench_host.py: host us per eager step, launch stubbed, both gradient patterns vs torch;
+#   5. bench_compile.py: compile cost; 6. `fused-lrs bench` S1-S4 with short loops.
+# Files written to $OUT (8, at most 2 folders down): gpu_check.log, env.txt, tests.xml,
+# bench_kernel.json, bench_host.json, bench_compile.json, suite/bench.json, suite/bench.png.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench-results/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+LOG="$OUT/gpu_check.log"
+: > "$LOG"
+BUDGET=${BUDGET:-415}
+START=$(date +%s)
+
+run() {  # run NAME SECONDS COMMAND...: at most SECONDS, and never past the budget
+    local name=$1 limit=$2 left
+    shift 2
+    left=$(( BUDGET - ($(date +%s) - START) ))
+    if (( left < 10 )); then
+        echo "=== $name skipped: budget spent" | tee -a "$LOG"
+        return
+    fi
+    (( left < limit )) && limit=$left
+    echo "=== $name (limit ${limit}s, at $(( $(date +%s) - START ))s)" | tee -a "$LOG"
+    timeout -k 5 "$limit" "$@" >> "$LOG" 2>&1
+    echo "=== $name rc=$? at $(( $(date +%s) - START ))s" | tee -a "$LOG"
+}
+
+{
+    date -u
+    git rev-parse HEAD 2>/dev/null
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    python3 -c "import sys, torch, triton; print(sys.version); print('torch', torch.__version__,
+'triton', triton.__version__, torch.cuda.get_device_name())"
+} > "$OUT/env.txt" 2>&1
+
+run install 60 python3 -m pip install -q --no-deps --no-build-isolation -e .
+run tests 190 python3 -m pytest -q -rs -p no:cacheprovider -n 8 --timeout 170 \
+    --junitxml="$OUT/tests.xml" \
+    tests/test_gpu.py tests/test_cuda_graphs.py tests/test_schedules_triton.py \
+    tests/test_kernel_vs_reference.py tests/test_master_weights.py tests/test_grad_scaler.py \
+    tests/test_scheduled_hyperparameters.py tests/test_per_group.py tests/test_compile.py \
+    tests/test_optim_vs_torch.py tests/test_kernels_aot.py
+run bench_kernel 70 python3 benchmarks/bench_kernel.py --rep 100 --out "$OUT/bench_kernel.json"
+run bench_host 40 python3 benchmarks/bench_host.py --rounds 5 --steps 100 \
+    --out "$OUT/bench_host.json"
+run bench_compile 60 python3 benchmarks/bench_compile.py --out "$OUT/bench_compile.json"
+run suite 100 python3 -m fused_lrs bench --scenarios S1,S2,S3,S4 --steps 20 --out "$OUT/suite"
+echo "=== done at $(( $(date +%s) - START ))s" | tee -a "$LOG"
+grep -E "^(FAILED|ERROR)|passed|failed" "$LOG" | tail -20
