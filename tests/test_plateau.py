@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 
 import pytest
 import torch
@@ -198,6 +199,11 @@ def test_checkpoint_carries_the_state():
     assert torch.equal(b._plateau, a._plateau) and torch.equal(b._table, a._table)
     for p, q in zip(a_params, b_params):
         assert torch.equal(p, q)
+    # a copy (deepcopy, pickle) carries the state too, and its reports are its own
+    for c in (copy.deepcopy(a), pickle.loads(pickle.dumps(a))):
+        assert torch.equal(c._plateau, a._plateau) and torch.equal(c._table, a._table)
+        c.report(-1.0)
+        assert c._plateau.tolist()[0] == -1.0 != a._plateau.tolist()[0]
 
 
 def test_bad_plateau_checkpoint_changes_nothing():

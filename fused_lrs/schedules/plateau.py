@@ -27,6 +27,9 @@ the base lr, then follows ``base_lr * scale``.
 
 The rest of the state, ``[best, num_bad_epochs, cooldown_counter, last_epoch]``, is one float64
 device tensor of the optimizer (floats hold those counts exactly up to 2^53).
+
+After a report, ``opt.last_lr`` shows the new scale: the lr the next step will use (the one the
+previous step used is not kept), as torch's ``group["lr"]`` after ``scheduler.step(metric)``.
 """
 
 from __future__ import annotations
