@@ -97,8 +97,8 @@ def warn_torch_scheduler(optimizer: ScheduledOptimizer) -> None:
         f"A torch LR scheduler was attached to {name}. It rewrites group['lr'], which for "
         f"{name} is the base lr that its own schedule scales, so the two schedules multiply "
         "(HF Trainer's optimizers=(opt, None) builds such a scheduler). Pass "
-        "fused_lrs.adapters.as_lr_scheduler(opt) as the scheduler instead, and give the "
-        "schedule to the optimizer (schedule=, or opt.set_schedule(...))",
+        "opt.as_lr_scheduler() as the scheduler instead (it reports the lr the fused step "
+        "used), and give the schedule to the optimizer (schedule=, or opt.set_schedule(...))",
         UserWarning, stacklevel=_outside_level())
 
 

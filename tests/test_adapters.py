@@ -51,7 +51,8 @@ def test_adapter_changes_nothing_and_reports_the_used_lr():
 def test_attaching_a_torch_scheduler_warns_once():
     opt = FusedAdamWScheduled([torch.zeros(2, requires_grad=True)], schedule=cosine(10))
     with pytest.warns(UserWarning, match="torch LR scheduler was attached to "
-                                         "FusedAdamWScheduled.*as_lr_scheduler") as seen:
+                                         "FusedAdamWScheduled.*opt.as_lr_scheduler\\(\\)"
+                       ) as seen:
         tlr.LambdaLR(opt, lambda t: 1.0)
     assert seen[0].filename == __file__  # points at the line that built the scheduler
     with warnings.catch_warnings():
