@@ -124,10 +124,13 @@ def ours(params, impl, **kw):
     return FusedAdamWScheduled(params, lr=LR, weight_decay=WD, schedule=spec(), impl=impl, **kw)
 
 
-def train(model, opt, sched, start, stop, accumulate=1, clip=None):
+def train(model, opt, sched, start, stop, accumulate=1, clip=None, before=None):
     """Steps ``start..stop-1`` of torch's loop; ``accumulate`` micro-batches per step, all but
-    the last under DDP's ``no_sync``; ``clip``: ``clip_grad_norm_`` before the step."""
+    the last under DDP's ``no_sync``; ``clip``: ``clip_grad_norm_`` before the step;
+    ``before(k)`` runs first in step k."""
     for k in range(start, stop):
+        if before is not None:
+            before(k)
         for micro in range(accumulate):
             last = micro == accumulate - 1
             sync = contextlib.nullcontext() if last else model.no_sync()
@@ -159,21 +162,46 @@ def snapshot(model, opt) -> dict:
 
 # ---------------------------------------------------------------- scenarios
 
+def reallocate(model) -> None:
+    """What FSDP2 does when a sharded parameter's data is replaced (``module.to()`` with
+    swapped tensors, ``load_state_dict(assign=True)``): new local storage, re-registered
+    through ``reset_sharded_param``, which re-points ``_local_tensor`` on the same DTensor."""
+    from torch.distributed.fsdp import FSDPModule
+    for module in model.modules():
+        group = module._get_fsdp_state()._fsdp_param_group if isinstance(
+            module, FSDPModule) else None
+        for fsdp_param in group.fsdp_params if group is not None else ():
+            param = fsdp_param.sharded_param
+            param._local_tensor = param._local_tensor.clone()
+            fsdp_param.reset_sharded_param()
+
+
 def fsdp_vs_torch(arg, _):
     """FSDP2 ours (impl from ``arg``) against torch AdamW (fused) + scheduler, same model and
     data. ``arg``: impl/setup, setup one of fp32, bf16 (MixedPrecisionPolicy), keep
-    (reshard_after_forward=False)."""
+    (reshard_after_forward=False), realloc (fp32, every shard reallocated before step
+    SAVE_AT)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy
     impl, setup = arg.split("/")
-    options = {"fp32": {}, "keep": dict(reshard_after_forward=False),
+    options = {"fp32": {}, "realloc": {}, "keep": dict(reshard_after_forward=False),
                "bf16": dict(mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16,
                                                            reduce_dtype=torch.float32))}[setup]
     a, b = shard(mlp(), **options), shard(mlp(), **options)
     opt_a = ours(a.parameters(), impl)
     opt_b = torch.optim.AdamW(b.parameters(), lr=LR, weight_decay=WD, fused=True)
-    train(a, opt_a, None, 0, STEPS)
-    train(b, opt_b, torch_scheduler(opt_b), 0, STEPS)
-    return {"ours": snapshot(a, opt_a), "torch": snapshot(b, opt_b),
+    descriptions = []
+
+    def before(model, opt):
+        def hook(k):
+            if setup == "realloc" and k == SAVE_AT:
+                reallocate(model)
+            descriptions.append(getattr(opt, "_description", None))
+        return hook
+    train(a, opt_a, None, 0, STEPS, before=before(a, opt_a))
+    train(b, opt_b, torch_scheduler(opt_b), 0, STEPS, before=before(b, opt_b))
+    # Descriptions ours built: the first step's, and one more after a reallocation.
+    built = len({id(x) for x in descriptions[1:STEPS]} | {id(opt_a._description)})
+    return {"ours": snapshot(a, opt_a), "torch": snapshot(b, opt_b), "built": built,
             "t": int(opt_a.schedule_step), "described": opt_a._description.wrappers is not None}
 
 

@@ -21,7 +21,7 @@ from conftest import assert_close
 from dist_workers import STEPS, WORLD, launch
 
 FSDP = [f"fsdp:{impl}/{setup}" for impl in ("torch_fused", "reference")
-        for setup in ("fp32", "bf16", "keep")]
+        for setup in ("fp32", "bf16", "keep")] + ["fsdp:torch_fused/realloc"]
 DDP = ["ddp:torch_fused", "ddp:reference"]
 RESUME = ["ddp_save:torch_fused", "zero:torch_fused", "zero:reference", "dcp:ddp",
           "dcp:fsdp2"]
@@ -69,6 +69,8 @@ def test_fsdp2_matches_torch_adamw(results, name):
     empty = []
     for rank, r in on_each_rank(results, name):
         assert r["described"], "the step did not run on local shards"
+        # One description for the whole run; a reallocated shard makes a second one.
+        assert r["built"] == (2 if name.endswith("realloc") else 1), r["built"]
         assert r["t"] == STEPS
         assert_same(r["ours"], r["torch"], f"rank {rank}",
                     **({} if impl == "torch_fused" else TOL))
