@@ -24,7 +24,6 @@ A spec gives
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -96,10 +95,13 @@ class Schedule:
 
     factory: ClassVar[str]
 
-    @functools.cached_property
+    @property
     def groups(self) -> int | None:
         """How many parameter groups the per-group values are for (None: one value for all).
         Raises if two parts of a composition disagree."""
+        return _cached(self, "_groups", self._count_groups)
+
+    def _count_groups(self) -> int | None:
         counts = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -137,10 +139,13 @@ class Schedule:
                 changes[f.name] = tuple(c._resolved(g, scale) for c in value)
         return dataclasses.replace(self, **changes) if changes else self
 
-    @functools.cached_property
+    @property
     def state_row(self) -> int | None:
         """The row of this spec's leaves that holds run-time state (a plateau's scale, in
         column ``STATE_COL``), or None. A schedule holds at most one plateau."""
+        return _cached(self, "_state_row", self._find_state_row)
+
+    def _find_state_row(self) -> int | None:
         rows = [i for i, leaf in enumerate(self.for_group(0).leaves()) if leaf.tag == "plateau"]
         if len(rows) > 1:
             raise ValueError(f"{self.factory}: a schedule may hold one plateau, this one holds "
@@ -195,6 +200,15 @@ class Schedule:
         args = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
                          if f.repr)
         return f"{self.factory}({args})"
+
+
+def _cached(spec: Schedule, key: str, compute):
+    """A value computed once per spec, kept in its ``__dict__`` (not a field: equality, hash and
+    repr ignore it). Not ``functools.cached_property``: on Python 3.11 that takes a lock, which
+    torch.compile cannot trace (a spec is read inside compiled code, e.g. ``opt.last_lr``)."""
+    if key not in spec.__dict__:
+        spec.__dict__[key] = compute()
+    return spec.__dict__[key]
 
 
 def _children(value) -> tuple:
