@@ -2,7 +2,7 @@
 # Everything that needs a GPU, in ONE call of the device tool: 7 minutes or less on an H200
 # (Python 3.12, torch 2.11, triton 3.6 preinstalled, no network). Run from anywhere:
 #
-#   bash benchmarks/gpu_check.sh        # results in $OUT (default bench-results/gpu)
+#   bash benchmarks/gpu_check.sh        # results in $OUT (default benchmarks/results)
 #
 # Steps, each under `timeout` and the whole run under a 415 s budget (a hung step costs its own
 # limit, never the rest):
@@ -20,7 +20,7 @@
 # bench_kernel.json, bench_host.json, bench_compile.json, suite/bench.json, suite/bench.png.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-bench-results/gpu}
+OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 LOG="$OUT/gpu_check.log"

@@ -19,7 +19,8 @@ buffers its uploads copy from. Once a launch is captured, its tables are never w
 and never freed: an eager step that needs other addresses writes a new generation, and the
 captured ones go to ``HELD_BY_GRAPHS``, which lives as long as the process (a graph may outlive
 this backend: the optimizer drops it on ``set_schedule``, ``add_param_group`` and
-``load_state_dict``). They are small: 8 bytes per tensor per generation.
+``load_state_dict``). They are small: 8 bytes per tensor per generation. The optimizer's state
+tensors and step counts a graph updates are held too (``load_state_dict`` replaces them).
 
 Triton itself is imported when the first backend object is made, never at package import.
 """
@@ -197,6 +198,10 @@ class TritonBackend:
             self.captured = True
             hold(self.ticket, self.tensors, self.steps, self.grads, self.groups, self.work,
                  d.table, d.t, d.skipped)
+            # The optimizer's own tensors too: load_state_dict replaces the states and step
+            # counts, and the graph's pointers must not dangle (its replays go on updating the
+            # old ones: re-capture after loading).
+            hold(*d.steps, *(x for col in (*d.states, d.masters) for x in col if x is not None))
             self._stream = None
             if self._recorded_uploads:
                 self.key, self._desc, self._grad_addrs = None, None, None
