@@ -1,10 +1,11 @@
 """DTensor parameters (FSDP2's ``fully_shard``, tensor parallelism): the step runs on the local
 shards.
 
-A DTensor op goes through DTensor's dispatcher (sharding propagation, then the local op): about
-20 to 40 us per op on a CPU host, so torch's AdamW on 72 FSDP2 parameters spends milliseconds
-per step in dispatch. The update is elementwise and every operand (parameter, gradient, states,
-master) has the same placements, so each rank can update its own shards directly: this module
+A DTensor op goes through DTensor's dispatcher (sharding propagation, then the local op), so
+torch's ``AdamW(fused=True)`` on the 72 DTensors of benchmarks/bench_fsdp.py takes 1.2 to 3 ms a
+step on a loaded 2-core CPU host, against ~0.3 ms for the same fused kernel on the local shards.
+The update is elementwise and every operand (parameter, gradient, states, master) has the same
+placements, so each rank can update its own shards directly: this module
 swaps each DTensor in a step description for its local tensor, once, when the description is
 built (``base.py``), so every backend sees plain tensors and makes one fused call (CPU) or one
 launch (GPU) per rank.

@@ -52,8 +52,8 @@ def _one_buffer(steps: list[torch.Tensor]) -> torch.Tensor:
     """Move a bucket's step counts into one float32 buffer: each state's 0-dim ``step`` stays
     the same tensor object with the same value, but becomes a view of the buffer, so ``+= 1``
     is one add. torch's ``_foreach_add_`` on CPU loops over 0-dim tensors one by one: 101 us
-    for 72 counts against 2.2 us for one add of the buffer (torch 2.13, 1 thread), which was
-    half the step of a 72-tensor FSDP2 model (benchmarks/bench_fsdp.py)."""
+    for 72 counts against 2.2 us for one add of the buffer (torch 2.13, 1 thread), a third of
+    the ~0.3 ms step of the 72-tensor FSDP2 model of benchmarks/bench_fsdp.py."""
     counts = torch.stack(steps)
     storage = counts.untyped_storage()
     for j, step in enumerate(steps):
