@@ -20,13 +20,18 @@ of BLOCKs, chosen by the launcher from the compiled kernel's occupancy; inside a
 program walks BLOCK elements at a time. Full blocks of a tensor whose every address is a
 multiple of 16 bytes (decided per tensor, here, from the addresses) take an unmasked path with
 alignment hints, which the compiler turns into 128-bit accesses; the ragged block, and every
-block of a misaligned tensor, take the masked scalar path. Offsets are int64, so a tensor of
+block of a misaligned tensor, take masked scalar paths. Offsets are int64, so a tensor of
 more than 2^31 elements is addressed correctly.
 
 Layouts. ``tl.max_contiguous(offs, 4)`` caps every access at 4 elements per thread: 16 bytes of
 fp32, 8 of bf16/fp16. Without it a bf16 tensor loads 8 elements per thread and its fp32 master
-and states 4, and each change between the two goes through shared memory (ptxas -v, sm_90, bf16
-with fp32 masters: 146 registers and 14 bar.sync before, 80 and 2 with the cap).
+and states 4, and each change between the two goes through shared memory. The misaligned path
+works on blocks of another shape (SCALAR_BLOCK), and the counter epilogue too (COUNTER_BLOCK):
+the compiler lays out accesses of one shape alike, so a scalar path sharing BLOCK's shape drags
+1-wide stores into the vector path's layout. Measured with ptxas -v for sm_90 (triton 3.6,
+tests/test_kernels_aot.py asserts the budgets), before -> after: bf16 with fp32 masters 146 ->
+72 registers and 14 -> 2 bar.sync; three dtypes with amsgrad 166 -> 80 and 30 -> 2; fp32 AdamW
+80 registers with 24 B spilled -> 72 with none.
 
 dtypes. A program branches once, at run time, on its tensor's dtype code into a body compiled
 for that dtype; only the dtypes present (DTYPES) are compiled. Math is fp32 whatever the
@@ -38,8 +43,8 @@ acq_rel atomic on a per-optimizer int32; the program that draws the last ticket 
 other program has finished (and so has read the counters), advances every listed tensor's step
 count and ``t``, and resets the ticket to 0 for the next launch. It advances the step counts
 with all of its threads, 256 tensors at a time: three dependent memory round trips per 256
-tensors rather than two per tensor (148 tensors: 3 round trips, not 296). A CTA barrier before the
-ticket makes the reads of all of a program's threads precede its release. No second launch and
+tensors rather than two per tensor (148 tensors: 3 round trips, not 296). A CTA barrier before
+the ticket makes the reads of all of a program's threads precede its release. No second launch and
 no host involvement, so the counters also advance on every replay of a captured CUDA graph.
 Two launches for the same optimizer must not overlap (they would also race on the parameters):
 the launcher orders an eager step after the last one when the stream changes; replays of CUDA

@@ -20,9 +20,13 @@ torch optimizer, assigning ``opt.state[p][...]`` by hand is not supported after 
 
 from __future__ import annotations
 
+from itertools import chain, compress, repeat
+from operator import is_, is_not, itemgetter
 from typing import Any, ClassVar
 
 import torch
+
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from fused_lrs.kernels import kinds, layout
 from fused_lrs.optim import backends, dtensor
@@ -179,26 +183,46 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
         self._description, self._description_key = None, None
         self._backend, self._impl = None, None
 
-    @torch.no_grad()
     def step(self, closure=None):
         """One update of every parameter with a gradient, at ``lr(t)`` for ``t`` steps completed.
 
         No host-device synchronisation: the schedule is evaluated on the device."""
+        # torch's Optimizer wraps step() in a profiler record and its step hooks, which cost
+        # ~10 us a step on a loaded 2-core host (benchmarks/bench_host.py): that wrapper runs
+        # only while a hook is registered or a profiler records.
+        if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                or _global_optimizer_pre_hooks or _global_optimizer_post_hooks
+                or torch.autograd.profiler._is_profiler_enabled):
+            return self._hooked_step(closure)
+        return self._step(closure)
+
+    step.hooked = True          # torch's Optimizer.__init__ leaves a hooked step() unwrapped
+
+    def _step(self, closure):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         if torch.compiler.is_compiling():
-            self._compiled_step()
+            with torch.no_grad():
+                self._compiled_step()
             return loss
         if not self.state and initializing_for_dcp():
-            self.prepare_state(self._gather())  # DCP makes state, no step (checkpoint.py)
+            with torch.no_grad():
+                self.prepare_state(self._gather())  # DCP makes state, no step (checkpoint.py)
             return loss
-        description = self._describe()
-        if self._backend is None:
-            self._backend = backends.create(self.impl, self._device)
-        self._backend.step(description)
+        grad_enabled = torch.is_grad_enabled()      # no_grad, without its context object
+        torch._C._set_grad_enabled(False)
+        try:
+            description = self._describe()
+            if self._backend is None:
+                self._backend = backends.create(self.impl, self._device)
+            self._backend.step(description)
+        finally:
+            torch._C._set_grad_enabled(grad_enabled)
         return loss
+
+    _hooked_step = torch.optim.Optimizer.profile_hook_step(_step)
 
     def _compiled_step(self) -> None:
         """Under torch.compile: the step is one custom op (``op.py``), no Python bookkeeping
@@ -220,7 +244,10 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
         self._sync_counter()     # a checkpoint loaded behind our back (ZeRO): checkpoint.py
         grads = [p.grad for g in self.param_groups for p in g["params"]]
         self.group_rows()
-        key = (tuple(g is None for g in grads), self._rows_key)
+        # Which parameters have a gradient, in C-level loops (map, compress): at 148 tensors a
+        # generator expression here cost more than the whole Triton launcher's host work.
+        present = list(map(is_not, grads, repeat(None)))
+        key = (present, self._rows_key)
         d = self._description
         if d is None or key != self._description_key or (
                 d.wrappers is not None and not dtensor.current(d)):
@@ -235,7 +262,7 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
             d = self._description = self._build_description(work)
             self._description_key = key
         else:
-            d.grads = [g for g in grads if g is not None]
+            d.grads = grads if all(present) else list(compress(grads, present))
             if d.wrappers is not None:      # FSDP2: new DTensor gradients every step
                 d.grads = dtensor.local_grads(d.grads)
                 if self.impl != "triton" and not dtensor.grads_match(d):
@@ -283,10 +310,20 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
         """Each group's hyperparameters as the kernel's float64 row. Rebuilt only when an entry
         changes, judged from host facts alone (a tensor hyperparameter by its id and version),
         so reading the rows never synchronises."""
+        # Fast path, every step: the very same value objects as last time, none a tensor or a
+        # list (an immutable number or tuple that is the same object has the same value).
+        values = list(map(itemgetter(*self.row_keys), self.param_groups))
+        last = self.__dict__.get("_rows_values")
+        if last is not None and len(last) == len(values) and all(
+                map(is_, chain.from_iterable(values), chain.from_iterable(last))):
+            return self._rows
         key = tuple(tuple(_scalar_key(g[k]) for k in self.row_keys) for g in self.param_groups)
         if key != self._rows_key:
             self._rows = [self._group_row(g) for g in self.param_groups]
             self._rows_key = key
+        plain = not any(isinstance(x, (torch.Tensor, list)) for row in values for v in row
+                        for x in (v if isinstance(v, tuple) else (v,)))
+        self._rows_values = values if plain else None     # a tensor: its version decides
         return self._rows
 
     def _group_row(self, group: dict[str, Any]) -> list[float]:
@@ -511,7 +548,8 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
                 "_skipped": self._skipped, "hold_schedule_on_skip": self.hold_schedule_on_skip,
                 "master_weights": self.master_weights,
                 "_device": self._device, "_rows_key": None, "_rows": None,
-                "_description": None, "_description_key": None, "_backend": None,
+                "_rows_values": None, "_description": None, "_description_key": None,
+                "_backend": None,
                 "_impl": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
