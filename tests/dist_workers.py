@@ -287,23 +287,25 @@ def zero(impl, path):
 def dcp(setup, path):
     """torch.distributed.checkpoint: get_*_state_dict, dcp.save; in fresh objects
     get_*_state_dict (DCP steps a fresh optimizer to make its state), dcp.load,
-    set_*_state_dict. ``setup``: fsdp2 or ddp."""
+    set_*_state_dict. ``setup``: ddp, fsdp2, or fsdp2-flat (flatten_optimizer_state_dict)."""
     import torch.distributed.checkpoint as DCP
     from torch.distributed.checkpoint import state_dict as SD
     from torch.nn.parallel import DistributedDataParallel as DDP
+    options = SD.StateDictOptions(flatten_optimizer_state_dict=setup.endswith("-flat"))
 
     def make(impl):
-        model = shard(mlp()) if setup == "fsdp2" else DDP(mlp())
+        model = shard(mlp()) if setup.startswith("fsdp2") else DDP(mlp())
         return model, ours(model.parameters(), impl)
 
     def save(model, opt, path):
         DCP.save({"model": SD.get_model_state_dict(model),
-                  "optim": SD.get_optimizer_state_dict(model, opt)}, checkpoint_id=path)
+                  "optim": SD.get_optimizer_state_dict(model, opt, options=options)},
+                 checkpoint_id=path)
 
     def load(model, opt, path):
         before = [local(p) for p in model.parameters()]
         sd = {"model": SD.get_model_state_dict(model),
-              "optim": SD.get_optimizer_state_dict(model, opt)}
+              "optim": SD.get_optimizer_state_dict(model, opt, options=options)}
         # What DCP's state initialisation left: the counter, the weights, the step counts.
         fresh = {"t": int(opt.schedule_step),
                  "moved": any(not torch.equal(x, local(p))
@@ -312,11 +314,37 @@ def dcp(setup, path):
                  "states": len(opt.state)}
         DCP.load(sd, checkpoint_id=path)
         SD.set_model_state_dict(model, sd["model"])
-        SD.set_optimizer_state_dict(model, opt, sd["optim"])
+        SD.set_optimizer_state_dict(model, opt, sd["optim"], options=options)
         return {"fresh": fresh}
 
     return _resume(make, save, load, path)
 
 
+def full_state_dict(setup, path):
+    """FSDP2, full (unsharded) state dicts offloaded to the CPU: rank 0 saves them with
+    torch.save, every rank loads the file and hands it to set_*_state_dict, which shards it."""
+    from torch.distributed.checkpoint import state_dict as SD
+    options = SD.StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+    def make(impl):
+        model = shard(mlp())
+        return model, ours(model.parameters(), impl)
+
+    def save(model, opt, path):
+        sd = {"model": SD.get_model_state_dict(model, options=options),
+              "optim": SD.get_optimizer_state_dict(model, opt, options=options)}
+        if dist.get_rank() == 0:
+            torch.save(sd, path)
+
+    def load(model, opt, path):
+        sd = torch.load(path)
+        SD.set_model_state_dict(model, sd["model"], options=SD.StateDictOptions(
+            full_state_dict=True))
+        SD.set_optimizer_state_dict(model, opt, sd["optim"], options=SD.StateDictOptions(
+            full_state_dict=True))
+
+    return _resume(make, save, load, path)
+
+
 SCENARIOS = {"fsdp": fsdp_vs_torch, "ddp": ddp_vs_torch, "ddp_save": ddp_torch_save,
-             "zero": zero, "dcp": dcp}
+             "zero": zero, "dcp": dcp, "full": full_state_dict}

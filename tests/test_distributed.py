@@ -9,9 +9,12 @@
 * DDP with gradient_as_bucket_view, no_sync gradient accumulation and clip_grad_norm_: the same
   comparison.
 * The schedule counter survives torch.save in a DDP run, ZeroRedundancyOptimizer's
-  consolidate_state_dict / load_state_dict, and torch.distributed.checkpoint with and without
-  FSDP2: the run saved after 4 steps and resumed in fresh objects equals the uninterrupted run
-  bitwise, every state tensor included. DCP's state initialisation (a step at lr 0 of a fresh
+  consolidate_state_dict / load_state_dict, torch.distributed.checkpoint with and without
+  FSDP2 (also with flatten_optimizer_state_dict), and FSDP2's full state dicts (cpu_offload,
+  torch.save on rank 0): the run saved after 4 steps and resumed in fresh objects equals the
+  uninterrupted run bitwise, every state tensor included.
+* A shard FSDP2 reallocates mid-run (reset_sharded_param) makes a new description; otherwise
+  the whole run uses one. DCP's state initialisation (a step at lr 0 of a fresh
   optimizer) moves neither the counter nor the weights.
 """
 
@@ -24,7 +27,7 @@ FSDP = [f"fsdp:{impl}/{setup}" for impl in ("torch_fused", "reference")
         for setup in ("fp32", "bf16", "keep")] + ["fsdp:torch_fused/realloc"]
 DDP = ["ddp:torch_fused", "ddp:reference"]
 RESUME = ["ddp_save:torch_fused", "zero:torch_fused", "zero:reference", "dcp:ddp",
-          "dcp:fsdp2"]
+          "dcp:fsdp2", "dcp:fsdp2-flat", "full:fsdp2"]
 # Seconds for the whole module's workers; measured ~25 s on a loaded 2-core machine.
 TIMEOUT = 240
 TOL = dict(rtol=1e-5, atol=1e-7)

@@ -32,7 +32,6 @@ import torch
 
 from fused_lrs.schedules import Schedule, parse
 
-
 #: The parameter-group entry that carries the schedule counter (see above).
 COUNTER = "schedule_step"
 
