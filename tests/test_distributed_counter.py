@@ -127,3 +127,23 @@ def test_torch_keeps_the_group_counter_both_ways():
     back = make()
     back.load_state_dict(theirs.state_dict())       # no "fused_lrs" entry: torch drops it
     assert int(back.schedule_step) == K
+
+
+def _subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def test_torch_load_reads_every_schedule_spec(tmp_path):
+    """ZeRO's checkpoint holds ``schedule=`` itself (its groups are its keyword arguments):
+    torch.load's default weights_only=True must read every spec class."""
+    from test_optim_vs_torch import SCHEDULES
+
+    from fused_lrs.schedules import Schedule
+    allowed = set(torch.serialization.get_safe_globals())
+    assert set(_subclasses(Schedule)) <= allowed
+    specs = [spec for _, _, spec in SCHEDULES]
+    torch.save({"param_groups": [{"schedule": s} for s in specs]}, tmp_path / "zero.pt")
+    loaded = torch.load(tmp_path / "zero.pt")
+    assert [g["schedule"] for g in loaded["param_groups"]] == specs
