@@ -183,12 +183,19 @@ def fsdp_vs_torch(arg, _):
     SAVE_AT)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy
     impl, setup = arg.split("/")
-    options = {"fp32": {}, "realloc": {}, "keep": dict(reshard_after_forward=False),
+    options = {"fp32": {}, "realloc": {}, "sgd": {}, "keep": dict(reshard_after_forward=False),
                "bf16": dict(mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16,
                                                            reduce_dtype=torch.float32))}[setup]
     a, b = shard(mlp(), **options), shard(mlp(), **options)
-    opt_a = ours(a.parameters(), impl)
-    opt_b = torch.optim.AdamW(b.parameters(), lr=LR, weight_decay=WD, fused=True)
+    if setup == "sgd":       # momentum buffers as DTensors; the first update copies the grad
+        from fused_lrs.optim import FusedSGDScheduled
+        sgd = dict(lr=LR, momentum=0.9, weight_decay=WD)
+        opt_a = FusedSGDScheduled(a.parameters(), **sgd, schedule=spec(), impl=impl)
+        # (torch 2.13's fused SGD has no DTensor sharding rule: its foreach path instead)
+        opt_b = torch.optim.SGD(b.parameters(), **sgd, foreach=True)
+    else:
+        opt_a = ours(a.parameters(), impl)
+        opt_b = torch.optim.AdamW(b.parameters(), lr=LR, weight_decay=WD, fused=True)
     descriptions = []
 
     def before(model, opt):
@@ -201,7 +208,10 @@ def fsdp_vs_torch(arg, _):
     train(b, opt_b, torch_scheduler(opt_b), 0, STEPS, before=before(b, opt_b))
     # Descriptions ours built: the first step's, and one more after a reallocation.
     built = len({id(x) for x in descriptions[1:STEPS]} | {id(opt_a._description)})
-    return {"ours": snapshot(a, opt_a), "torch": snapshot(b, opt_b), "built": built,
+    mine = snapshot(a, opt_a)
+    if setup == "sgd":       # our SGD counts its updates (the first copies); torch's keeps none
+        mine["state"] = [{k: v for k, v in st.items() if k != "step"} for st in mine["state"]]
+    return {"ours": mine, "torch": snapshot(b, opt_b), "built": built,
             "t": int(opt_a.schedule_step), "described": opt_a._description.wrappers is not None}
 
 
