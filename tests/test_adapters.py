@@ -98,6 +98,7 @@ def transformers_trainer():
     package ``kernels`` (HF's hub kernels, installed beside transformers here), and
     transformers, finding that package's metadata, imports names our folder lacks."""
     transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")  # Trainer needs it (transformers[torch])
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ours = sys.modules.get("kernels")
     if ours is not None and os.path.dirname(os.path.abspath(ours.__file__)).startswith(root):
