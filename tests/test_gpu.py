@@ -152,10 +152,12 @@ def test_grad_scaler_step_never_synchronises():
 # ---------------------------------------------------------------- issue 11: GPU-ready checks
 
 def reference_pair(make, params, steps, grads_for):
-    """The kernel and the reference from the same parameters: returns both (params, opt)."""
+    """The kernel and the reference from the same parameters: returns both (params, opt).
+    ``params``: a list (cloned per run, in its own layout) or a function making fresh ones."""
     runs = []
     for impl in ("reference", "triton"):
-        ps = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        ps = [torch.nn.Parameter(p) for p in params()] if callable(params) else \
+            [torch.nn.Parameter(p.detach().clone()) for p in params]
         runs.append((ps, make(ps, impl)))
     for k in range(steps):
         grads = grads_for(k)
@@ -207,13 +209,16 @@ def test_multi_block_programs_on_10m_elements_match_the_reference(kind):
 
 
 def test_misaligned_and_channels_last_parameters_in_one_launch():
-    gen = torch.Generator(device="cuda").manual_seed(1)
-    conv = torch.randn(64, 32, 3, 3, device="cuda", generator=gen).to(
-        memory_format=torch.channels_last)
-    base = torch.randn(1_000_003, device="cuda", generator=gen)
-    params = [conv, base[1:], base[:-1].clone(), torch.randn(33, 17, device="cuda").t()]
-    params = [p.to(torch.bfloat16) if i == 0 else p for i, p in enumerate(params)]
-    assert params[1].data_ptr() % 16 != 0
+    def fresh():                                    # the same values, views and layouts
+        g = torch.Generator(device="cuda").manual_seed(1)
+        conv = torch.randn(64, 32, 3, 3, device="cuda", generator=g).to(torch.bfloat16).to(
+            memory_format=torch.channels_last)
+        base = torch.randn(1_000_003, device="cuda", generator=g)
+        return [conv, base[1:], base[:-1].clone(),
+                torch.randn(33, 17, device="cuda", generator=g).t()]
+
+    params = fresh()
+    gen = torch.Generator(device="cuda").manual_seed(2)
 
     def make(ps, impl):
         return FusedAdamWScheduled(ps, lr=1e-3, weight_decay=0.1, schedule=SCHEDULE, impl=impl)
@@ -221,8 +226,10 @@ def test_misaligned_and_channels_last_parameters_in_one_launch():
     def grads_for(k):
         return [torch.randn(p.shape, device="cuda", generator=gen).to(p.dtype) for p in params]
 
-    runs = reference_pair(make, params, 5, grads_for)
-    assert runs[1][0][0].is_contiguous(memory_format=torch.channels_last)
+    runs = reference_pair(make, fresh, 5, grads_for)
+    tri = runs[1][0]
+    assert tri[0].is_contiguous(memory_format=torch.channels_last) and not tri[3].is_contiguous()
+    assert tri[1].data_ptr() % 16 != 0 and tri[2].data_ptr() % 16 == 0
     assert_runs_match(runs)
 
 
@@ -338,10 +345,8 @@ def test_the_grid_follows_the_compiled_kernels_occupancy():
     opt = FusedAdamWScheduled([p], lr=1e-3)
     opt.step()
     backend = opt._backend
-    from fused_lrs.kernels import optim as K
-    cache = K.fused_step_kernel.device_caches[torch.cuda.current_device()][0]
-    compiled = next(iter(cache.values()))
-    compiled._init_handles()
+    compiled = backend.compiled
+    assert compiled.n_spills == 0
     assert backend.programs_per_sm == programs_per_sm(compiled.n_regs,
                                                       compiled.metadata.num_warps,
                                                       compiled.metadata.shared)

@@ -364,6 +364,7 @@ class TritonBackend:
             self.ticket, *scaler, self.n_tensors, self.n_programs, self.blocks_per_program,
             int(d.hold_on_skip), grid=(self.n_programs,), **constexprs)
         compiled._init_handles()
+        self.compiled = compiled          # (its n_regs, n_spills: tests and benchmarks read them)
         props = torch.cuda.get_device_properties(self.device)
         pps = programs_per_sm(
             compiled.n_regs, compiled.metadata.num_warps, compiled.metadata.shared,
