@@ -21,8 +21,12 @@
 
 import pytest
 import torch
+import torch.distributed as dist
 from conftest import assert_close
 from dist_workers import STEPS, WORLD, launch
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="needs torch.distributed with gloo")
 
 FSDP = [f"fsdp:{impl}/{setup}" for impl in ("torch_fused", "reference")
         for setup in ("fp32", "bf16", "keep")] + ["fsdp:torch_fused/realloc",

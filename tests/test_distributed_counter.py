@@ -14,7 +14,11 @@ import copy
 
 import pytest
 import torch
-from torch.distributed.checkpoint.state_dict import _init_optim_state
+
+if not torch.distributed.is_available():
+    pytest.skip("needs torch.distributed", allow_module_level=True)
+
+from torch.distributed.checkpoint.state_dict import _init_optim_state  # noqa: E402
 
 from fused_lrs.optim import FusedAdamWScheduled
 from fused_lrs.optim.checkpoint import COUNTER
