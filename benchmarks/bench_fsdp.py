@@ -23,6 +23,7 @@ lasts a round moves all providers). Ranks meet at a barrier between rounds.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -152,7 +153,11 @@ def main(argv=None) -> int:
         rows = [json.load(open(os.path.join(out, f"rank{r}.json"))) for r in range(WORLD)]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout
-    env = {"torch": torch.__version__, "python": platform.python_version(),
+    try:
+        triton = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        triton = None
+    env = {"torch": torch.__version__, "triton": triton, "python": platform.python_version(),
            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "commit": commit.strip()}
@@ -171,6 +176,7 @@ def main(argv=None) -> int:
               + f" {row['speedup_vs_best_torch']:>7.2f}x {q[0]:>5.2f}-{q[-1]:<5.2f} "
               f" {'met' if met else 'NOT met'}")
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"environment": env, "config": vars(args), "ranks": rows}, f, indent=1)
     return 0 if ok else 1
