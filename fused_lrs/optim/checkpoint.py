@@ -11,7 +11,8 @@ The schedule counter ``t`` travels in two places:
   * every parameter group, under ``"schedule_step"``, which those flows carry: DCP saves and
     loads group entries, and ZeRO copies each key of its local optimizer's live groups into its
     own groups after every step and back on ``load_state_dict``. So the live groups hold the
-    counter tensor itself (linked at the first step), and a step that finds another value
+    counter tensor itself (linked by ``__init__`` and ``add_param_group``; ``state_dict`` saves
+    a copy), and a step that finds another value
     there (ZeRO's load writes it there without calling our ``load_state_dict``) adopts it,
     with the states ZeRO put in place (``_sync_counter``).
 torch's optimizers keep unknown group entries as they are, so a checkpoint still loads into
