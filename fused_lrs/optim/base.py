@@ -246,7 +246,8 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
         self.group_rows()
         # Which parameters have a gradient, in C-level loops (map, compress): at 148 tensors a
         # generator expression here cost more than the whole Triton launcher's host work.
-        present = list(map(is_not, grads, repeat(None)))
+        present = (list(map(is_not, grads, repeat(None)))
+                   if any(map(is_, grads, repeat(None))) else None)      # None: all present
         key = (present, self._rows_key)
         d = self._description
         if d is None or key != self._description_key or (
@@ -262,7 +263,7 @@ class ScheduledOptimizer(Checkpoints, torch.optim.Optimizer):
             d = self._description = self._build_description(work)
             self._description_key = key
         else:
-            d.grads = grads if all(present) else list(compress(grads, present))
+            d.grads = grads if present is None else list(compress(grads, present))
             if d.wrappers is not None:      # FSDP2: new DTensor gradients every step
                 d.grads = dtensor.local_grads(d.grads)
                 if self.impl != "triton" and not dtensor.grads_match(d):
