@@ -247,6 +247,13 @@ def _resume(make, save, load, path, impl="torch_fused"):
             "t": int(inner.schedule_step), **(info or {})}
 
 
+def _load_saved(model, opt, path):
+    """Every rank loads what rank 0 saved with torch.save: model, then optimizer."""
+    saved = torch.load(path)
+    model.module.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optim"])
+
+
 def ddp_torch_save(impl, path):
     """DDP; rank 0 saves model and optimizer with torch.save; every rank loads."""
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -259,12 +266,7 @@ def ddp_torch_save(impl, path):
         if dist.get_rank() == 0:
             torch.save({"model": model.module.state_dict(), "optim": opt.state_dict()}, path)
 
-    def load(model, opt, path):
-        saved = torch.load(path)
-        model.module.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optim"])
-
-    return _resume(make, save, load, path, impl)
+    return _resume(make, save, _load_saved, path, impl)
 
 
 def zero(impl, path):
@@ -286,12 +288,7 @@ def zero(impl, path):
         if dist.get_rank() == 0:
             torch.save({"model": model.module.state_dict(), "optim": opt.state_dict()}, path)
 
-    def load(model, opt, path):
-        saved = torch.load(path)
-        model.module.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optim"])
-
-    return _resume(make, save, load, path, impl)
+    return _resume(make, save, _load_saved, path, impl)
 
 
 def dcp(setup, path):
