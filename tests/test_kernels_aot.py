@@ -54,6 +54,13 @@ MAX_REGISTERS = 128
 # for |x| > 2^20 or so, never by a schedule) are spilled by the call ABI (44 B of spill stores
 # measured). Cold code; schedule.py using cospi would remove the call.
 SPILLS_ALLOWED = {"adam-fp32-amsgrad": 64}
+# The spill budgets hold for the PTX of triton 3.5 and 3.6 (3.6: CI's pinned triton and the GPU
+# machines'). Later tritons keep the registers and bar.sync within budget but spill a few bytes
+# around that same cold call, inside its 48 B stack frame (measured 2026-12-05, sm_90): triton
+# 3.7.1 (ptxas 12.8) 4 B in adam-fp32, adam-bf16 and adam-bf16-master; triton 3.9.0 (ptxas 13.4)
+# 4 B in adam-fp32, 20 B in adam-bf16, 12 B in sgd-master-weights. There the bound is the call's.
+SPILL_BUDGET_TRITONS = ("3.5", "3.6")
+COLD_CALL_SPILLS = 64
 MAX_BAR_SYNC = 4
 
 
@@ -62,8 +69,18 @@ def ptxas_resources(ptx: str, arch: int) -> dict:
     import tempfile
 
     import triton
+    from triton.backends.nvidia.compiler import get_ptxas
 
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    # The assembler triton itself compiles with: from 3.9 the bundled bin/ptxas (CUDA 12.9,
+    # PTX 8.8) is the legacy one and refuses the PTX 9.4 that triton emits for sm_90; 3.5 takes
+    # no arch argument.
+    try:
+        tool = get_ptxas(arch)
+    except TypeError:
+        tool = get_ptxas()
+    ptxas = tool.path
+    release = re.search(r"release (\d+\.\d+)", subprocess.run(
+        [ptxas, "--version"], capture_output=True, text=True, check=True).stdout).group(1)
     target = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)      # sm_90a for sm_90
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.ptx")
@@ -74,7 +91,8 @@ def ptxas_resources(ptx: str, arch: int) -> dict:
                              capture_output=True, text=True, check=True).stderr
     return {"registers": int(re.search(r"Used (\d+) registers", out).group(1)),
             "spilled_bytes": sum(int(n) for n in re.findall(r"(\d+) bytes spill stores", out)),
-            "bar_sync": len(re.findall(r"\b(?:bar|barrier)\.sync", ptx)), "arch": arch}
+            "bar_sync": len(re.findall(r"\b(?:bar|barrier)\.sync", ptx)), "arch": arch,
+            "ptxas": release, "triton": triton.__version__}
 
 
 def compile_all() -> dict:
@@ -151,7 +169,10 @@ def test_the_step_kernel_is_lean_on_sm_90(report, variant):
     res = report[f"{variant}-sm_90-resources"]
     budget = REGISTER_BUDGET.get(variant, MAX_REGISTERS)
     assert res["registers"] <= budget, res
-    assert res["spilled_bytes"] <= SPILLS_ALLOWED.get(variant, 0), res
+    if res["triton"].startswith(SPILL_BUDGET_TRITONS):
+        assert res["spilled_bytes"] <= SPILLS_ALLOWED.get(variant, 0), res
+    else:
+        assert res["spilled_bytes"] <= COLD_CALL_SPILLS, res
     assert res["bar_sync"] <= MAX_BAR_SYNC, res
 
 
