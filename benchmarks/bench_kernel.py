@@ -65,7 +65,8 @@ def bench_case(name, rep_ms):
               "copy_gbps": nbytes / copy_ms / 1e6, "pct_of_copy": 100 * copy_ms / step_ms,
               "programs": backend.n_programs, "blocks_per_program": backend.blocks_per_program,
               "programs_per_sm": backend.programs_per_sm}
-    del opt, params, src, dst, backend
+    del opt, params, backend
+    src = dst = None        # the lambda above holds them; free before empty_cache
     torch.cuda.empty_cache()
     return result
 

@@ -13,8 +13,8 @@ if not _os.path.isdir(_os.path.join(__path__[0], "kernels")) and _os.path.isfile
 __version__ = "0.1.0"
 
 from fused_lrs import schedules  # noqa: E402
-from fused_lrs.optim import FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled  # noqa: E402
 from fused_lrs.migrate import from_torch  # noqa: E402
+from fused_lrs.optim import FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled  # noqa: E402
 
 __all__ = ["schedules", "FusedAdamScheduled", "FusedAdamWScheduled", "FusedSGDScheduled",
            "from_torch"]

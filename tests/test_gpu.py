@@ -276,7 +276,7 @@ def test_two_optimizers_on_two_streams_and_one_optimizer_moving_streams():
         runs[impl] = (a, b, FusedAdamWScheduled(a, lr=1e-3, schedule=SCHEDULE, impl=impl),
                       FusedSGDScheduled(b, lr=0.1, momentum=0.9, impl=impl))
     s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
-    for k in range(4):
+    for _ in range(4):
         ga = [torch.randn(p.shape, device="cuda", generator=gen) for p in pa]
         gb = [torch.randn(p.shape, device="cuda", generator=gen) for p in pb]
         for impl, (a, b, opt_a, opt_b) in runs.items():
@@ -303,7 +303,7 @@ def test_two_optimizers_on_two_streams_and_one_optimizer_moving_streams():
         for p, g in zip(ref_a, gs):
             p.grad = g.clone()
         ref_opt.step()
-    for impl, (a, b, opt_a, _) in list(runs.items())[1:]:
+    for _impl, (a, _b, opt_a, _) in list(runs.items())[1:]:
         torch.cuda.synchronize()
         with torch.cuda.stream(s1):
             for p, g in zip(a, g1):

@@ -192,10 +192,10 @@ FIXED = {
     "every-sequential": every(sequential([linear(0.1, 1.0, 3), cosine(10)], [3]), 3),
     "sequential-every": sequential([every(cosine(10), 5), one_cycle(0.1, 30)], [40]),
     "warmup-every": warmup(every(cosine(20), 3), 7),
-    "warmup-plateau": warmup(plateau(), 7),
+    "warmup-plateau": warmup(plateau(), 7),   # a fresh plateau: scale 1 (reports: test_plateau)
     "warmup-not-prefix": warmup(cosine(40, 0.01), 10, 0.1, prefix=False),  # timm's default
     "warmup-not-prefix-sequential": warmup(sequential([step(5), cosine(30)], [12]), 8,
-                                           prefix=False),  # a fresh plateau: scale 1 (reports: test_plateau)
+                                           prefix=False),
 }
 
 

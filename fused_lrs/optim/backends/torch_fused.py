@@ -170,6 +170,7 @@ class TorchFusedBackend:
         for index, is_first in parts:
             if not index:
                 continue
-            pick = (lambda xs: [xs[j] for j in index]) if len(parts) > 1 else (lambda xs: xs)
+            pick = ((lambda xs, index=index: [xs[j] for j in index]) if len(parts) > 1
+                    else (lambda xs: xs))
             torch._fused_sgd_(pick(b.weights), pick(grads), *(pick(s) for s in b.states),
                               lr=lr, is_first_step=is_first, **b.kwargs, **amp)
