@@ -31,6 +31,10 @@ from fused_lrs.schedules import (
     torch_position,
 )
 
+# These tests convert the lr alone; the warning that the cycled momentum stays behind is
+# itself tested in test_migrate.py.
+pytestmark = pytest.mark.filterwarnings("ignore:from_torch.*cycles the momentum:UserWarning")
+
 BASE = 0.1
 STEPS = 60
 SETTINGS = settings(max_examples=20, deadline=None, derandomize=True, database=None)
