@@ -20,6 +20,8 @@ torch optimizer, assigning ``opt.state[p][...]`` by hand is not supported after 
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from itertools import chain, compress, repeat
 from operator import is_, is_not, itemgetter
 from typing import Any, ClassVar
@@ -30,11 +32,14 @@ from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimize
 from fused_lrs.optim import backends, dtensor
 from fused_lrs.optim.backends import IMPLS
 from fused_lrs.optim.checkpoint import Checkpoints, initializing_for_dcp
+from fused_lrs.optim.op import forget as forget_owner
 from fused_lrs.optim.op import step as step_op
 from fused_lrs.optim.scheduling import Scheduling
 from fused_lrs.optim.step import STATE_KEYS, StepDescription, to_flat
 from fused_lrs.schedules import Schedule, constant
 from fused_lrs.schedules.base import check_schedule
+
+_OWNERS = itertools.count(1)
 
 
 def _scalar_key(value):
@@ -92,6 +97,7 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
         self._link_counter()     # each group carries t, for DCP and ZeRO (checkpoint.py)
         self._skipped = torch.zeros((), dtype=torch.float32, device=self._device)
         self.hold_schedule_on_skip = bool(hold_schedule_on_skip)
+        self._draw_owner()
         self.master_weights = bool(master_weights)
         self._rows_key, self._rows = None, None
         name = type(self).__name__
@@ -226,11 +232,12 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
         nothing but the tensors). State must exist already: ``init_state()``, or one eager
         step."""
         work = self._gather()
-        if any("step" not in self.state[p] for params in work for p in params):
+        # .get: a lookup in the state defaultdict would insert {} for the refused parameter.
+        if any("step" not in self.state.get(p, ()) for params in work for p in params):
             raise RuntimeError(f"{type(self).__name__}: some parameters have no optimizer state "
                                "yet; call opt.init_state() (or take one eager step) before "
                                "torch.compile or CUDA-graph capture")
-        step_op(**to_flat(self._build_description(work)), impl=self.impl)
+        step_op(**to_flat(self._build_description(work)), impl=self.impl, owner=self._owner)
 
     def _describe(self) -> StepDescription:
         """The description of this step: the cached one with this step's gradients, or, when
@@ -244,7 +251,9 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
         # generator expression here cost more than the whole Triton launcher's host work.
         present = (list(map(is_not, grads, repeat(None)))
                    if any(map(is_, grads, repeat(None))) else None)      # None: all present
-        key = (present, self._rows_key)
+        # The state dict's identity and size too: opt.state.clear() (or a new dict) resets the
+        # moments in torch, and must here, not leave the cached description on the old tensors.
+        key = (present, self._rows_key, id(self.state), len(self.state))
         d = self._description
         if d is None or key != self._description_key or (
                 d.wrappers is not None and not dtensor.current(d)):
@@ -253,11 +262,12 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
             backend = backends.BACKENDS[self.impl]
             name = type(self).__name__
             for p in (p for params in work for p in params):
-                backend.check(backend, name, p, p.grad, self.state[p])
-                dtensor.check(name, p, p.grad, self.state[p])
+                state = self.state.get(p, {})       # no {} inserted for a refused one
+                backend.check(backend, name, p, p.grad, state)
+                dtensor.check(name, p, p.grad, state)
             self.prepare_state(work)
             d = self._description = self._build_description(work)
-            self._description_key = key
+            self._description_key = (present, self._rows_key, id(self.state), len(self.state))
         else:
             d.grads = grads if present is None else list(compress(grads, present))
             if d.wrappers is not None:      # FSDP2: new DTensor gradients every step
@@ -266,9 +276,10 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
                     self.check_gradients(d.wrappers)
             elif self.impl != "triton":
                 # What torch's kernels or the reference would trip on, refused before any
-                # write. (The Triton backend checks a gradient when its address is new.)
+                # write. (The Triton backend checks gradients whose addresses are new.)
                 self.check_gradients(d.params)
         d.grad_scale, d.found_inf = self._amp_tensors()
+        d.hold_on_skip = self.hold_schedule_on_skip   # a plain attribute: may change any step
         return d
 
     def _build_description(self, work) -> StepDescription:
@@ -390,9 +401,16 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         # As torch's Adam and SGD do: a group saved before an option existed gets its default.
         super().__setstate__(state)
+        self._draw_owner()                 # a copy is another optimizer: its own backends
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
+
+    def _draw_owner(self) -> None:
+        """The number that names this optimizer to the compiled step's op (``op.py`` keeps
+        one backend per number), released with its backends when the optimizer is collected."""
+        self._owner = next(_OWNERS)
+        weakref.finalize(self, forget_owner, self._owner)
 
     def _wants_master(self, p: torch.Tensor) -> bool:
         """Whether ``p`` keeps an fp32 master copy and fp32 states."""

@@ -195,7 +195,10 @@ class Checkpoints:
         master weights, fp32 states and a master (from the parameter, when the checkpoint has
         none, e.g. one saved by torch)."""
         if "step" in state:
-            state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(p.device)
+            # A copy: a checkpoint taken from a live optimizer holds its step tensors, which a
+            # backend may re-point (torch_fused's one-buffer counts); never share them.
+            state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(
+                p.device, copy=True)
         if self._wants_master(p):
             for k, v in state.items():
                 if k != "step" and isinstance(v, torch.Tensor):
@@ -300,4 +303,7 @@ class Checkpoints:
                              ) from None
         if t < 0:
             raise ValueError(f"{name}: the checkpoint's schedule counter is negative ({t})")
+        # What the schedule setter would refuse (per-group values for another group count, a
+        # plateau outside the lr schedule), refused here, before anything is loaded.
+        self._check_schedules(schedules)
         return schedules, t

@@ -31,17 +31,18 @@ def step(params: list[Tensor], grads: list[Tensor], state1: list[Tensor], state2
          state3: list[Tensor], steps: list[Tensor], masters: list[Tensor], presence: list[int],
          group_of: list[int], groups: list[float], schedule: str, algorithm: str, table: Tensor,
          t: Tensor, skipped: Tensor, grad_scale: Tensor | None, found_inf: Tensor | None,
-         hold_on_skip: bool, impl: str) -> None:
+         hold_on_skip: bool, impl: str, owner: int) -> None:
     schedules = tuple(_spec(text) if text else None for text in schedule.split("\n"))
     description = from_flat(params, grads, state1, state2, state3, steps, masters, presence,
                             group_of, groups, schedules, algorithm, table, t, skipped,
                             grad_scale, found_inf, hold_on_skip)
-    backend_for(impl, t).step(description)
+    backend_for(impl, t.device, owner).step(description)
 
 
 @step.register_fake
 def _(params, grads, state1, state2, state3, steps, masters, presence, group_of, groups,
-      schedule, algorithm, table, t, skipped, grad_scale, found_inf, hold_on_skip, impl) -> None:
+      schedule, algorithm, table, t, skipped, grad_scale, found_inf, hold_on_skip, impl,
+      owner) -> None:
     return None
 
 
@@ -51,14 +52,23 @@ def _spec(schedule: str):
     return parse(schedule)
 
 
-# One backend object per schedule counter: the counter's address names the optimizer the op was
-# called for. A backend only caches, and checks on every call that its caches still describe the
-# tensors it is given, so a stale entry can cost a rebuild, never a wrong step.
+# One backend object per optimizer (``owner``: a number the optimizer draws at construction and
+# drops, with its backend, when it is collected). Not keyed by a tensor's address: under
+# functionalization (aot_eager) the op receives clones, whose addresses change every call, and a
+# backend holds its last step's tensors. A backend only caches, and checks on every call that its
+# caches still describe the tensors it is given, so a rebuild is the worst a change can cost.
 _BACKENDS: dict[tuple[str, str, int], object] = {}
 
 
-def backend_for(impl: str, t: Tensor):
-    key = (impl, str(t.device), t.data_ptr())
-    if key not in _BACKENDS:
-        _BACKENDS[key] = backends.create(impl, t.device)
-    return _BACKENDS[key]
+def backend_for(impl: str, device: torch.device, owner: int):
+    key = (impl, str(device), owner)
+    backend = _BACKENDS.get(key)
+    if backend is None:
+        backend = _BACKENDS[key] = backends.create(impl, device)
+    return backend
+
+
+def forget(owner: int) -> None:
+    """Drop ``owner``'s backends (its optimizer was collected): they hold its tensors."""
+    for key in [k for k in _BACKENDS if k[2] == owner]:
+        del _BACKENDS[key]

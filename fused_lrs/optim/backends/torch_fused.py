@@ -24,6 +24,7 @@ rounded to nearest even, into the parameter: the apex recipe, in three foreach c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 
 import torch
 
@@ -32,6 +33,7 @@ from fused_lrs.optim.step import ADAM, SGD, StepDescription
 from fused_lrs.schedules.base import group_values
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_DTYPE = attrgetter("dtype")
 
 
 @dataclass
@@ -66,7 +68,7 @@ class TorchFusedBackend:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self._desc, self._key = None, None
+        self._desc, self._key, self._dtypes = None, None, None
         self._buckets: list[_Bucket] = []
         self._bases = None
 
@@ -91,6 +93,21 @@ class TorchFusedBackend:
 
     def check(self, name, p, grad, state) -> None:
         pass
+
+    @staticmethod
+    def _check_dtypes(d: StepDescription) -> None:
+        """torch's kernels want every state in the dtype of what they update (the parameter, or
+        its fp32 master); a model cast after the optimizer was built breaks that, and their
+        own error ("expected scalar type BFloat16 but found Float") would come after earlier
+        buckets were updated."""
+        for i, p in enumerate(d.params):
+            want = torch.float32 if d.masters[i] is not None else p.dtype
+            for x in (*(col[i] for col in d.states), d.masters[i]):
+                if x is not None and x.dtype != want:
+                    raise TypeError(
+                        f"fused_lrs::step: parameter {i} is {p.dtype} but its optimizer state "
+                        f"is {x.dtype}; was the model cast after the optimizer was built? Build "
+                        "the optimizer after casting (or load a checkpoint into a new one)")
 
     def _plan(self, d: StepDescription) -> None:
         """Bucket the description's tensors (once per description: the optimizer rebuilds it
@@ -127,16 +144,21 @@ class TorchFusedBackend:
             self._kernel = {True: torch._fused_adamw_, False: torch._fused_adam_}
 
     def step(self, d: StepDescription) -> None:
+        if d is self._desc and list(map(_DTYPE, d.params)) != self._dtypes:
+            self._desc = None      # a parameter was recast (p.data = ...): plan again, or refuse
         if d is not self._desc:
             # A new description: the optimizer's after a change, or the custom op's (one per
             # call). Plan again only if it holds other tensors or numbers; the plan holds the
             # tensors, so their ids cannot be reused while it lives.
             key = (tuple(map(id, (*d.params, *d.steps, *d.masters, *(x for c in d.states
                                                                      for x in c)))),
-                   tuple(map(tuple, d.rows)), tuple(d.group_of), d.algorithm)
+                   tuple(map(tuple, d.rows)), tuple(d.group_of), d.algorithm,
+                   tuple(map(_DTYPE, d.params)))
             if key != self._key:
+                self._check_dtypes(d)          # before any write, so a refusal changes nothing
                 self._plan(d)
                 self._key = key
+                self._dtypes = list(key[-1])
             self._desc = d
         lrs = group_values(d.schedules[0], d.t, self._bases, d.table).unbind()
         amp = dict(grad_scale=d.grad_scale, found_inf=d.found_inf)

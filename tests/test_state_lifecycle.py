@@ -1,0 +1,155 @@
+"""What happens to an optimizer's state between steps: cleared, recast, reloaded, copied,
+compiled and collected. Each case came from a review that reproduced a defect; each test fails
+without its fix.
+"""
+
+import gc
+import weakref
+
+import pytest
+import torch
+from conftest import KERNEL_DEVICE, assert_close
+
+from fused_lrs import FusedAdamWScheduled, FusedSGDScheduled
+from fused_lrs.optim import op
+from fused_lrs.schedules import cosine, plateau
+
+CPU_IMPLS = ["torch_fused", "reference"]
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_state_clear_resets_the_moments_as_in_torch(impl):
+    p = torch.nn.Parameter(torch.randn(8))
+    q = torch.nn.Parameter(p.detach().clone())
+    ours = FusedAdamWScheduled([p], lr=0.1, impl=impl)
+    theirs = torch.optim.AdamW([q], lr=0.1)
+    gen = torch.Generator().manual_seed(0)
+    for k in range(4):
+        g = torch.randn(8, generator=gen)
+        p.grad, q.grad = g.clone(), g.clone()
+        ours.step()
+        theirs.step()
+        if k == 1:
+            ours.state.clear()
+            theirs.state.clear()
+    assert_close(p, q, rtol=1e-5, atol=1e-7, what="params")
+    for key in ("step", "exp_avg", "exp_avg_sq"):
+        assert_close(ours.state[p][key], theirs.state[q][key], rtol=1e-5, atol=1e-7, what=key)
+    assert set(ours.state_dict()["state"]) == {0}
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_hold_schedule_on_skip_may_change_after_the_first_step(impl):
+    p = torch.nn.Parameter(torch.randn(8))
+    opt = FusedAdamWScheduled([p], lr=0.1, impl=impl)
+    p.grad = torch.randn(8)
+    opt.step()
+    opt.hold_schedule_on_skip = True
+    opt.grad_scale, opt.found_inf = None, torch.ones(())     # what GradScaler hands over
+    opt.step()
+    assert int(opt.schedule_step) == 1                       # held: the skip did not count
+
+
+def test_a_refused_compiled_step_inserts_no_empty_state():
+    p = torch.nn.Parameter(torch.randn(4))
+    opt = FusedAdamWScheduled([p], lr=0.1)
+    p.grad = torch.randn(4)
+    with pytest.raises(RuntimeError, match="no optimizer state"):
+        torch.compile(opt.step, fullgraph=True, backend="eager")()
+    assert len(opt.state) == 0
+    opt.load_state_dict(opt.state_dict())                    # its own checkpoint still loads
+
+
+def test_torch_fused_refuses_a_model_cast_after_build_and_changes_nothing():
+    a, b = torch.nn.Parameter(torch.randn(8)), torch.nn.Parameter(torch.randn(8))
+    opt = FusedAdamWScheduled([{"params": [a]}, {"params": [b]}], lr=0.1, impl="torch_fused")
+    a.grad, b.grad = torch.randn(8), torch.randn(8)
+    opt.step()
+    for p in (a, b):
+        p.data = p.data.bfloat16()
+        p.grad = torch.randn(8, dtype=torch.bfloat16)
+    before = (a.detach().clone(), b.detach().clone(), opt.state[a]["step"].item(),
+              opt.state[b]["step"].item(), int(opt.schedule_step))
+    with pytest.raises(TypeError, match="was the model cast after the optimizer was built"):
+        opt.step()
+    after = (a.detach(), b.detach(), opt.state[a]["step"].item(), opt.state[b]["step"].item(),
+             int(opt.schedule_step))
+    assert torch.equal(after[0], before[0]) and torch.equal(after[1], before[1])
+    assert after[2:] == before[2:]
+
+
+def test_a_checkpoint_with_an_invalid_schedule_changes_nothing():
+    p = torch.nn.Parameter(torch.randn(4))
+    opt = FusedAdamWScheduled([p], lr=0.1, schedule=cosine(10))
+    p.grad = torch.randn(4)
+    saved = opt.state_dict()
+    saved["fused_lrs"] = {**saved["fused_lrs"], "momentum_schedule": repr(plateau())}
+    saved["param_groups"][0]["lr"] = 0.5
+    opt.step()
+    before = (opt.param_groups[0]["lr"], {k: v.clone() for k, v in opt.state[p].items()},
+              opt.momentum_schedule, int(opt.schedule_step))
+    with pytest.raises(ValueError, match="momentum_schedule holds a plateau"):
+        opt.load_state_dict(saved)
+    assert opt.param_groups[0]["lr"] == before[0] and opt.momentum_schedule is None
+    assert all(torch.equal(opt.state[p][k], v) for k, v in before[1].items())
+    assert int(opt.schedule_step) == before[3]
+
+
+def test_loaded_step_counts_are_copies_not_the_source_optimizers():
+    # B loads A's live state_dict; A's counts must keep advancing (torch_fused re-points the
+    # step tensors it plans with into one buffer).
+    a = torch.nn.Parameter(torch.randn(4))
+    b = torch.nn.Parameter(a.detach().clone())
+    opt_a = FusedAdamWScheduled([a], lr=0.1)
+    a.grad = torch.randn(4)
+    opt_a.step()
+    opt_b = FusedAdamWScheduled([b], lr=0.1)
+    opt_b.load_state_dict(opt_a.state_dict())
+    assert opt_b.state[b]["step"] is not opt_a.state[a]["step"]
+    b.grad = torch.randn(4)
+    opt_b.step()
+    opt_a.step()
+    opt_a.step()
+    assert opt_a.state[a]["step"].item() == 3 and opt_b.state[b]["step"].item() == 2
+
+
+def test_compiled_steps_keep_one_backend_per_optimizer_and_free_it():
+    # aot_eager hands the op clones, whose addresses change every call: one backend per
+    # optimizer, released with it, not one per call kept forever.
+    refs = []
+    for _ in range(2):
+        p = torch.nn.Parameter(torch.randn(64))
+        opt = FusedAdamWScheduled([p], lr=0.1)
+        opt.init_state()
+        owner = opt._owner
+
+        @torch.compile(fullgraph=True, backend="aot_eager")
+        def step(opt=opt):
+            opt.step()
+        for _ in range(4):
+            p.grad = torch.randn(64)
+            step()
+        assert [k for k in op._BACKENDS if k[2] == owner] == [("torch_fused", "cpu", owner)]
+        refs.append(weakref.ref(p))
+        del opt, step, p
+        torch._dynamo.reset()
+        gc.collect()
+        assert not [k for k in op._BACKENDS if k[2] == owner]
+    assert all(r() is None for r in refs)
+
+
+def test_the_kernel_refuses_a_new_gradient_of_another_dtype_or_layout():
+    # New gradient addresses on an otherwise unchanged step (zero_grad(set_to_none=True)):
+    # their dtype and strides are checked, not only their addresses.
+    p = torch.nn.Parameter(torch.arange(6.0, device=KERNEL_DEVICE).reshape(2, 3))
+    opt = FusedSGDScheduled([p], lr=1.0, impl="triton")
+    p.grad = torch.ones_like(p)
+    opt.step()
+    before, t = p.detach().clone(), int(opt.schedule_step)
+    p.grad = torch.arange(6.0, device=KERNEL_DEVICE).reshape(3, 2).t()   # transposed strides
+    with pytest.raises(ValueError, match="in the parameter's layout"):
+        opt.step()
+    assert torch.equal(p.detach(), before) and int(opt.schedule_step) == t
+    p.grad = torch.ones_like(p)
+    opt.step()                                              # a good gradient steps again
+    assert_close(p, before - 1.0, rtol=0, atol=0, what="param")
