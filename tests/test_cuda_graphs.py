@@ -213,3 +213,17 @@ def test_found_inf_toggling_across_replays():
         ref.step()
         assert bool(opt.last_step_skipped) == (k % 3 == 1)
     assert_same(opt, ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.gpu
+def test_capturing_a_step_that_would_create_state_is_refused():
+    # State made inside a capture is only recorded: every replay would zero it again.
+    p = torch.nn.Parameter(torch.randn(1024, device="cuda"))
+    opt = FusedAdamWScheduled([p], lr=1e-3)
+    p.grad = torch.randn_like(p)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="no optimizer state"):
+        with torch.cuda.graph(graph):
+            opt.step()
+    assert len(opt.state) == 0

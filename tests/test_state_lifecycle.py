@@ -153,3 +153,18 @@ def test_the_kernel_refuses_a_new_gradient_of_another_dtype_or_layout():
     p.grad = torch.ones_like(p)
     opt.step()                                              # a good gradient steps again
     assert_close(p, before - 1.0, rtol=0, atol=0, what="param")
+
+
+def test_a_new_backend_refuses_to_be_captured_before_an_eager_step(monkeypatch):
+    from fused_lrs.optim.backends.triton import TritonBackend
+
+    p = torch.nn.Parameter(torch.randn(64, device=KERNEL_DEVICE))
+    opt = FusedSGDScheduled([p], lr=0.1, impl="triton")
+    p.grad = torch.randn_like(p)
+    opt.step()
+    opt.set_schedule(cosine(10))            # a new backend at the next step
+    monkeypatch.setattr(TritonBackend, "_capturing", lambda self: True)
+    before, t = p.detach().clone(), int(opt.schedule_step)
+    with pytest.raises(RuntimeError, match="take one eager step"):
+        opt.step()
+    assert torch.equal(p.detach(), before) and int(opt.schedule_step) == t

@@ -258,6 +258,7 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
         if d is None or key != self._description_key or (
                 d.wrappers is not None and not dtensor.current(d)):
             work = self._gather()
+            self._refuse_capture_without_state(work)
             self.check_gradients([p for ps in work for p in ps])
             backend = backends.BACKENDS[self.impl]
             name = type(self).__name__
@@ -281,6 +282,16 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
         d.grad_scale, d.found_inf = self._amp_tensors()
         d.hold_on_skip = self.hold_schedule_on_skip   # a plain attribute: may change any step
         return d
+
+    def _refuse_capture_without_state(self, work) -> None:
+        """State created during a CUDA-graph capture is only recorded: every replay would zero
+        the moments and step counts again. (A rebuild is rare, so the query costs nothing.)"""
+        if (self._device is not None and self._device.type == "cuda"
+                and torch.cuda.is_current_stream_capturing()
+                and any("step" not in self.state.get(p, ()) for ps in work for p in ps)):
+            raise RuntimeError(f"{type(self).__name__}: some parameters have no optimizer state "
+                               "yet; call opt.init_state() (or take one eager step) before "
+                               "CUDA-graph capture")
 
     def _build_description(self, work) -> StepDescription:
         """A description of a step over ``work``, the parameters with a gradient per group."""

@@ -113,7 +113,12 @@ class Scheduling:
             if metric.numel() != 1:
                 raise ValueError(f"{name}.report: metric must hold one value, got a tensor of "
                                  f"shape {tuple(metric.shape)}")
-            metric = metric.detach().reshape(()).to(device=device, dtype=torch.float64)
+            if metric.device.type == "cpu" and device.type != "cpu":
+                # A CPU value is read on the host (no device sync) and filled on the device:
+                # copying a pageable CPU tensor to the GPU would synchronise.
+                metric = torch.full((), float(metric), dtype=torch.float64, device=device)
+            else:
+                metric = metric.detach().reshape(()).to(device=device, dtype=torch.float64)
         elif isinstance(metric, (int, float)) or hasattr(metric, "__float__"):
             metric = torch.full((), float(metric), dtype=torch.float64, device=device)
         else:

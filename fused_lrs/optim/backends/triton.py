@@ -144,6 +144,7 @@ class TritonBackend:
         self._grad_addrs: list[int] | None = None
         self._param_addrs: list[int] | None = None
         self._grad_layout: tuple | None = None   # gradient dtypes and strides, as checked
+        self._launched = False         # an eager launch has run: tables and ticket are real
         self._packer = struct.Struct("0q")    # packs the gradient addresses, one int64 each
         self.ticket = torch.zeros((), dtype=torch.int32, device=self.device)
         self.captured = False          # the current tables are held by a captured graph
@@ -186,6 +187,13 @@ class TritonBackend:
             with torch.cuda.device(self.device):
                 return self.step(d)
         capturing = self._capturing()
+        if capturing and not self._launched:
+            # A new backend (after set_schedule, load_state_dict, add_param_group) allocates
+            # its ticket and tables with kernels that a capture only records: the graph would
+            # start from uninitialised memory. One eager step first builds and sizes them.
+            raise RuntimeError("fused_lrs: the first step after set_schedule, load_state_dict "
+                               "or add_param_group is being captured; take one eager step "
+                               "(on a side stream, as for warm-up) before capturing")
         if self.cuda and not capturing:
             # Before any upload: an upload on this stream must not overtake the last launch's
             # reads of the same tables on another stream.
@@ -221,6 +229,7 @@ class TritonBackend:
                 self._recorded_uploads = False
             return
         self._launch(d)
+        self._launched = True
 
     def _capturing(self) -> bool:
         return self.cuda and torch.cuda.is_current_stream_capturing()
