@@ -38,6 +38,15 @@ def params_of(opt):
     return [p for g in opt.param_groups for p in g["params"]]
 
 
+def resumed_from(opt):
+    """A fresh optimizer whose parameters hold ``opt``'s (the model half of a checkpoint)."""
+    resumed = make()
+    with torch.no_grad():
+        for p, q in zip(params_of(resumed), params_of(opt)):
+            p.copy_(q)
+    return resumed
+
+
 def train(opt, start, stop):
     for k in range(start, stop):
         for i, p in enumerate(params_of(opt)):
@@ -73,10 +82,7 @@ def test_a_checkpoint_of_state_and_groups_alone_restores_the_counter():
     sd = copy.deepcopy(opt.state_dict())
     del sd["fused_lrs"]                             # what DCP keeps
     assert all(int(g[COUNTER]) == K for g in sd["param_groups"])
-    resumed = make()
-    with torch.no_grad():
-        for p, q in zip(params_of(resumed), params_of(opt)):
-            p.copy_(q)
+    resumed = resumed_from(opt)
     resumed.load_state_dict(sd)
     assert all(g[COUNTER] is resumed.schedule_step for g in resumed.param_groups)
     train(resumed, K, N)
@@ -88,11 +94,8 @@ def test_zero_style_load_is_adopted_at_the_next_step():
     opt, uninterrupted = make(), make()
     train(opt, 0, K)
     sd = copy.deepcopy(opt.state_dict())
-    resumed = make()
+    resumed = resumed_from(opt)
     ours = params_of(resumed)
-    with torch.no_grad():
-        for p, q in zip(ours, params_of(opt)):
-            p.copy_(q)
     # ZeroRedundancyOptimizer.load_state_dict: state copied in (0-dim tensors moved to the CPU),
     # then every group entry but "params" synced into the local optimizer's groups.
     for i, state in sd["state"].items():
