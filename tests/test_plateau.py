@@ -226,6 +226,72 @@ def test_bad_plateau_checkpoint_changes_nothing():
         opt.load_state_dict(bad)
 
 
+def _resume(load):
+    """Six steps and reports on ``a``; ``b`` (same parameters) gets a's checkpoint through
+    ``load(b, saved)``; then both go on for the rest of the metrics. Returns (a, b, params)."""
+    config, metrics = NAMED["min"]
+    spec = S.plateau(**config)
+    a_params, b_params = params(), params()
+    a = FusedSGDScheduled(groups(a_params), momentum=0.9, schedule=spec)
+    for k, m in enumerate(metrics[:6]):
+        for p in a_params:
+            p.grad = grad(k, p)
+        a.step()
+        a.report(m)
+    saved = copy.deepcopy(a.state_dict())
+    with torch.no_grad():
+        for p, q in zip(a_params, b_params):
+            q.copy_(p)
+    b = FusedSGDScheduled(groups(b_params), momentum=0.9, schedule=spec)
+    load(b, saved)
+    for k, m in enumerate(metrics[6:], start=6):
+        for x, y in zip(a_params, b_params):
+            x.grad, y.grad = grad(k, x), grad(k, y)
+        a.step()
+        b.step()
+        a.report(m)
+        b.report(m)
+    return a, b, a_params, b_params
+
+
+def _dcp_load(opt, saved):
+    # torch.distributed.checkpoint keeps only "state" and "param_groups"
+    opt.load_state_dict({k: v for k, v in saved.items() if k != "fused_lrs"})
+
+
+def _zero_load(opt, saved):
+    # ZeroRedundancyOptimizer.load_state_dict: states and group entries written in directly
+    ours = [p for g in opt.param_groups for p in g["params"]]
+    for i, state in saved["state"].items():
+        opt.state[ours[i]] = {k: v.clone() for k, v in state.items()}
+    for group, entry in zip(opt.param_groups, saved["param_groups"]):
+        group.update({k: v for k, v in entry.items() if k != "params"})
+
+
+@pytest.mark.parametrize("load", [_dcp_load, _zero_load], ids=["dcp", "zero"])
+def test_the_groups_carry_the_plateau_where_dcp_and_zero_keep_them(load):
+    a, b, a_params, b_params = _resume(load)
+    assert a._plateau.tolist() != [math.inf, 0.0, 0.0, 0.0]       # it did move
+    assert torch.equal(b._plateau, a._plateau) and torch.equal(b._table, a._table)
+    for p, q in zip(a_params, b_params):
+        assert torch.equal(p, q)
+
+
+def test_a_bad_plateau_entry_in_the_groups_changes_nothing():
+    opt = FusedSGDScheduled(groups(params()), schedule=S.plateau())
+    opt.report(1.0)
+    good = opt.state_dict()
+    before = (opt._table.clone(), opt._plateau.clone(), opt.param_groups[0]["lr"])
+    bad = copy.deepcopy(good)
+    del bad["fused_lrs"]
+    bad["param_groups"][1]["plateau_scale"] = torch.ones(2)
+    bad["param_groups"][0]["lr"] = 1.0
+    with pytest.raises(ValueError, match="group 1 of the checkpoint: 'plateau_scale' must be"):
+        opt.load_state_dict(bad)
+    assert torch.equal(opt._table, before[0]) and torch.equal(opt._plateau, before[1])
+    assert opt.param_groups[0]["lr"] == before[2]
+
+
 @pytest.mark.parametrize("kind", ["adam", "sgd"])
 def test_from_torch_continues_a_plateau_mid_run(kind):
     metrics = [3.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]

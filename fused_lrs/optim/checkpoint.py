@@ -15,8 +15,10 @@ The schedule counter ``t`` travels in two places:
     a copy), and a step that finds another value
     there (ZeRO's load writes it there without calling our ``load_state_dict``) adopts it,
     with the states ZeRO put in place (``_sync_counter``).
-torch's optimizers keep unknown group entries as they are, so a checkpoint still loads into
-``torch.optim`` and back.
+A ``plateau(...)``'s counters and each group's scale travel beside the counter, in the groups
+(``PLATEAU``, ``PLATEAU_SCALE``: the live state tensor and a view of the group's scale in the
+table), and are adopted the same way. torch's optimizers keep unknown group entries as they
+are, so a checkpoint still loads into ``torch.optim`` and back.
 
 DCP's ``_init_optim_state`` calls ``step()`` with lr 0 on an optimizer without state, to create
 it. Our step would still advance the schedule (and a schedule with an absolute floor, e.g.
@@ -35,6 +37,9 @@ from fused_lrs.schedules import Schedule, parse
 
 #: The parameter-group entry that carries the schedule counter (see above).
 COUNTER = "schedule_step"
+#: With a ``plateau(...)`` in the schedule, its counters ([best, bad epochs, cooldown, reports],
+#: shared by the groups) and each group's scale travel in the groups the same way.
+PLATEAU, PLATEAU_SCALE = "plateau_state", "plateau_scale"
 
 
 def _allow_schedules_in_torch_load() -> None:
@@ -95,8 +100,11 @@ class Checkpoints:
         optimizer) plus a ``"fused_lrs"`` entry: the schedules and their counter."""
         self._sync_counter()
         sd = super().state_dict()
-        for group in sd["param_groups"]:        # a snapshot, where DCP and ZeRO keep it
+        scales = None if self._plateau is None else self._plateau_scales(self._table)
+        for g, group in enumerate(sd["param_groups"]):   # a snapshot, where DCP and ZeRO keep it
             group[COUNTER] = self._t.clone()
+            if scales is not None:
+                group[PLATEAU], group[PLATEAU_SCALE] = self._plateau.clone(), scales[g].clone()
         sd["fused_lrs"] = {"schedule": repr(self.schedule), "t": self._t.clone(),
                            "momentum_schedule": _repr_or_none(self._momentum_schedule),
                            "weight_decay_schedule": _repr_or_none(self._weight_decay_schedule)}
@@ -137,15 +145,55 @@ class Checkpoints:
             if plateau is not None:
                 self._plateau.copy_(plateau["state"])
                 self._plateau_scales(self._table).copy_(plateau["scales"])
+        if plateau is None:      # DCP: no "fused_lrs" entry, the plateau is in the groups
+            self._adopt_plateau_from_groups()
         if t is not None:
             self._t.fill_(t)
         self._link_counter()
         self._invalidate()
 
     def _link_counter(self) -> None:
-        """Every live group holds the counter tensor itself (``COUNTER``)."""
-        for group in self.param_groups:
+        """Every live group holds the counter tensor itself (``COUNTER``) and, with a plateau,
+        its state tensor and a view of its own scale in the table."""
+        plateau = self.__dict__.get("_plateau")
+        views = (list(self._plateau_scales(self._table).unbind()) if plateau is not None
+                 else None)
+        self._scale_views = views
+        for g, group in enumerate(self.param_groups):
             group[COUNTER] = self._t
+            if views is None:
+                group.pop(PLATEAU, None)
+                group.pop(PLATEAU_SCALE, None)
+            else:
+                group[PLATEAU], group[PLATEAU_SCALE] = plateau, views[g]
+
+    def _plateau_linked(self) -> bool:
+        views = self.__dict__.get("_scale_views")
+        if views is None:
+            return True
+        return all(group.get(PLATEAU) is self._plateau and group.get(PLATEAU_SCALE) is v
+                   for group, v in zip(self.param_groups, views))
+
+    def _adopt_plateau_from_groups(self) -> None:
+        """Take plateau values that arrived in the groups (a DCP or ZeRO load) into the live
+        state and table. Reads nothing back: copies on the device."""
+        if self.__dict__.get("_plateau") is None:
+            return
+        name = type(self).__name__
+        scales = self._plateau_scales(self._table)
+        views = self.__dict__.get("_scale_views") or [None] * len(self.param_groups)
+        for g, (group, view) in enumerate(zip(self.param_groups, views)):
+            state, scale = group.get(PLATEAU), group.get(PLATEAU_SCALE)
+            if state is not None and state is not self._plateau:
+                if not (isinstance(state, torch.Tensor) and state.numel() == 4):
+                    raise ValueError(f"{name}: group {g}: {PLATEAU!r} must be a tensor of "
+                                     f"4 values, got {state!r}")
+                self._plateau.copy_(state.reshape(4))
+            if scale is not None and scale is not view:
+                if not (isinstance(scale, torch.Tensor) and scale.numel() == 1):
+                    raise ValueError(f"{name}: group {g}: {PLATEAU_SCALE!r} must be a "
+                                     f"one-element tensor, got {scale!r}")
+                scales[g].copy_(scale.reshape(()))
 
     def _sync_counter(self) -> None:
         """Adopt a counter that arrived in the groups without ``load_state_dict``, with the
@@ -153,8 +201,9 @@ class Checkpoints:
         checkpoint's states into ``optim.state`` and its group entries into
         ``optim.param_groups`` directly. O(groups) identity tests: called every step."""
         t = self._t
-        if all(group.get(COUNTER) is t for group in self.param_groups):
+        if all(group.get(COUNTER) is t for group in self.param_groups) and self._plateau_linked():
             return
+        self._adopt_plateau_from_groups()
         loaded = [v for g in self.param_groups
                   if (v := g.get(COUNTER)) is not None and v is not t]
         if loaded:
@@ -288,6 +337,14 @@ class Checkpoints:
                     raise ValueError(f"{name}: the checkpoint's schedule counter is negative "
                                      f"({t})")
                 break
+        for i, saved in enumerate(saved_groups):        # a plateau's, carried by the groups
+            for key, numel in ((PLATEAU, 4), (PLATEAU_SCALE, 1)):
+                value = saved.get(key)
+                if value is not None and not (isinstance(value, torch.Tensor)
+                                              and value.is_floating_point()
+                                              and value.numel() == numel):
+                    raise ValueError(f"{name}: group {i} of the checkpoint: {key!r} must be a "
+                                     f"float tensor of {numel} value(s), got {value!r}")
         if extra is None:
             return None, t
         if not isinstance(extra, dict):
