@@ -174,7 +174,9 @@ def test_composes_with_warmup():
         fused.report(m)
 
 
-def test_checkpoint_carries_the_state():
+def _resume(load):
+    """Six steps and reports on ``a``; ``b`` (same parameters) gets a's checkpoint through
+    ``load(b, saved, a)``; then both go on for the rest of the metrics. Returns (a, b, params)."""
     config, metrics = NAMED["min"]
     spec = S.plateau(**config)
     a_params, b_params = params(), params()
@@ -189,9 +191,8 @@ def test_checkpoint_carries_the_state():
     with torch.no_grad():
         for p, q in zip(a_params, b_params):
             q.copy_(p)
-    b = FusedSGDScheduled(groups(b_params), momentum=0.9)
-    b.load_state_dict(saved)
-    assert b.schedule == spec and torch.equal(b._table, a._table)
+    b = FusedSGDScheduled(groups(b_params), momentum=0.9, schedule=spec)
+    load(b, saved, a)
     for k, m in enumerate(metrics[6:], start=6):
         for x, y in zip(a_params, b_params):
             x.grad, y.grad = grad(k, x), grad(k, y)
@@ -199,6 +200,32 @@ def test_checkpoint_carries_the_state():
         b.step()
         a.report(m)
         b.report(m)
+    return a, b, a_params, b_params
+
+
+def _dcp_load(opt, saved, _):
+    # torch.distributed.checkpoint keeps only "state" and "param_groups"
+    opt.load_state_dict({k: v for k, v in saved.items() if k != "fused_lrs"})
+
+
+def _zero_load(opt, saved, _):
+    # ZeroRedundancyOptimizer.load_state_dict: states and group entries written in directly
+    ours = [p for g in opt.param_groups for p in g["params"]]
+    for i, state in saved["state"].items():
+        opt.state[ours[i]] = {k: v.clone() for k, v in state.items()}
+    for group, entry in zip(opt.param_groups, saved["param_groups"]):
+        group.update({k: v for k, v in entry.items() if k != "params"})
+
+
+def test_checkpoint_carries_the_state():
+    def load(b, saved, a):
+        fresh = FusedSGDScheduled(groups(params()), momentum=0.9)   # the schedule comes too
+        fresh.load_state_dict(copy.deepcopy(saved))
+        assert fresh.schedule == a.schedule and torch.equal(fresh._table, a._table)
+        b.load_state_dict(saved)
+        assert torch.equal(b._table, a._table)
+
+    a, b, a_params, b_params = _resume(load)
     assert torch.equal(b._plateau, a._plateau) and torch.equal(b._table, a._table)
     for p, q in zip(a_params, b_params):
         assert torch.equal(p, q)
@@ -224,48 +251,6 @@ def test_bad_plateau_checkpoint_changes_nothing():
     bad = {**good, "fused_lrs": {**good["fused_lrs"], "schedule": "cosine(10)"}}
     with pytest.raises(ValueError, match="schedule holds no plateau"):
         opt.load_state_dict(bad)
-
-
-def _resume(load):
-    """Six steps and reports on ``a``; ``b`` (same parameters) gets a's checkpoint through
-    ``load(b, saved)``; then both go on for the rest of the metrics. Returns (a, b, params)."""
-    config, metrics = NAMED["min"]
-    spec = S.plateau(**config)
-    a_params, b_params = params(), params()
-    a = FusedSGDScheduled(groups(a_params), momentum=0.9, schedule=spec)
-    for k, m in enumerate(metrics[:6]):
-        for p in a_params:
-            p.grad = grad(k, p)
-        a.step()
-        a.report(m)
-    saved = copy.deepcopy(a.state_dict())
-    with torch.no_grad():
-        for p, q in zip(a_params, b_params):
-            q.copy_(p)
-    b = FusedSGDScheduled(groups(b_params), momentum=0.9, schedule=spec)
-    load(b, saved)
-    for k, m in enumerate(metrics[6:], start=6):
-        for x, y in zip(a_params, b_params):
-            x.grad, y.grad = grad(k, x), grad(k, y)
-        a.step()
-        b.step()
-        a.report(m)
-        b.report(m)
-    return a, b, a_params, b_params
-
-
-def _dcp_load(opt, saved):
-    # torch.distributed.checkpoint keeps only "state" and "param_groups"
-    opt.load_state_dict({k: v for k, v in saved.items() if k != "fused_lrs"})
-
-
-def _zero_load(opt, saved):
-    # ZeroRedundancyOptimizer.load_state_dict: states and group entries written in directly
-    ours = [p for g in opt.param_groups for p in g["params"]]
-    for i, state in saved["state"].items():
-        opt.state[ours[i]] = {k: v.clone() for k, v in state.items()}
-    for group, entry in zip(opt.param_groups, saved["param_groups"]):
-        group.update({k: v for k, v in entry.items() if k != "params"})
 
 
 @pytest.mark.parametrize("load", [_dcp_load, _zero_load], ids=["dcp", "zero"])

@@ -94,7 +94,6 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
         self._invalidate()
         super().__init__(params, defaults)
         self._t = torch.zeros((), dtype=torch.int64, device=self._device)
-        self._link_counter()     # each group carries t, for DCP and ZeRO (checkpoint.py)
         self._skipped = torch.zeros((), dtype=torch.float32, device=self._device)
         self.hold_schedule_on_skip = bool(hold_schedule_on_skip)
         self._draw_owner()
@@ -125,10 +124,8 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
             raise
         self._device = device
         self._invalidate()
-        if "_schedule" in self.__dict__:
-            self._pack_schedules(keep_state=True)
-        if "_t" in self.__dict__:        # (groups given to __init__ are linked once t exists)
-            self._link_counter()
+        if "_schedule" in self.__dict__:   # (groups given to __init__: packed when it is set)
+            self._pack_schedules(keep_state=True)       # which links the groups (checkpoint.py)
 
     def _check_params(self, params: list[torch.Tensor]) -> torch.device | None:
         """Check a new group's parameters; return the optimizer's device with them."""
@@ -232,11 +229,7 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
         nothing but the tensors). State must exist already: ``init_state()``, or one eager
         step."""
         work = self._gather()
-        # .get: a lookup in the state defaultdict would insert {} for the refused parameter.
-        if any("step" not in self.state.get(p, ()) for params in work for p in params):
-            raise RuntimeError(f"{type(self).__name__}: some parameters have no optimizer state "
-                               "yet; call opt.init_state() (or take one eager step) before "
-                               "torch.compile or CUDA-graph capture")
+        self._require_state(work)
         step_op(**to_flat(self._build_description(work)), impl=self.impl, owner=self._owner)
 
     def _describe(self) -> StepDescription:
@@ -258,7 +251,11 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
         if d is None or key != self._description_key or (
                 d.wrappers is not None and not dtensor.current(d)):
             work = self._gather()
-            self._refuse_capture_without_state(work)
+            if (self._device is not None and self._device.type == "cuda"
+                    and torch.cuda.is_current_stream_capturing()):
+                # State created during a capture is only recorded: every replay would zero
+                # the moments and step counts again. (A rebuild is rare: the query is cheap.)
+                self._require_state(work)
             self.check_gradients([p for ps in work for p in ps])
             backend = backends.BACKENDS[self.impl]
             name = type(self).__name__
@@ -283,15 +280,14 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
         d.hold_on_skip = self.hold_schedule_on_skip   # a plain attribute: may change any step
         return d
 
-    def _refuse_capture_without_state(self, work) -> None:
-        """State created during a CUDA-graph capture is only recorded: every replay would zero
-        the moments and step counts again. (A rebuild is rare, so the query costs nothing.)"""
-        if (self._device is not None and self._device.type == "cuda"
-                and torch.cuda.is_current_stream_capturing()
-                and any("step" not in self.state.get(p, ()) for ps in work for p in ps)):
+    def _require_state(self, work) -> None:
+        """Refuse a step that would have to create state: under torch.compile or CUDA-graph
+        capture it must exist already. (``.get``: a lookup in the state defaultdict would
+        insert ``{}`` for the refused parameter.)"""
+        if any("step" not in self.state.get(p, ()) for params in work for p in params):
             raise RuntimeError(f"{type(self).__name__}: some parameters have no optimizer state "
                                "yet; call opt.init_state() (or take one eager step) before "
-                               "CUDA-graph capture")
+                               "torch.compile or CUDA-graph capture")
 
     def _build_description(self, work) -> StepDescription:
         """A description of a step over ``work``, the parameters with a gradient per group."""

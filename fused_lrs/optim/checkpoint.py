@@ -11,8 +11,8 @@ The schedule counter ``t`` travels in two places:
   * every parameter group, under ``"schedule_step"``, which those flows carry: DCP saves and
     loads group entries, and ZeRO copies each key of its local optimizer's live groups into its
     own groups after every step and back on ``load_state_dict``. So the live groups hold the
-    counter tensor itself (linked by ``__init__`` and ``add_param_group``; ``state_dict`` saves
-    a copy), and a step that finds another value
+    counter tensor itself (linked whenever the schedules' table is packed, and after a load;
+    ``state_dict`` saves a copy), and a step that finds another value
     there (ZeRO's load writes it there without calling our ``load_state_dict``) adopts it,
     with the states ZeRO put in place (``_sync_counter``).
 A ``plateau(...)``'s counters and each group's scale travel beside the counter, in the groups
@@ -78,6 +78,15 @@ def initializing_for_dcp() -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def _check_plateau_entry(where: str, key: str, value) -> None:
+    """A plateau value carried by a group: the state's 4 numbers or the group's scale."""
+    numel = 4 if key == PLATEAU else 1
+    if not (isinstance(value, torch.Tensor) and value.is_floating_point()
+            and value.numel() == numel):
+        raise ValueError(f"{where}: {key!r} must be a float tensor of {numel} value(s), got "
+                         f"{value!r}")
 
 
 def _count(value) -> int:
@@ -185,14 +194,10 @@ class Checkpoints:
         for g, (group, view) in enumerate(zip(self.param_groups, views)):
             state, scale = group.get(PLATEAU), group.get(PLATEAU_SCALE)
             if state is not None and state is not self._plateau:
-                if not (isinstance(state, torch.Tensor) and state.numel() == 4):
-                    raise ValueError(f"{name}: group {g}: {PLATEAU!r} must be a tensor of "
-                                     f"4 values, got {state!r}")
+                _check_plateau_entry(f"{name}: group {g}", PLATEAU, state)
                 self._plateau.copy_(state.reshape(4))
             if scale is not None and scale is not view:
-                if not (isinstance(scale, torch.Tensor) and scale.numel() == 1):
-                    raise ValueError(f"{name}: group {g}: {PLATEAU_SCALE!r} must be a "
-                                     f"one-element tensor, got {scale!r}")
+                _check_plateau_entry(f"{name}: group {g}", PLATEAU_SCALE, scale)
                 scales[g].copy_(scale.reshape(()))
 
     def _sync_counter(self) -> None:
@@ -338,13 +343,9 @@ class Checkpoints:
                                      f"({t})")
                 break
         for i, saved in enumerate(saved_groups):        # a plateau's, carried by the groups
-            for key, numel in ((PLATEAU, 4), (PLATEAU_SCALE, 1)):
-                value = saved.get(key)
-                if value is not None and not (isinstance(value, torch.Tensor)
-                                              and value.is_floating_point()
-                                              and value.numel() == numel):
-                    raise ValueError(f"{name}: group {i} of the checkpoint: {key!r} must be a "
-                                     f"float tensor of {numel} value(s), got {value!r}")
+            for key in (PLATEAU, PLATEAU_SCALE):
+                if saved.get(key) is not None:
+                    _check_plateau_entry(f"{name}: group {i} of the checkpoint", key, saved[key])
         if extra is None:
             return None, t
         if not isinstance(extra, dict):

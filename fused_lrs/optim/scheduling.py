@@ -91,8 +91,7 @@ class Scheduling:
         self._plateau_key = None
         if found is not None:   # made now, so that a compiled report() finds them made
             self._plateau_constants(found)
-        if "_t" in self.__dict__:    # the groups carry the plateau too (checkpoint.py)
-            self._link_counter()
+        self._link_counter()     # the groups carry the counter and plateau (checkpoint.py)
         self._invalidate()
 
     def _plateau_scales(self, table: torch.Tensor, groups: int | None = None) -> torch.Tensor:

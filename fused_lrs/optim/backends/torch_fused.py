@@ -144,22 +144,19 @@ class TorchFusedBackend:
             self._kernel = {True: torch._fused_adamw_, False: torch._fused_adam_}
 
     def step(self, d: StepDescription) -> None:
-        if d is self._desc and list(map(_DTYPE, d.params)) != self._dtypes:
-            self._desc = None      # a parameter was recast (p.data = ...): plan again, or refuse
-        if d is not self._desc:
-            # A new description: the optimizer's after a change, or the custom op's (one per
-            # call). Plan again only if it holds other tensors or numbers; the plan holds the
-            # tensors, so their ids cannot be reused while it lives.
+        dtypes = list(map(_DTYPE, d.params))   # a recast parameter (p.data = ...) keeps its id
+        if d is not self._desc or dtypes != self._dtypes:
+            # A new description (the optimizer's after a change, or the custom op's, one per
+            # call) or a recast. Plan again only if it holds other tensors, numbers or dtypes;
+            # the plan holds the tensors, so their ids cannot be reused while it lives.
             key = (tuple(map(id, (*d.params, *d.steps, *d.masters, *(x for c in d.states
                                                                      for x in c)))),
-                   tuple(map(tuple, d.rows)), tuple(d.group_of), d.algorithm,
-                   tuple(map(_DTYPE, d.params)))
+                   tuple(map(tuple, d.rows)), tuple(d.group_of), d.algorithm, tuple(dtypes))
             if key != self._key:
                 self._check_dtypes(d)          # before any write, so a refusal changes nothing
                 self._plan(d)
                 self._key = key
-                self._dtypes = list(key[-1])
-            self._desc = d
+            self._desc, self._dtypes = d, dtypes
         lrs = group_values(d.schedules[0], d.t, self._bases, d.table).unbind()
         amp = dict(grad_scale=d.grad_scale, found_inf=d.found_inf)
         for b in self._buckets:
