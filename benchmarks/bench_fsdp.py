@@ -91,7 +91,7 @@ def check(args) -> None:
                                               for k, v in opt.state[p].items()})
                       for p in m.parameters()]
         if name == "fused_lrs":
-            assert opt.impl == "torch_fused" and opt._description.wrappers is not None
+            assert opt.impl == "torch_fused" and opt._cache.description.wrappers is not None
     for i, ((p, s), (q, r)) in enumerate(zip(runs["fused_lrs"], runs["torch_fused"])):
         assert torch.equal(p, q), f"rank {dist.get_rank()} param {i} differs"
         assert s.keys() == r.keys(), (sorted(s), sorted(r))

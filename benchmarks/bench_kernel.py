@@ -59,7 +59,7 @@ def bench_case(name, rep_ms):
     src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     copy_ms = triton.testing.do_bench_cudagraph(lambda: dst.copy_(src), rep=rep_ms)
-    backend = opt._backend
+    backend = opt._cache.backend
     result = {"tensors": len(params), "params": n, "bytes": nbytes, "step_us": step_ms * 1e3,
               "copy_us": copy_ms * 1e3, "step_gbps": nbytes / step_ms / 1e6,
               "copy_gbps": nbytes / copy_ms / 1e6, "pct_of_copy": 100 * copy_ms / step_ms,

@@ -12,9 +12,10 @@ if not _os.path.isdir(_os.path.join(__path__[0], "kernels")) and _os.path.isfile
 
 __version__ = "0.1.0"
 
-from fused_lrs import schedules  # noqa: E402
+from fused_lrs import algorithms, schedules  # noqa: E402
 from fused_lrs.migrate import from_torch  # noqa: E402
-from fused_lrs.optim import FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled  # noqa: E402
 
-__all__ = ["schedules", "FusedAdamScheduled", "FusedAdamWScheduled", "FusedSGDScheduled",
-           "from_torch"]
+# Every optimizer class the registry lists, as fused_lrs.<ClassName>.
+globals().update({cls.__name__: cls for cls in algorithms.OPTIMIZERS})
+
+__all__ = ["schedules", "from_torch", *(cls.__name__ for cls in algorithms.OPTIMIZERS)]

@@ -16,9 +16,8 @@ import sys
 import warnings
 import weakref
 
+import torch
 from torch.optim.lr_scheduler import LRScheduler
-
-from fused_lrs.optim.base import ScheduledOptimizer
 
 
 class FusedScheduleView(LRScheduler):
@@ -36,11 +35,10 @@ class FusedScheduleView(LRScheduler):
     either kind of checkpoint into it is harmless.
     """
 
-    def __init__(self, optimizer: ScheduledOptimizer) -> None:
-        if not isinstance(optimizer, ScheduledOptimizer):
-            raise TypeError(f"as_lr_scheduler: expected a fused optimizer (FusedAdamScheduled, "
-                            f"FusedAdamWScheduled, FusedSGDScheduled), got "
-                            f"{type(optimizer).__name__}")
+    def __init__(self, optimizer) -> None:
+        if not (isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "last_lr")):
+            raise TypeError(f"as_lr_scheduler: expected a fused optimizer (one of "
+                            f"fused_lrs.algorithms.OPTIMIZERS), got {type(optimizer).__name__}")
         # LRScheduler.__init__ is not called: it would add initial_lr to the groups, write
         # group["lr"] through an initial step() and wrap optimizer.step.
         self.optimizer = optimizer
@@ -71,7 +69,7 @@ class FusedScheduleView(LRScheduler):
         self._step_count = int(state_dict.get("_step_count", self._step_count))
 
 
-def as_lr_scheduler(optimizer: ScheduledOptimizer) -> FusedScheduleView:
+def as_lr_scheduler(optimizer) -> FusedScheduleView:
     """A torch LR scheduler that HF Trainer and Lightning accept next to ``optimizer``: it
     leaves the optimizer alone and reports the lr its steps used.
 
@@ -84,11 +82,13 @@ def as_lr_scheduler(optimizer: ScheduledOptimizer) -> FusedScheduleView:
 _warned: weakref.WeakSet = weakref.WeakSet()
 
 
-def warn_torch_scheduler(optimizer: ScheduledOptimizer) -> None:
+def warn_torch_scheduler(optimizer) -> None:
     """Warn, once per optimizer, that a torch LR scheduler was attached to ``optimizer``.
 
     The optimizer calls this when torch's ``LRScheduler.__init__`` wraps its ``step`` (the
-    wrapper carries ``_wrapped_by_lr_sched``), which every torch scheduler does on attaching."""
+    wrapper carries ``_wrapped_by_lr_sched``), which every torch scheduler does on attaching,
+    and when a step finds the ``initial_lr`` that every torch scheduler writes into the groups
+    it drives (so also one attached to a wrapper of the optimizer, such as accelerate's)."""
     if optimizer in _warned:
         return
     _warned.add(optimizer)

@@ -1,16 +1,18 @@
 """from_torch: a torch optimizer (and its scheduler) as the fused optimizer that continues its run.
 
-``fused_lrs.from_torch(opt, sched)`` returns a FusedAdamScheduled, FusedAdamWScheduled or
-FusedSGDScheduled with the same parameters and groups, every hyperparameter, a copy of the
-optimizer state, the lr schedule, the momentum schedule (``cycle_momentum=True``) and the
-scheduler's position, so that stepping it gives what stepping the torch pair would have.
+``fused_lrs.from_torch(opt, sched)`` returns the fused optimizer whose record mirrors
+``type(opt)`` (``fused_lrs.algorithms``) with the same parameters and groups, every
+hyperparameter, a copy of the optimizer state, the lr schedule, the momentum schedule
+(``cycle_momentum=True``) and the scheduler's position, so that stepping it gives what stepping
+the torch pair would have.
 
 Where each value goes:
   * a group's ``lr`` is its base lr, torch's ``initial_lr`` (what a torch scheduler scales),
     not the current ``group["lr"]``, which the torch scheduler overwrites each step; for a
     ReduceLROnPlateau, which keeps no base, it is the current ``group["lr"]``, and the plateau
     continues from scale 1 with torch's counters (``schedules.convert.take_over``);
-  * with a cycled momentum, Adam's ``betas[0]`` and SGD's ``momentum`` are the scheduler's
+  * with a cycled momentum, the group's momentum-like coefficient (``betas[0]`` where the group
+    has betas, else ``momentum``, as torch's schedulers choose) is the scheduler's
     ``max_momentum`` (its value at step 0; ``one_cycle_momentum`` and ``cyclic_momentum`` set
     absolute values, so it is only what ``param_groups`` shows), not the current value;
   * the keys a torch scheduler adds to the groups (``initial_lr``, ``max_lr``, ...) are left out.
@@ -18,24 +20,23 @@ Where each value goes:
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import torch
 
-from fused_lrs.optim import FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled
+from fused_lrs import algorithms
 from fused_lrs.schedules.base import check_int
 from fused_lrs.schedules.convert import take_over, torch_position
 
-# Exact types: a subclass may change the update, and then the copy would silently differ.
-_CLASSES = {torch.optim.Adam: FusedAdamScheduled, torch.optim.AdamW: FusedAdamWScheduled,
-            torch.optim.SGD: FusedSGDScheduled}
 # What torch's schedulers write into the param groups.
 _SCHEDULER_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
 
 
 def from_torch(optimizer, scheduler=None, *, every: int = 1, **options):
-    """The fused optimizer that continues ``optimizer`` (torch Adam, AdamW or SGD) and
-    ``scheduler`` (any built-in torch scheduler, ``schedules.from_torch`` lists them).
+    """The fused optimizer that continues ``optimizer`` (an instance of exactly a class that a
+    fused optimizer mirrors, ``fused_lrs.algorithms.OPTIMIZERS``) and ``scheduler`` (any built-in
+    torch scheduler, ``schedules.from_torch`` lists them).
 
     ``every=n``: the scheduler is stepped once per ``n`` optimizer steps (``from_torch`` of
     ``fused_lrs.schedules``). ``options`` go to the fused class (``impl=``,
@@ -43,12 +44,14 @@ def from_torch(optimizer, scheduler=None, *, every: int = 1, **options):
     dropped. Without a scheduler the schedule is constant at each group's current lr.
     """
     check_int("from_torch", "every", every, 1)
-    cls = _CLASSES.get(type(optimizer))
+    # The exact type: a subclass may change the update, and then the copy would silently differ.
+    cls = algorithms.for_peer(type(optimizer))
     if cls is None:
         kind = type(optimizer)
+        supported = ", ".join(f"{c.algorithm.peer} as {c.__name__}"
+                              for c in algorithms.OPTIMIZERS)
         raise TypeError(f"from_torch: cannot convert {kind.__module__}.{kind.__qualname__}; "
-                        "supported: torch.optim.Adam, AdamW and SGD (exactly, not subclasses), "
-                        "as FusedAdamScheduled, FusedAdamWScheduled and FusedSGDScheduled")
+                        f"supported (exactly, not subclasses): {supported}")
     converted = None
     if scheduler is not None:
         if getattr(scheduler, "optimizer", None) is not optimizer:
@@ -62,8 +65,9 @@ def from_torch(optimizer, scheduler=None, *, every: int = 1, **options):
                       UserWarning, stacklevel=2)
 
     groups = [_group(g, converted, i) for i, g in enumerate(optimizer.param_groups)]
-    defaults = {k: v for k, v in optimizer.defaults.items()
-                if not (cls is FusedAdamWScheduled and k == "decoupled_weight_decay")}
+    # What the class takes: AdamW fixes decoupled_weight_decay, for one.
+    accepted = inspect.signature(cls).parameters
+    defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
     schedules = {} if converted is None else dict(
         schedule=converted.schedule, momentum_schedule=converted.momentum_schedule)
     fused = cls(groups, **defaults, **schedules, **options)
@@ -78,7 +82,8 @@ def from_torch(optimizer, scheduler=None, *, every: int = 1, **options):
     if scheduler is not None:
         fused.set_schedule(fused.schedule, torch_position(scheduler, every))
     if converted is not None and converted.plateau_state is not None:
-        fused._plateau.copy_(torch.tensor(converted.plateau_state, dtype=torch.float64))
+        fused._schedule_state.plateau.copy_(torch.tensor(converted.plateau_state,
+                                                         dtype=torch.float64))
     return fused
 
 

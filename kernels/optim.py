@@ -1,11 +1,22 @@
-"""One launch per step: the schedule, the Adam/AdamW/SGD update and the counters, for every
+"""One launch per step: the schedule, the optimizer's update and the counters, for every
 parameter of every group on a device.
+
+The algorithm arrives as two compile-time functions from its own module
+(``kernels/<algorithm>.py``, named by its record in ``fused_lrs/algorithms/``):
+  * ``prepare(lr, momentum, weight_decay, step, cols)``: the group's scheduled values (fp64),
+    the tensor's step count and a pointer to the group's own columns in, a tuple of
+    per-program scalars out, once per program;
+  * ``update(p, g, s1_ptr, s2_ptr, s3_ptr, offs, mask, scalars, VARIANT, BF16)``: one block's new
+    weights from its fp32 weights and (unscaled, sign-flipped) gradient; it loads and stores
+    its own state columns.
+This file names no algorithm: it walks the tensors, loads and stores weights and gradients, and
+advances the counters.
 
 Design
 ------
 Addressing. The launcher writes a device table with one int64 row per parameter that has a
 gradient (``kernels/layout.py``): the addresses of the parameter, up to three state tensors and
-its fp32 master copy (master_weights=True), its element count, and ``group * 8 + dtype code``.
+its fp32 master copy (master_weights=True), its element count, and its group and combo (below).
 Two more int64 arrays, one entry per row, hold the gradients' addresses (the only thing that
 changes from step to step, so a steady-state step uploads nothing else) and the float32 step
 counts' addresses. A program turns an address into a typed pointer with
@@ -28,14 +39,13 @@ fp32, 8 of bf16/fp16. Without it a bf16 tensor loads 8 elements per thread and i
 and states 4, and each change between the two goes through shared memory. The misaligned path
 works on blocks of another shape (SCALAR_BLOCK), and the counter epilogue too (COUNTER_BLOCK):
 the compiler lays out accesses of one shape alike, so a scalar path sharing BLOCK's shape drags
-1-wide stores into the vector path's layout. Measured with ptxas -v for sm_90 (triton 3.6,
-tests/test_kernels_aot.py asserts the budgets), before -> after: bf16 with fp32 masters 146 ->
-72 registers and 14 -> 2 bar.sync; three dtypes with amsgrad 166 -> 80 and 30 -> 2; fp32 AdamW
-80 registers with 24 B spilled -> 72 with none.
+1-wide stores into the vector path's layout: the conversions cost shared-memory round trips
+(bar.sync) and registers. tests/test_kernels_aot.py holds every variant to its ptxas budget.
 
-dtypes. A program branches once, at run time, on its tensor's dtype code into a body compiled
-for that dtype; only the dtypes present (DTYPES) are compiled. Math is fp32 whatever the
-storage dtype; schedule and bias-correction scalars are fp64 and cast once.
+dtypes and variants. A program branches once, at run time, on its tensor's combo (dtype code
+and the group's variant, e.g. amsgrad) into a body compiled for that pair; only the pairs
+present (COMBOS) are compiled. Math is fp32 whatever the storage dtype; schedule and
+bias-correction scalars are fp64 and cast once.
 
 Counters. Every program reads the schedule counter ``t`` and its tensor's step count at the
 start, and none of them writes those. When a program finishes, it takes a ticket with an
@@ -60,10 +70,8 @@ import triton
 import triton.language as tl
 
 from fused_lrs.kernels import layout
+from fused_lrs.kernels.access import rne_bf16, typed
 from fused_lrs.kernels.schedule import ROW, schedule_lr
-
-ADAM = tl.constexpr(0)
-SGD = tl.constexpr(1)
 
 # The table layout of kernels/layout.py as constexpr globals (the only globals a jit function
 # may read). Tensor table: int64 columns. Group table: float64 columns.
@@ -76,17 +84,13 @@ COL_NUMEL = tl.constexpr(layout.COL_NUMEL)
 COL_META = tl.constexpr(layout.COL_META)
 TENSOR_COLS = tl.constexpr(layout.TENSOR_COLS)
 META_GROUP = tl.constexpr(layout.META_GROUP)
+VARIANTS = tl.constexpr(layout.VARIANTS)
 G_LR = tl.constexpr(layout.G_LR)
-G_A = tl.constexpr(layout.G_A)
-G_B = tl.constexpr(layout.G_B)
-G_EPS = tl.constexpr(layout.G_EPS)
+G_MOMENTUM = tl.constexpr(layout.G_MOMENTUM)
 G_WD = tl.constexpr(layout.G_WD)
-G_FLAG = tl.constexpr(layout.G_FLAG)
 G_MAXIMIZE = tl.constexpr(layout.G_MAXIMIZE)
-G_DECOUPLED = tl.constexpr(layout.G_DECOUPLED)
+G_COLUMNS = tl.constexpr(layout.G_COLUMNS)
 GROUP_COLS = tl.constexpr(layout.GROUP_COLS)
-DTYPE_CODES = layout.DTYPE_CODES
-MASTER_CODE_OFFSET = layout.MASTER_CODE_OFFSET
 # Elements per thread per access (see Layouts above): 16 bytes of fp32.
 VEC = tl.constexpr(4)
 # A misaligned tensor's block: a shape of its own, so that the compiler lays its scalar
@@ -99,220 +103,95 @@ SCALAR_BLOCK = tl.constexpr(512)
 COUNTER_BLOCK = tl.constexpr(256)
 
 
+# A block's loads, the algorithm's update and the weights' stores. ``mask=None`` for full
+# blocks (unmasked, vectorizable), a mask for the ragged tail. BF16 rounds by hand (see
+# access.rne_bf16); other dtypes round in the store's cast.
 @triton.jit
-def _typed(address, CODE: tl.constexpr, ALIGNED: tl.constexpr = False):
-    if CODE == 0:
-        ptr = address.to(tl.pointer_type(tl.float32))
-    elif CODE == 1:
-        ptr = address.to(tl.pointer_type(tl.bfloat16))
-    else:
-        ptr = address.to(tl.pointer_type(tl.float16))
-    if ALIGNED:
-        # A promise that the address is a multiple of 16 bytes: what lets the compiler emit
-        # ld.global.v4 / st.global.v4. It marks the op that made the pointer (tl.multiple_of
-        # annotates, it does not copy), so the hinted pointer must be a cast of its own.
-        ptr = tl.multiple_of(ptr, 16)
-    return ptr
-
-
-@triton.jit
-def _rne_bf16(x):
-    # fp32 -> bf16, round to nearest even by hand, exactly as c10::BFloat16 does (NaN kept
-    # NaN): the interpreter's cast truncates, and its "rtne" mode mishandles a carry out of the
-    # mantissa. Four integer ops per element, free in a memory-bound loop.
-    bits = x.to(tl.uint32, bitcast=True)
-    bits = bits + 0x7FFF + ((bits >> 16) & 1)
-    y = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    return tl.where(x != x, x.to(tl.bfloat16), y)
-
-
-@triton.jit
-def _store_weights(w_ptr, p_ptr, offs, mask, p, MASTER: tl.constexpr, P_BF16: tl.constexpr):
-    # With a master copy, the fp32 result goes to the master and its rounding to the parameter,
-    # in the same pass; without one, the rounding is the parameter.
-    if MASTER:
-        tl.store(w_ptr + offs, p, mask=mask)
-    if P_BF16:
-        p = _rne_bf16(p)
-    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
-
-
-# The block bodies take `mask=None` for full blocks (unmasked, vectorizable) and a mask for the
-# ragged tail. Loads and stores are written inline: under the interpreter every nested
-# @triton.jit call costs ~0.25 ms of re-patching, so fewer calls keep CI fast. BF16 rounds
-# the results by hand (see _rne_bf16); other dtypes round in the store's cast.
-@triton.jit
-def _adam_block(w_ptr, p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, offs, mask, sign, decay, l2,
-                one_minus_b1, beta2, one_minus_b2, step_size, bc2_sqrt, eps, grad_scale,
-                AMSGRAD: tl.constexpr, BF16: tl.constexpr, UNSCALE: tl.constexpr,
-                MASTER: tl.constexpr, P_BF16: tl.constexpr):
+def _block(w_ptr, p_ptr, g_ptr, s1_ptr, s2_ptr, s3_ptr, offs, mask, sign, grad_scale, S,
+           UPDATE: tl.constexpr, VARIANT: tl.constexpr, S_BF16: tl.constexpr,
+           UNSCALE: tl.constexpr, MASTER: tl.constexpr, P_BF16: tl.constexpr):
     p = tl.load(w_ptr + offs, mask=mask).to(tl.float32)
     g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
     if UNSCALE:
         g = tl.div_rn(g, grad_scale)                  # GradScaler: unscale, as torch's fused
     g = g * sign                                      # maximize flips the gradient
-    m = tl.load(m_ptr + offs, mask=mask).to(tl.float32)
-    v = tl.load(v_ptr + offs, mask=mask).to(tl.float32)
-    p = p * decay                                     # AdamW: theta * (1 - lr * wd); else 1
-    g = g + l2 * p                                    # Adam: L2 into the gradient; else 0
-    m = m + one_minus_b1 * (g - m)                    # exp_avg.lerp_(g, 1 - beta1)
-    v = v * beta2 + one_minus_b2 * g * g              # exp_avg_sq.mul_(b2).addcmul_(g, g, 1 - b2)
-    if AMSGRAD:
-        v_hat = tl.maximum(tl.load(vmax_ptr + offs, mask=mask).to(tl.float32), v)
-        tl.store(vmax_ptr + offs, (_rne_bf16(v_hat) if BF16 else v_hat).to(
-            vmax_ptr.dtype.element_ty), mask=mask)
-    else:
-        v_hat = v
-    # IEEE sqrt and division (tl.sqrt and `/` are approximate on CUDA), as torch computes.
-    denom = tl.div_rn(tl.sqrt_rn(v_hat), bc2_sqrt) + eps
-    p = p - tl.div_rn(step_size * m, denom)
-    _store_weights(w_ptr, p_ptr, offs, mask, p, MASTER, P_BF16)
-    if BF16:
-        m, v = _rne_bf16(m), _rne_bf16(v)
-    tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
-    tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
+    p = UPDATE(p, g, s1_ptr, s2_ptr, s3_ptr, offs, mask, S, VARIANT, S_BF16)
+    # With a master copy, the fp32 result goes to the master and its rounding to the parameter,
+    # in the same pass; without one, the rounding is the parameter.
+    if MASTER:
+        tl.store(w_ptr + offs, p, mask=mask)
+    if P_BF16:
+        p = rne_bf16(p)
+    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _sgd_block(w_ptr, p_ptr, g_ptr, buf_ptr, offs, mask, sign, wd, lr, momentum,
-               one_minus_dampening, first, nesterov, grad_scale, MOMENTUM: tl.constexpr,
-               BF16: tl.constexpr, UNSCALE: tl.constexpr, MASTER: tl.constexpr,
-               P_BF16: tl.constexpr):
-    p = tl.load(w_ptr + offs, mask=mask).to(tl.float32)
-    d = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
-    if UNSCALE:
-        d = tl.div_rn(d, grad_scale)
-    d = d * sign + wd * p
-    if MOMENTUM:
-        buf = momentum * tl.load(buf_ptr + offs, mask=mask).to(tl.float32)
-        buf = tl.where(first, d, buf + one_minus_dampening * d)  # the first copies the grad
-        tl.store(buf_ptr + offs, (_rne_bf16(buf) if BF16 else buf).to(
-            buf_ptr.dtype.element_ty), mask=mask)
-        d = tl.where(nesterov, d + momentum * buf, buf)
-    p = p - lr * d
-    _store_weights(w_ptr, p_ptr, offs, mask, p, MASTER, P_BF16)
-
-
-@triton.jit
-def _chunk(trow, g_addr, step, grow, lr, a, wd, start, end, grad_scale, ALGO: tl.constexpr,
-           CODE: tl.constexpr, OPTION: tl.constexpr, BLOCK: tl.constexpr,
+def _chunk(trow, g_addr, S, sign, start, end, grad_scale, UPDATE: tl.constexpr,
+           CODE: tl.constexpr, VARIANT: tl.constexpr, BLOCK: tl.constexpr,
            UNSCALE: tl.constexpr):
-    """Update elements [start, end) of one tensor. OPTION is amsgrad (Adam) or momentum (SGD).
-    CODE 3 and 4 are bf16 and fp16 parameters with fp32 master weights and states."""
+    """Update elements [start, end) of one tensor. CODE 3 and 4 are bf16 and fp16 parameters
+    with fp32 master weights and states."""
     # Annotated: a plain assignment would turn these compile-time values into run-time ones.
     MASTER: tl.constexpr = CODE > 2
     P_CODE: tl.constexpr = CODE - 2 if CODE > 2 else CODE     # the parameter's and gradient's
     S_CODE: tl.constexpr = 0 if CODE > 2 else CODE            # the states' dtype
     p_addr = tl.load(trow + COL_PARAM)
     s1_addr = tl.load(trow + COL_STATE1)
-    # Alignment is decided per tensor, from all of its addresses (an absent one is 0): one
-    # misaligned view no longer turns every tensor of the launch to scalar access.
-    addr_bits = p_addr | g_addr | s1_addr
-    p_ptr, pa = _typed(p_addr, P_CODE), _typed(p_addr, P_CODE, True)
-    g_ptr, ga = _typed(g_addr, P_CODE), _typed(g_addr, P_CODE, True)
+    s2_addr = tl.load(trow + COL_STATE2)
+    s3_addr = tl.load(trow + COL_STATE3)
+    w_addr = p_addr
     if MASTER:
         w_addr = tl.load(trow + COL_MASTER)
-        addr_bits = addr_bits | w_addr
-        w_ptr, wa = _typed(w_addr, 0), _typed(w_addr, 0, True)
+    # Alignment is decided per tensor, from all of its addresses (an absent one is 0), so one
+    # misaligned view does not turn every tensor of the launch to scalar access.
+    aligned = ((p_addr | g_addr | s1_addr | s2_addr | s3_addr | w_addr) & 15) == 0
+    W_CODE: tl.constexpr = 0 if MASTER else P_CODE
+    S_BF16: tl.constexpr = S_CODE == 1
+    P_BF16: tl.constexpr = P_CODE == 1
+    off = start
+    if aligned:
+        # Hinted pointers, used only where the hint is true.
+        wa, pa, ga = typed(w_addr, W_CODE, True), typed(p_addr, P_CODE, True), typed(
+            g_addr, P_CODE, True)
+        s1a, s2a, s3a = typed(s1_addr, S_CODE, True), typed(s2_addr, S_CODE, True), typed(
+            s3_addr, S_CODE, True)
+        while off < end:  # a while, not range(): the interpreter cannot range over loaded ints
+            offs = tl.max_contiguous(tl.multiple_of(off + tl.arange(0, BLOCK), VEC), VEC)
+            if off + BLOCK <= end:
+                _block(wa, pa, ga, s1a, s2a, s3a, offs, None, sign, grad_scale, S, UPDATE,
+                       VARIANT, S_BF16, UNSCALE, MASTER, P_BF16)
+            else:
+                _block(wa, pa, ga, s1a, s2a, s3a, offs, offs < end, sign, grad_scale, S,
+                       UPDATE, VARIANT, S_BF16, UNSCALE, MASTER, P_BF16)
+            off += BLOCK
     else:
-        w_ptr, wa = p_ptr, pa
-    s1_ptr, s1a = _typed(s1_addr, S_CODE), _typed(s1_addr, S_CODE, True)
-    sign = tl.where(tl.load(grow + G_MAXIMIZE) != 0.0, -1.0, 1.0).to(tl.float32)
-    if ALGO == ADAM:
-        s2_addr = tl.load(trow + COL_STATE2)
-        s3_addr = tl.load(trow + COL_STATE3)
-        aligned = ((addr_bits | s2_addr | s3_addr) & 15) == 0
-        s2_ptr = _typed(s2_addr, S_CODE)
-        s3_ptr = _typed(s3_addr, S_CODE)
-        beta1 = a
-        beta2 = tl.load(grow + G_B)
-        decoupled = tl.load(grow + G_DECOUPLED) != 0.0
-        k = step + 1.0                                # this update's step count, as torch's
-        # beta ** k as exp(k log beta): fp64 keeps it to ~1e-15 relative; beta = 0 gives 0.
-        bias_correction1 = 1.0 - tl.exp(k * tl.log(beta1))
-        bc2_sqrt = tl.sqrt(1.0 - tl.exp(k * tl.log(beta2))).to(tl.float32)
-        step_size = (lr / bias_correction1).to(tl.float32)
-        decay = tl.where(decoupled, 1.0 - lr * wd, 1.0).to(tl.float32)
-        l2 = tl.where(decoupled, 0.0, wd).to(tl.float32)
-        one_minus_b1 = (1.0 - beta1).to(tl.float32)
-        one_minus_b2 = (1.0 - beta2).to(tl.float32)
-        eps = tl.load(grow + G_EPS).to(tl.float32)
-        beta2 = beta2.to(tl.float32)
-        # Hinted pointers for the vector path, used only where the hint is true.
-        s2a, s3a = _typed(s2_addr, S_CODE, True), _typed(s3_addr, S_CODE, True)
-        off = start
-        if aligned:
-            while off < end:  # a while, not range(): the interpreter cannot range over loaded ints
-                offs = tl.max_contiguous(tl.multiple_of(off + tl.arange(0, BLOCK), VEC), VEC)
-                if off + BLOCK <= end:
-                    _adam_block(wa, pa, ga, s1a, s2a, s3a, offs, None, sign, decay, l2,
-                                one_minus_b1, beta2, one_minus_b2, step_size, bc2_sqrt, eps,
-                                grad_scale, OPTION, S_CODE == 1, UNSCALE, MASTER, P_CODE == 1)
-                else:
-                    _adam_block(wa, pa, ga, s1a, s2a, s3a, offs, offs < end, sign, decay, l2,
-                                one_minus_b1, beta2, one_minus_b2, step_size, bc2_sqrt, eps,
-                                grad_scale, OPTION, S_CODE == 1, UNSCALE, MASTER, P_CODE == 1)
-                off += BLOCK
-        else:
-            while off < end:
-                offs = off + tl.arange(0, SCALAR_BLOCK)
-                _adam_block(w_ptr, p_ptr, g_ptr, s1_ptr, s2_ptr, s3_ptr, offs, offs < end, sign,
-                            decay, l2, one_minus_b1, beta2, one_minus_b2, step_size, bc2_sqrt,
-                            eps, grad_scale, OPTION, S_CODE == 1, UNSCALE, MASTER, P_CODE == 1)
-                off += SCALAR_BLOCK
-    else:
-        aligned = (addr_bits & 15) == 0
-        momentum = a.to(tl.float32)
-        one_minus_dampening = (1.0 - tl.load(grow + G_B)).to(tl.float32)
-        nesterov = tl.load(grow + G_FLAG) != 0.0
-        first = step == 0.0
-        wd = wd.to(tl.float32)
-        lr = lr.to(tl.float32)
-        off = start
-        if aligned:
-            while off < end:
-                offs = tl.max_contiguous(tl.multiple_of(off + tl.arange(0, BLOCK), VEC), VEC)
-                if off + BLOCK <= end:
-                    _sgd_block(wa, pa, ga, s1a, offs, None, sign, wd, lr, momentum,
-                               one_minus_dampening, first, nesterov, grad_scale, OPTION,
-                               S_CODE == 1, UNSCALE, MASTER, P_CODE == 1)
-                else:
-                    _sgd_block(wa, pa, ga, s1a, offs, offs < end, sign, wd, lr, momentum,
-                               one_minus_dampening, first, nesterov, grad_scale, OPTION,
-                               S_CODE == 1, UNSCALE, MASTER, P_CODE == 1)
-                off += BLOCK
-        else:
-            while off < end:
-                offs = off + tl.arange(0, SCALAR_BLOCK)
-                _sgd_block(w_ptr, p_ptr, g_ptr, s1_ptr, offs, offs < end, sign, wd, lr,
-                           momentum, one_minus_dampening, first, nesterov, grad_scale, OPTION,
-                           S_CODE == 1, UNSCALE, MASTER, P_CODE == 1)
-                off += SCALAR_BLOCK
+        w_ptr, p_ptr, g_ptr = typed(w_addr, W_CODE), typed(p_addr, P_CODE), typed(
+            g_addr, P_CODE)
+        s1_ptr, s2_ptr, s3_ptr = typed(s1_addr, S_CODE), typed(s2_addr, S_CODE), typed(
+            s3_addr, S_CODE)
+        while off < end:
+            offs = off + tl.arange(0, SCALAR_BLOCK)
+            _block(w_ptr, p_ptr, g_ptr, s1_ptr, s2_ptr, s3_ptr, offs, offs < end, sign,
+                   grad_scale, S, UPDATE, VARIANT, S_BF16, UNSCALE, MASTER, P_BF16)
+            off += SCALAR_BLOCK
 
 
 @triton.jit
-def _dispatch(trow, g_addr, step, grow, lr, a, wd, start, end, code, option, grad_scale,
-              ALGO: tl.constexpr, DTYPES: tl.constexpr, HAS_OPTION: tl.constexpr,
-              BLOCK: tl.constexpr, UNSCALE: tl.constexpr):
-    # One run-time branch per program picks the body compiled for this tensor's dtype and
-    # option; bodies for dtypes or options absent from the optimizer are never compiled.
-    for i in tl.static_range(len(DTYPES)):
-        if code == DTYPES[i]:
-            if HAS_OPTION:
-                if option:
-                    _chunk(trow, g_addr, step, grow, lr, a, wd, start, end, grad_scale, ALGO,
-                           DTYPES[i], True, BLOCK, UNSCALE)
-                else:
-                    _chunk(trow, g_addr, step, grow, lr, a, wd, start, end, grad_scale, ALGO,
-                           DTYPES[i], False, BLOCK, UNSCALE)
-            else:
-                _chunk(trow, g_addr, step, grow, lr, a, wd, start, end, grad_scale, ALGO,
-                       DTYPES[i], False, BLOCK, UNSCALE)
+def _dispatch(trow, g_addr, S, sign, start, end, combo, grad_scale, UPDATE: tl.constexpr,
+              COMBOS: tl.constexpr, BLOCK: tl.constexpr, UNSCALE: tl.constexpr):
+    # One run-time branch per program picks the body compiled for this tensor's dtype and its
+    # group's variant; pairs absent from the optimizer are never compiled.
+    for i in tl.static_range(len(COMBOS)):
+        if combo == COMBOS[i]:
+            # (.value: under the interpreter COMBOS[i] is a plain int, which a constexpr's
+            # operators do not take from the left.)
+            _chunk(trow, g_addr, S, sign, start, end, grad_scale, UPDATE,
+                   COMBOS[i] // VARIANTS.value, COMBOS[i] % VARIANTS.value, BLOCK, UNSCALE)
 
 
 @triton.jit(do_not_specialize=["n_tensors", "n_programs", "blocks_per_program", "hold_on_skip"])
 def fused_step_kernel(
-    tensors_ptr,   # int64 [n_tensors, TENSOR_COLS]: addresses, numel, group * 8 + dtype code
+    tensors_ptr,   # int64 [n_tensors, TENSOR_COLS]: addresses, numel, group * META_GROUP + combo
     grads_ptr,     # int64 [n_tensors]: the gradients' addresses
     steps_ptr,     # int64 [n_tensors]: the addresses of the float32 step counts
     work_ptr,      # int32 [n_programs, 2]: (tensor row, chunk index); row -1 = no work
@@ -329,12 +208,12 @@ def fused_step_kernel(
     blocks_per_program,  # elements per program / BLOCK (a count, so that every block start
                          # is visibly a multiple of BLOCK to the compiler: aligned vector access)
     hold_on_skip,  # 1: a skipped step leaves the schedule counter too; 0: it advances (torch's)
-    ALGO: tl.constexpr,        # ADAM or SGD
+    PREPARE: tl.constexpr,     # the algorithm's per-program scalars (kernels/<algorithm>.py)
+    UPDATE: tl.constexpr,      # the algorithm's update of one block
     KINDS: tl.constexpr,       # the lr schedule's leaf kinds (its rows open the table)
     KINDS_M: tl.constexpr,     # the momentum schedule's (Adam's beta1, SGD's momentum); () none
     KINDS_WD: tl.constexpr,    # the weight-decay schedule's; () none
-    DTYPES: tl.constexpr,      # dtype codes present
-    HAS_OPTION: tl.constexpr,  # some group uses amsgrad (Adam) or momentum (SGD)
+    COMBOS: tl.constexpr,      # the (dtype code * VARIANTS + variant) pairs present
     BLOCK: tl.constexpr,       # elements per inner iteration
     UNSCALE: tl.constexpr,     # a GradScaler's scale applies to this step
     CHECK_INF: tl.constexpr,   # a GradScaler's found_inf applies to this step
@@ -359,20 +238,22 @@ def fused_step_kernel(
         # lists) and run-time state (a plateau's scale) are numbers of the group's own block.
         table = table_ptr + group * ((len(KINDS) + len(KINDS_M) + len(KINDS_WD)) * ROW)
         step = tl.load(tl.load(steps_ptr + r).to(tl.pointer_type(tl.float32))).to(tl.float64)
-        # Each schedule maps its group's base value: the lr, beta1 or momentum, weight decay.
+        # Each schedule maps its group's base value: the lr, the momentum, the weight decay.
         # An empty schedule (KINDS_M or KINDS_WD = ()) folds to the base value itself.
         tf = t.to(tl.float64)
         lr = schedule_lr(tf, tl.load(grow + G_LR), table, KINDS)
-        a = schedule_lr(tf, tl.load(grow + G_A), table + len(KINDS) * ROW, KINDS_M)
+        momentum = schedule_lr(tf, tl.load(grow + G_MOMENTUM), table + len(KINDS) * ROW,
+                               KINDS_M)
         wd = schedule_lr(tf, tl.load(grow + G_WD), table + (len(KINDS) + len(KINDS_M)) * ROW,
                          KINDS_WD)
+        # (The algorithm loads its own columns where it needs them: fp64 values live across the
+        # slow-path calls of an fp64 divide or square root are spilled around them.)
+        S = PREPARE(lr, momentum, wd, step, grow + G_COLUMNS)
+        sign = tl.where(tl.load(grow + G_MAXIMIZE) != 0.0, -1.0, 1.0).to(tl.float32)
         start = tl.load(work_ptr + pid * 2 + 1).to(tl.int64) * blocks_per_program * BLOCK
         end = tl.minimum(start + blocks_per_program * BLOCK, tl.load(trow + COL_NUMEL))
-        option = tl.load(grow + G_FLAG) != 0.0
-        if ALGO == SGD:
-            option = tl.load(grow + G_A) != 0.0       # momentum on: the buffer exists
-        _dispatch(trow, tl.load(grads_ptr + r), step, grow, lr, a, wd, start, end,
-                  meta % META_GROUP, option, grad_scale, ALGO, DTYPES, HAS_OPTION, BLOCK, UNSCALE)
+        _dispatch(trow, tl.load(grads_ptr + r), S, sign, start, end, meta % META_GROUP,
+                  grad_scale, UPDATE, COMBOS, BLOCK, UNSCALE)
     tl.debug_barrier()
     if tl.atomic_add(ticket_ptr, 1) == n_programs - 1:
         # Last program of the launch: every other one has read the counters. A skipped step

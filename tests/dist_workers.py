@@ -202,17 +202,18 @@ def fsdp_vs_torch(arg, _):
         def hook(k):
             if setup == "realloc" and k == SAVE_AT:
                 reallocate(model)
-            descriptions.append(getattr(opt, "_description", None))
+            descriptions.append(getattr(getattr(opt, "_cache", None), "description", None))
         return hook
     train(a, opt_a, None, 0, STEPS, before=before(a, opt_a))
     train(b, opt_b, torch_scheduler(opt_b), 0, STEPS, before=before(b, opt_b))
     # Descriptions ours built: the first step's, and one more after a reallocation.
-    built = len({id(x) for x in descriptions[1:STEPS]} | {id(opt_a._description)})
+    built = len({id(x) for x in descriptions[1:STEPS]} | {id(opt_a._cache.description)})
     mine = snapshot(a, opt_a)
     if setup == "sgd":       # our SGD counts its updates (the first copies); torch's keeps none
         mine["state"] = [{k: v for k, v in st.items() if k != "step"} for st in mine["state"]]
     return {"ours": mine, "torch": snapshot(b, opt_b), "built": built,
-            "t": int(opt_a.schedule_step), "described": opt_a._description.wrappers is not None}
+            "t": int(opt_a.schedule_step),
+            "described": opt_a._cache.description.wrappers is not None}
 
 
 def ddp_vs_torch(impl, _):

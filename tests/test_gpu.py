@@ -204,7 +204,7 @@ def test_multi_block_programs_on_10m_elements_match_the_reference(kind):
                 for i, n in enumerate(sizes)]
 
     runs = reference_pair(make, params, 6, grads_for)
-    assert runs[1][1]._backend.n_programs > 100
+    assert runs[1][1]._cache.backend.n_programs > 100
     assert_runs_match(runs)
 
 
@@ -249,7 +249,7 @@ def test_ticket_stress_20k_programs_200_steps_counts_exact():
         opt.step()
 
     step(0)
-    backend = opt._backend
+    backend = opt._cache.backend
     backend.max_blocks_per_program = 1
     backend._chunk()
     for k in range(1, 200):
@@ -344,7 +344,7 @@ def test_the_grid_follows_the_compiled_kernels_occupancy():
     p.grad = torch.ones_like(p)
     opt = FusedAdamWScheduled([p], lr=1e-3)
     opt.step()
-    backend = opt._backend
+    backend = opt._cache.backend
     compiled = backend.compiled
     assert compiled.n_spills == 0
     assert backend.programs_per_sm == programs_per_sm(compiled.n_regs,

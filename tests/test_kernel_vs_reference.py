@@ -200,17 +200,17 @@ def test_tables_are_rebuilt_only_when_tensors_change():
     opt = FusedAdamScheduled([p], lr=0.1, impl="triton")
     p.grad = torch.randn_like(p)
     opt.step()
-    tables, grads = opt._backend.tensors, opt._backend.grads
+    tables, grads = opt._cache.backend.tensors, opt._cache.backend.grads
     opt.step()                                   # same grad tensor: same tables
-    assert opt._backend.tensors is tables
+    assert opt._cache.backend.tensors is tables
     opt.zero_grad(set_to_none=True)
     p.grad = torch.randn_like(p)                 # a new gradient: only its address is written
     opt.step()
-    assert opt._backend.tensors is tables and opt._backend.grads is grads
+    assert opt._cache.backend.tensors is tables and opt._cache.backend.grads is grads
     assert grads[0].item() == p.grad.data_ptr()
     opt.param_groups[0]["lr"] = 0.2              # a hyperparameter change: new group table
     opt.step()
-    assert opt._backend.tensors is not tables
+    assert opt._cache.backend.tensors is not tables
 
 
 @pytest.mark.parametrize("problem", ["float64", "not-dense", "grad-strides",

@@ -23,42 +23,57 @@ import sys
 
 import pytest
 
+if __name__ == "__main__":     # the compiling subprocess (below): this checkout's fused_lrs
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 ARCHS = [80, 90]
 LEAF_KINDS = ("SCALE", "EXP", "ANNEAL", "POLY", "COSINE", "COSINE_RESTARTS", "CYCLIC",
               "INV_SQRT")
-# ALGO 0 = Adam, 1 = SGD; dtype codes 0 fp32, 1 bf16, 2 fp16, 3 and 4 bf16 and fp16 with fp32
+# dtype codes (kernels/layout.py): 0 fp32, 1 bf16, 2 fp16, 3 and 4 bf16 and fp16 with fp32
 # master weights and states.
-STEP_VARIANTS = {
-    "adam-fp32": dict(ALGO=0, DTYPES=(0,), HAS_OPTION=False),
-    "adam-fp32-amsgrad": dict(ALGO=0, DTYPES=(0,), HAS_OPTION=True),
-    "adam-bf16": dict(ALGO=0, DTYPES=(1,), HAS_OPTION=False),
-    "adam-bf16-master": dict(ALGO=0, DTYPES=(3,), HAS_OPTION=False),
-    "adam-mixed": dict(ALGO=0, DTYPES=(0, 1, 2), HAS_OPTION=True),
-    "adam-master-weights": dict(ALGO=0, DTYPES=(0, 3, 4), HAS_OPTION=False),
-    "sgd-master-weights": dict(ALGO=1, DTYPES=(3,), HAS_OPTION=True),
-    "sgd-fp32-momentum": dict(ALGO=1, DTYPES=(0,), HAS_OPTION=True),
-    "sgd-fp16": dict(ALGO=1, DTYPES=(2,), HAS_OPTION=True),
-}
-# Register budgets on sm_90 (ptxas -v), from issue 11; every other variant must stay within 128.
-# Measured before the per-tensor layout work (2026-12-05, triton 3.6): fp32 AdamW 80 registers
-# (24 B spilled), SGD with momentum 64 (8 B), bf16 with masters 146 (14 bar.sync), three dtypes
-# with amsgrad 166 (30 bar.sync). After: 72, 68, 72 and 80, no spills, 2 bar.sync.
-REGISTER_BUDGET = {"adam-fp32": 96, "sgd-fp32-momentum": 96, "adam-bf16-master": 96,
-                   "adam-mixed": 128,
-                   # every one of the 8 lr leaf kinds in one schedule: fp64 math before the
-                   # loop, not the loop, sets this one (165 measured)
-                   "step-all-kinds": 192}
-MAX_REGISTERS = 128
-# Spills allowed, in bytes: adam-fp32-amsgrad also evaluates scheduled momentum and weight decay
-# (three schedules with fp64 cos): values live across libdevice's cos slow-path call (taken only
-# for |x| > 2^20 or so, never by a schedule) are spilled by the call ABI (44 B of spill stores
-# measured). Cold code; schedule.py using cospi would remove the call.
-SPILLS_ALLOWED = {"adam-fp32-amsgrad": 64}
+DTYPE_SETS = {"fp32": (0,), "bf16": (1,), "bf16-master": (3,), "mixed": (0, 1, 2),
+              "master-weights": (0, 3, 4)}
+# Register budgets on sm_90 (ptxas -v): 96 registers allow 5 resident programs of 4 warps,
+# 128 allow 4 (programs_per_sm in the launcher). One storage dtype: 96. Several dtypes, and the
+# scheduled variants' fp64 schedule math: 128. Every one of the 8 lr leaf kinds in one
+# schedule: fp64 math before the loop, not the loop, sets that one (165 measured).
+ONE_DTYPE_REGISTERS, MAX_REGISTERS, ALL_KINDS_REGISTERS = 96, 128, 192
+
+
+def step_variants() -> dict:
+    """Every algorithm's kernel (one per kernel module of the registry), each with every variant
+    of its update compiled in, for each set of dtypes; "-scheduled" also compiles the GradScaler
+    path and momentum and weight-decay schedules."""
+    from fused_lrs.algorithms import ALGORITHMS
+    from fused_lrs.kernels import layout
+
+    modules = {}
+    for record in ALGORITHMS.values():
+        modules.setdefault(record.kernel, record)
+    table = {}
+    for module, record in modules.items():
+        name = module.rsplit(".", 1)[1]
+        for dtypes_name, codes in DTYPE_SETS.items():
+            combos = tuple(code * layout.VARIANTS + v for code in codes for v in record.variants)
+            registers = ONE_DTYPE_REGISTERS if len(codes) == 1 else MAX_REGISTERS
+            table[f"{name}-{dtypes_name}"] = dict(kernel=module, COMBOS=combos, extras=False,
+                                                  registers=registers)
+        table[f"{name}-scheduled"] = dict(table[f"{name}-fp32"], extras=True,
+                                          registers=MAX_REGISTERS)
+    return table
+
+
+STEP_VARIANTS = step_variants()
+# Spills allowed, in bytes: the scheduled variants also evaluate scheduled momentum and weight
+# decay (three schedules with fp64 cos): values live across libdevice's cos slow-path call
+# (taken only for |x| > 2^20 or so, never by a schedule) are spilled by the call ABI (44 B of
+# spill stores for Adam with triton 3.6). Cold code; schedule.py using cospi would remove the
+# call.
+SCHEDULED_SPILLS = 64
 # The spill budgets hold for the PTX of triton 3.5 and 3.6 (3.6: CI's pinned triton and the GPU
 # machines'). Later tritons keep the registers and bar.sync within budget but spill a few bytes
-# around that same cold call, inside its 48 B stack frame (measured 2026-12-05, sm_90): triton
-# 3.7.1 (ptxas 12.8) 4 B in adam-fp32, adam-bf16 and adam-bf16-master; triton 3.9.0 (ptxas 13.4)
-# 4 B in adam-fp32, 20 B in adam-bf16, 12 B in sgd-master-weights. There the bound is the call's.
+# around that same cold call, inside its 48 B stack frame (triton 3.7.1 with ptxas 12.8: 4 B;
+# 3.9.0 with ptxas 13.4: 4 to 20 B). There the bound is the call's.
 SPILL_BUDGET_TRITONS = ("3.5", "3.6")
 COLD_CALL_SPILLS = 64
 MAX_BAR_SYNC = 4
@@ -98,6 +113,8 @@ def ptxas_resources(ptx: str, arch: int) -> dict:
 def compile_all() -> dict:
     """Compile every kernel variant; return {name: sorted global-memory access kinds}, and
     {name + "-resources": ptxas_resources} for the sm_90 step kernels."""
+    import importlib
+
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -119,10 +136,11 @@ def compile_all() -> dict:
     report = {}
     for arch in ARCHS:
         for name, variant in STEP_VARIANTS.items():
-            # adam-fp32-amsgrad also compiles the GradScaler path and momentum and
-            # weight-decay schedules.
-            extras = name == "adam-fp32-amsgrad"
-            constexprs = dict(variant, KINDS=(int(kinds.ANNEAL), int(kinds.COSINE)), BLOCK=1024,
+            extras = variant["extras"]
+            module = importlib.import_module(variant["kernel"])
+            constexprs = dict(PREPARE=module.prepare, UPDATE=module.update,
+                              COMBOS=variant["COMBOS"],
+                              KINDS=(int(kinds.ANNEAL), int(kinds.COSINE)), BLOCK=1024,
                               UNSCALE=extras, CHECK_INF=extras,
                               KINDS_M=(int(kinds.ANNEAL),) * extras,
                               KINDS_WD=(int(kinds.COSINE),) * extras)
@@ -131,10 +149,12 @@ def compile_all() -> dict:
                                    key if arch == 90 else None)
         report[f"evaluate-all-kinds-sm_{arch}"] = accesses(
             KS._evaluate_kernel, KS.SIGNATURE, dict(KINDS=all_kinds, BLOCK=256), arch)
+    adam = importlib.import_module(STEP_VARIANTS["adam-fp32"]["kernel"])
     report["step-all-kinds-sm_90"] = accesses(
         K.fused_step_kernel, K.SIGNATURE,
-        dict(STEP_VARIANTS["adam-fp32-amsgrad"], KINDS=all_kinds, BLOCK=1024, UNSCALE=False,
-             CHECK_INF=False, KINDS_M=(), KINDS_WD=()), 90, "step-all-kinds-sm_90")
+        dict(PREPARE=adam.prepare, UPDATE=adam.update, COMBOS=STEP_VARIANTS["adam-fp32"]["COMBOS"],
+             KINDS=all_kinds, BLOCK=1024, UNSCALE=False, CHECK_INF=False, KINDS_M=(),
+             KINDS_WD=()), 90, "step-all-kinds-sm_90")
     return report
 
 
@@ -156,7 +176,7 @@ def test_fused_step_kernel_compiles(report, variant, arch):
     # 16-bit ones without masters, whose 4 elements per access are 64 bits: v2.b32).
     assert any(a.startswith("ld.global.v") for a in accesses), accesses
     assert any(a.startswith("st.global.v") for a in accesses), accesses
-    if any(code in (0, 3, 4) for code in STEP_VARIANTS[variant]["DTYPES"]):
+    if any(combo // 8 in (0, 3, 4) for combo in STEP_VARIANTS[variant]["COMBOS"]):
         assert any(a.startswith("ld.global.v4") for a in vector), accesses
         assert any(a.startswith("st.global.v4") for a in vector), accesses
     # A misaligned tensor, decided per tensor at run time: scalar accesses in the same kernel.
@@ -167,10 +187,12 @@ def test_fused_step_kernel_compiles(report, variant, arch):
 @pytest.mark.parametrize("variant", [*sorted(STEP_VARIANTS), "step-all-kinds"])
 def test_the_step_kernel_is_lean_on_sm_90(report, variant):
     res = report[f"{variant}-sm_90-resources"]
-    budget = REGISTER_BUDGET.get(variant, MAX_REGISTERS)
+    budget = (STEP_VARIANTS[variant]["registers"] if variant in STEP_VARIANTS
+              else ALL_KINDS_REGISTERS)
     assert res["registers"] <= budget, res
     if res["triton"].startswith(SPILL_BUDGET_TRITONS):
-        assert res["spilled_bytes"] <= SPILLS_ALLOWED.get(variant, 0), res
+        allowed = SCHEDULED_SPILLS if variant.endswith("-scheduled") else 0
+        assert res["spilled_bytes"] <= allowed, res
     else:
         assert res["spilled_bytes"] <= COLD_CALL_SPILLS, res
     assert res["bar_sync"] <= MAX_BAR_SYNC, res
@@ -186,5 +208,4 @@ def test_the_step_kernel_compiles_every_leaf_kind(report):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     print(json.dumps(compile_all()))

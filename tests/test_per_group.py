@@ -67,7 +67,7 @@ def test_new_values_are_numbers_of_the_table_not_of_the_kernel():
     specs = [S.cyclic([0.01, 0.02], [0.1, 0.2], 5), S.cyclic([0.03, 0.01], [0.3, 0.05], 5),
              S.cyclic(0.01, 0.1, 5)]
     assert len({spec.kinds for spec in specs}) == 1
-    tables = [make(FusedSGDScheduled, "cpu", spec)[1]._table for spec in specs]
+    tables = [make(FusedSGDScheduled, "cpu", spec)[1]._schedule_state.table for spec in specs]
     assert len(tables[0]) == 2  # one block (here one row) per group
     assert not torch.equal(tables[0][0], tables[0][1])
     assert not torch.equal(tables[0], tables[1])

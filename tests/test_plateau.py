@@ -27,6 +27,14 @@ import fused_lrs
 from fused_lrs import FusedAdamWScheduled, FusedSGDScheduled
 from fused_lrs import schedules as S
 
+
+def _table(opt):
+    return opt._schedule_state.table
+
+
+def _plateau(opt):
+    return opt._schedule_state.plateau
+
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, database=None)
 LRS = (0.5, 0.08)   # two groups, two base lrs
 
@@ -66,7 +74,7 @@ def run_both(config, metrics, impl="reference", device="cpu", as_tensor=True):
         fused.report(metric)
         what = f"after report {k} ({m}) of {metrics}, {config}"
         assert_close(fused.last_lr, [g["lr"] for g in opt.param_groups], rtol=1e-15, what=what)
-        assert fused._plateau.tolist() == counters(sched), what
+        assert _plateau(fused).tolist() == counters(sched), what
     for p, q in zip(ps, qs):
         assert_close(q, p, rtol=1e-6, atol=1e-7, what="params")
     return fused
@@ -132,7 +140,7 @@ def test_report_reads_nothing_back(monkeypatch):
     for m in (2.0, 3.0, 4.0):
         sched.step(m)
     assert_close(opt.last_lr, [g["lr"] for g in torch_opt.param_groups], rtol=1e-15)
-    assert opt._plateau.tolist() == counters(sched)
+    assert _plateau(opt).tolist() == counters(sched)
 
 
 def test_compiled_report_does_not_recompile():
@@ -144,8 +152,8 @@ def test_compiled_report_does_not_recompile():
     for k, m in enumerate([3.0, 2.0, 2.5, 2.5, 1.0, 1.5, 1.5, 1.5, 0.5]):
         eager.report(torch.tensor(m, dtype=torch.float64))
         report(torch.tensor(m, dtype=torch.float64))
-        assert torch.equal(compiled._table, eager._table)
-        assert torch.equal(compiled._plateau, eager._plateau)
+        assert torch.equal(_table(compiled), _table(eager))
+        assert torch.equal(_plateau(compiled), _plateau(eager))
         if k == 0:
             # The first call compiles report's graph (dynamo also counts one empty frame).
             compiled_frames = counter.frame_count
@@ -187,7 +195,7 @@ def _resume(load):
         a.step()
         a.report(m)
     saved = copy.deepcopy(a.state_dict())  # torch's load would share a's buffers otherwise
-    assert saved["fused_lrs"]["plateau"]["state"].tolist() == a._plateau.tolist()
+    assert saved["fused_lrs"]["plateau"]["state"].tolist() == _plateau(a).tolist()
     with torch.no_grad():
         for p, q in zip(a_params, b_params):
             q.copy_(p)
@@ -221,33 +229,33 @@ def test_checkpoint_carries_the_state():
     def load(b, saved, a):
         fresh = FusedSGDScheduled(groups(params()), momentum=0.9)   # the schedule comes too
         fresh.load_state_dict(copy.deepcopy(saved))
-        assert fresh.schedule == a.schedule and torch.equal(fresh._table, a._table)
+        assert fresh.schedule == a.schedule and torch.equal(_table(fresh), _table(a))
         b.load_state_dict(saved)
-        assert torch.equal(b._table, a._table)
+        assert torch.equal(_table(b), _table(a))
 
     a, b, a_params, b_params = _resume(load)
-    assert torch.equal(b._plateau, a._plateau) and torch.equal(b._table, a._table)
+    assert torch.equal(_plateau(b), _plateau(a)) and torch.equal(_table(b), _table(a))
     for p, q in zip(a_params, b_params):
         assert torch.equal(p, q)
     # a copy (deepcopy, pickle) carries the state too, and its reports are its own
     for c in (copy.deepcopy(a), pickle.loads(pickle.dumps(a))):
-        assert torch.equal(c._plateau, a._plateau) and torch.equal(c._table, a._table)
+        assert torch.equal(_plateau(c), _plateau(a)) and torch.equal(_table(c), _table(a))
         c.report(-1.0)
-        assert c._plateau.tolist()[0] == -1.0 != a._plateau.tolist()[0]
+        assert _plateau(c).tolist()[0] == -1.0 != _plateau(a).tolist()[0]
 
 
 def test_bad_plateau_checkpoint_changes_nothing():
     opt = FusedSGDScheduled(groups(params()), schedule=S.plateau())
     opt.report(1.0)
     good = opt.state_dict()
-    before = (opt._table.clone(), opt._plateau.clone())
+    before = (_table(opt).clone(), _plateau(opt).clone())
     for entry, match in [({"state": torch.zeros(3), "scales": torch.ones(2)}, "'state'"),
                          ({"state": torch.zeros(4), "scales": torch.ones(3)}, "'scales'"),
                          ({"state": [0.0] * 4, "scales": torch.ones(2)}, "'state'")]:
         bad = {**good, "fused_lrs": {**good["fused_lrs"], "plateau": entry}}
         with pytest.raises(ValueError, match=f"plateau {match} must be a float tensor"):
             opt.load_state_dict(bad)
-        assert torch.equal(opt._table, before[0]) and torch.equal(opt._plateau, before[1])
+        assert torch.equal(_table(opt), before[0]) and torch.equal(_plateau(opt), before[1])
     bad = {**good, "fused_lrs": {**good["fused_lrs"], "schedule": "cosine(10)"}}
     with pytest.raises(ValueError, match="schedule holds no plateau"):
         opt.load_state_dict(bad)
@@ -256,8 +264,8 @@ def test_bad_plateau_checkpoint_changes_nothing():
 @pytest.mark.parametrize("load", [_dcp_load, _zero_load], ids=["dcp", "zero"])
 def test_the_groups_carry_the_plateau_where_dcp_and_zero_keep_them(load):
     a, b, a_params, b_params = _resume(load)
-    assert a._plateau.tolist() != [math.inf, 0.0, 0.0, 0.0]       # it did move
-    assert torch.equal(b._plateau, a._plateau) and torch.equal(b._table, a._table)
+    assert _plateau(a).tolist() != [math.inf, 0.0, 0.0, 0.0]       # it did move
+    assert torch.equal(_plateau(b), _plateau(a)) and torch.equal(_table(b), _table(a))
     for p, q in zip(a_params, b_params):
         assert torch.equal(p, q)
 
@@ -266,14 +274,14 @@ def test_a_bad_plateau_entry_in_the_groups_changes_nothing():
     opt = FusedSGDScheduled(groups(params()), schedule=S.plateau())
     opt.report(1.0)
     good = opt.state_dict()
-    before = (opt._table.clone(), opt._plateau.clone(), opt.param_groups[0]["lr"])
+    before = (_table(opt).clone(), _plateau(opt).clone(), opt.param_groups[0]["lr"])
     bad = copy.deepcopy(good)
     del bad["fused_lrs"]
     bad["param_groups"][1]["plateau_scale"] = torch.ones(2)
     bad["param_groups"][0]["lr"] = 1.0
     with pytest.raises(ValueError, match="group 1 of the checkpoint: 'plateau_scale' must be"):
         opt.load_state_dict(bad)
-    assert torch.equal(opt._table, before[0]) and torch.equal(opt._plateau, before[1])
+    assert torch.equal(_table(opt), before[0]) and torch.equal(_plateau(opt), before[1])
     assert opt.param_groups[0]["lr"] == before[2]
 
 
@@ -294,7 +302,7 @@ def test_from_torch_continues_a_plateau_mid_run(kind):
             assert [g["lr"] for g in opt.param_groups] != list(LRS)  # reduced before the switch
             fused = fused_lrs.from_torch(opt, sched, impl="reference")
             assert fused.schedule == S.plateau(**config)
-            assert fused._plateau.tolist() == counters(sched)
+            assert _plateau(fused).tolist() == counters(sched)
         for p, q in zip(ps, qs):
             p.grad, q.grad = grad(k, p), grad(k, q)
         (fused if k >= 5 else opt).step()
@@ -302,7 +310,7 @@ def test_from_torch_continues_a_plateau_mid_run(kind):
         (fused.report if k >= 5 else sched.step)(m)
         twin_sched.step(m)
     assert_close(fused.last_lr, [g["lr"] for g in twin.param_groups], rtol=1e-15)
-    assert fused._plateau.tolist() == counters(twin_sched)
+    assert _plateau(fused).tolist() == counters(twin_sched)
     for i, (p, q) in enumerate(zip(ps, qs)):
         assert_close(p, q, rtol=1e-5, atol=1e-7, what=f"param {i}")
         for key, value in twin.state[q].items():
@@ -320,12 +328,12 @@ def test_schedules_from_torch_warns_that_the_state_stays_behind():
 
 def test_report_refusals_change_nothing():
     opt = FusedSGDScheduled(groups(params()), schedule=S.plateau())
-    before = (opt._table.clone(), opt._plateau.clone())
+    before = (_table(opt).clone(), _plateau(opt).clone())
     with pytest.raises(ValueError, match="metric must hold one value"):
         opt.report(torch.ones(2))
     with pytest.raises(TypeError, match="metric must be a number or a 0-dim tensor"):
         opt.report("0.5")
-    assert torch.equal(opt._table, before[0]) and torch.equal(opt._plateau, before[1])
+    assert torch.equal(_table(opt), before[0]) and torch.equal(_plateau(opt), before[1])
     with pytest.raises(ValueError, match="holds no plateau"):
         FusedSGDScheduled(groups(params()), schedule=S.cosine(10)).report(1.0)
     with pytest.raises(ValueError, match="momentum_schedule holds a plateau"):
@@ -344,5 +352,5 @@ def test_a_new_group_keeps_the_state():
     opt.report(1.0)  # reduces: scale 0.1
     opt.add_param_group({"params": [ps[1]], "lr": 0.08})
     assert_close(opt.last_lr, [0.05, 0.08], rtol=1e-15)  # the new group starts at scale 1
-    assert opt._plateau.tolist()[1:] == [0.0, 0.0, 2.0]
-    assert not math.isinf(opt._plateau.tolist()[0])
+    assert _plateau(opt).tolist()[1:] == [0.0, 0.0, 2.0]
+    assert not math.isinf(_plateau(opt).tolist()[0])

@@ -112,7 +112,7 @@ def test_checkpoint_keeps_every_schedule():
     assert fresh.schedule == opt.schedule
     assert fresh.momentum_schedule == opt.momentum_schedule
     assert fresh.weight_decay_schedule == opt.weight_decay_schedule
-    assert torch.equal(fresh._table, opt._table)
+    assert torch.equal(fresh._schedule_state.table, opt._schedule_state.table)
 
 
 MOMENTUM_PEERS = [

@@ -92,10 +92,10 @@ def test_captured_tables_are_never_rewritten_and_outlive_the_backend(monkeypatch
             p.grad = g.clone()                     # a new gradient address every step
             if backend_capturing and opt.impl == "triton":
                 opt._describe()
-                if opt._backend is None:
-                    opt._backend = T.TritonBackend(torch.device("cpu"))
+                if opt._cache.backend is None:
+                    opt._cache.backend = T.TritonBackend(torch.device("cpu"))
                 with monkeypatch.context() as m:   # the interpreter runs it; a GPU would record
-                    m.setattr(opt._backend, "_capturing", lambda: True)
+                    m.setattr(opt._cache.backend, "_capturing", lambda: True)
                     opt.step()
             else:
                 opt.step()
@@ -103,7 +103,7 @@ def test_captured_tables_are_never_rewritten_and_outlive_the_backend(monkeypatch
     step()
     step(backend_capturing=True)
     opt = runs[1][1]
-    backend = opt._backend
+    backend = opt._cache.backend
     captured = {name: getattr(backend, name) for name in ("tensors", "grads", "steps", "work")}
     addresses = captured["grads"].clone()
     assert all(id(x) in T.HELD_BY_GRAPHS for x in captured.values())
@@ -111,10 +111,10 @@ def test_captured_tables_are_never_rewritten_and_outlive_the_backend(monkeypatch
     assert backend.grads is not captured["grads"]
     assert torch.equal(captured["grads"], addresses), "the graph's gradient table was written"
     assert backend.grads[0].item() == opt.param_groups[0]["params"][0].grad.data_ptr()
-    table = opt._table
+    table = opt._schedule_state.table
     for _, o in runs:
         o.set_schedule(S.warmup(S.cosine(30), 3))  # drops the backend and the table
-    assert opt._backend is None and id(table) in T.HELD_BY_GRAPHS
+    assert opt._cache.backend is None and id(table) in T.HELD_BY_GRAPHS
     for _ in range(3):
         step()
     (ref, ref_opt), (p, opt) = runs

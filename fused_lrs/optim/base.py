@@ -1,41 +1,45 @@
-"""ScheduledOptimizer: what FusedAdamScheduled, FusedAdamWScheduled and FusedSGDScheduled share.
+"""ScheduledOptimizer: the ``torch.optim.Optimizer`` every fused optimizer class is.
 
-It is a ``torch.optim.Optimizer`` with device tensors of its own:
-  * ``_t``, int64: the schedule counter, the number of ``step()`` calls completed;
+A class names its algorithm's record (``algorithm``, ``fused_lrs/algorithms/``) and its
+``__init__`` signature; everything else is here, the same for every algorithm:
   * ``state[p]["step"]``, float32 on the parameter's device: each parameter's own count, which
-    advances only when the parameter had a gradient (torch's rule);
-  * ``_table``, float64: the schedule's numbers; ``_skipped``: whether GradScaler skipped the
-    last step.
-``step()`` describes the step (``step.py``: tensors, group rows, schedules) and hands the
-description to one backend (``backends/``): ``"triton"`` (one kernel launch on CUDA),
-``"torch_fused"`` (torch's fused CPU kernels) or ``"reference"`` (plain PyTorch, the
-specification). None of them reads a value back to the host. Under ``torch.compile`` the step is
-one custom op (``op.py``) that carries the same description to the same backend.
+    advances only when the parameter had a gradient (torch's rule), beside the record's state
+    slots (torch's keys);
+  * the schedules, their counter ``t`` and table: one ``ScheduleState`` (``schedule_state.py``);
+    checkpoints are functions over the optimizer and it (``checkpoint.py``);
+  * ``step()`` describes the step (``step.py``: tensors, group rows, schedules) and hands the
+    description to one backend (``backends/``): ``"triton"`` (one kernel launch on CUDA),
+    ``"torch_fused"`` (torch's CPU kernels) or ``"reference"`` (plain PyTorch, the
+    specification). None of them reads a value back to the host. Under ``torch.compile`` the
+    step is one custom op (``op.py``) that carries the same description to the same backend.
 
-The description is cached: it is rebuilt only when the set of parameters with a gradient, the
-state, a hyperparameter or the schedule changes; a steady-state step only refreshes the
-gradients. State tensors are therefore replaced only through ``load_state_dict`` (as in every
-torch optimizer, assigning ``opt.state[p][...]`` by hand is not supported after the first step).
+The description is cached (``_Cache``, with everything else that is derived and rebuilt on
+demand): it is rebuilt only when the set of parameters with a gradient, the state, a
+hyperparameter or the schedule changes; a steady-state step only refreshes the gradients. State
+tensors are therefore replaced only through ``load_state_dict`` (as in every torch optimizer,
+assigning ``opt.state[p][...]`` by hand is not supported after the first step).
 """
 
 from __future__ import annotations
 
 import itertools
 import weakref
+from dataclasses import dataclass
 from itertools import chain, compress, repeat
-from operator import is_, is_not, itemgetter
+from operator import contains, is_, is_not, itemgetter
 from typing import Any, ClassVar
 
 import torch
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-from fused_lrs.optim import backends, dtensor
+from fused_lrs import adapters
+from fused_lrs.kernels import layout
+from fused_lrs.optim import backends, checkpoint, dtensor, validate
 from fused_lrs.optim.backends import IMPLS
-from fused_lrs.optim.checkpoint import Checkpoints, initializing_for_dcp
 from fused_lrs.optim.op import forget as forget_owner
 from fused_lrs.optim.op import step as step_op
-from fused_lrs.optim.scheduling import Scheduling
-from fused_lrs.optim.step import STATE_KEYS, StepDescription, to_flat
+from fused_lrs.optim.schedule_state import ScheduleState, check_specs
+from fused_lrs.optim.step import StepDescription, to_flat
 from fused_lrs.schedules import Schedule, constant
 from fused_lrs.schedules.base import check_schedule
 
@@ -52,60 +56,64 @@ def _scalar_key(value):
     return value
 
 
-def as_float(value) -> float:
-    return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
+@dataclass
+class _Cache:
+    """What the optimizer derives from its groups, state and schedules, and rebuilds on demand:
+    never pickled or copied."""
+
+    description: StepDescription | None = None
+    key: tuple | None = None             # what the description was built for
+    backend: Any = None
+    impl: str | None = None
+    rows: list | None = None             # the group rows, and the host facts they came from
+    rows_key: tuple | None = None
+    rows_values: list | None = None
+    warned_scheduler: bool = False       # a torch scheduler's initial_lr was seen
 
 
-class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
-    """Base class: argument checks, state, checkpoints and the choice of implementation.
+class ScheduledOptimizer(torch.optim.Optimizer):
+    """Base class: argument checks, state, checkpoints and the choice of implementation."""
 
-    A subclass names its ``algorithm`` ("adam" or "sgd": the state slots are
-    ``step.STATE_KEYS``), checks its groups (``_check_group``), creates its state
-    (``_ensure_state``), and lays out its hyperparameters (``row_keys``, ``_group_row``).
-    """
-
-    algorithm: ClassVar[str]
-    #: The hyperparameters every saved group of this optimizer holds: a checkpoint group that
-    #: lacks one was saved by another kind of optimizer.
-    group_keys: ClassVar[tuple[str, ...]]
-    #: The group entries the kernel's group row is made of (a change rebuilds the row).
-    row_keys: ClassVar[tuple[str, ...]]
+    algorithm: ClassVar[Any]     # the record (fused_lrs/algorithms/record.py)
 
     # GradScaler hands its scale and found_inf to step() (as torch's fused optimizers take
     # them): unscaling and the skip decision happen inside the launch, with no sync.
     _step_supports_amp_scaling = True
 
     def __init__(self, params, defaults: dict[str, Any], *, schedule: Schedule | None,
-                 impl: str, differentiable: bool, hold_schedule_on_skip: bool = False,
+                 impl: str, hold_schedule_on_skip: bool = False,
                  momentum_schedule: Schedule | None = None,
                  weight_decay_schedule: Schedule | None = None,
                  master_weights: bool = False) -> None:
-        if differentiable:
-            raise NotImplementedError(
-                f"{type(self).__name__}: differentiable=True is not supported: the update runs as "
-                "in-place tensor ops (or a Triton kernel) outside autograd, so no gradient can "
-                "flow through step(); use torch.optim for higher-order optimization")
-        if impl not in IMPLS:
-            raise ValueError(f"{type(self).__name__}: impl must be one of {IMPLS}, got {impl!r}")
-        schedule = check_schedule(type(self).__name__, "schedule",
-                                  constant() if schedule is None else schedule)
-        self.impl_requested = impl
-        self._device: torch.device | None = None
-        self._invalidate()
-        super().__init__(params, defaults)
-        self._t = torch.zeros((), dtype=torch.int64, device=self._device)
-        self._skipped = torch.zeros((), dtype=torch.float32, device=self._device)
-        self.hold_schedule_on_skip = bool(hold_schedule_on_skip)
-        self._draw_owner()
-        self.master_weights = bool(master_weights)
-        self._rows_key, self._rows = None, None
         name = type(self).__name__
-        self._momentum_schedule = None if momentum_schedule is None else check_schedule(
-            name, "momentum_schedule", momentum_schedule)
-        self._weight_decay_schedule = None if weight_decay_schedule is None else check_schedule(
-            name, "weight_decay_schedule", weight_decay_schedule)
-        self.schedule = schedule
-        self._impl = self._choose_impl()        # an impl that cannot run raises here
+        self.algorithm.check_group(defaults)      # torch checks the defaults before anything
+        if defaults.get("differentiable"):
+            raise NotImplementedError(
+                f"{name}: differentiable=True is not supported: the update runs as in-place "
+                "tensor ops (or a Triton kernel) outside autograd, so no gradient can flow "
+                "through step(); use torch.optim for higher-order optimization")
+        if impl not in IMPLS:
+            raise ValueError(f"{name}: impl must be one of {IMPLS}, got {impl!r}")
+        specs = (check_schedule(name, "schedule", constant() if schedule is None else schedule),
+                 momentum_schedule, weight_decay_schedule)
+        self.impl_requested = impl
+        self.master_weights = bool(master_weights)
+        self.hold_schedule_on_skip = bool(hold_schedule_on_skip)
+        self._device: torch.device | None = None
+        self._cache = _Cache()
+        # Made once torch's __init__ has added the groups given here (add_param_group below
+        # checks the schedules against the groups only after that: a per-group spec holds
+        # values for all of them).
+        self._schedule_state: ScheduleState | None = None
+        super().__init__(params, defaults)
+        groups = len(self.param_groups)
+        self._schedule_state = ScheduleState(self._check_specs(specs, groups), self._device,
+                                             groups)
+        self._packed()
+        self._draw_owner()
+        if self.algorithm.eager_state:       # the peer makes every state at construction
+            self.prepare_state([g["params"] for g in self.param_groups])
+        self._cache.impl = self._choose_impl()       # an impl that cannot run raises here
 
     # ---------------------------------------------------------------- groups and checks
 
@@ -114,49 +122,142 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
         left exactly as it was."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        state = self._schedule_state
         try:
-            device = self._check_params(group["params"])
-            self._check_group(group)
-            if "_schedule" in self.__dict__:  # (groups given to __init__: when it is set)
-                self._check_schedules(self._schedules())
+            device = validate.params(type(self).__name__, group["params"], self._device)
+            self.algorithm.check_group(group)
+            if state is not None:
+                self._check_specs(state.specs, len(self.param_groups))
         except Exception:
             self.param_groups.pop()
             raise
         self._device = device
+        if state is not None:
+            state.pack(len(self.param_groups), keep_plateau=True)
+            self._packed()
         self._invalidate()
-        if "_schedule" in self.__dict__:   # (groups given to __init__: packed when it is set)
-            self._pack_schedules(keep_state=True)       # which links the groups (checkpoint.py)
 
-    def _check_params(self, params: list[torch.Tensor]) -> torch.device | None:
-        """Check a new group's parameters; return the optimizer's device with them."""
+    def _check_specs(self, specs, groups: int) -> tuple:
         name = type(self).__name__
-        if len(params) != len({id(p) for p in params}):
-            raise ValueError(f"{name}: a parameter group lists the same parameter twice")
-        for p in params:
-            if p.is_complex():
-                raise ValueError(f"{name}: complex parameters are not supported; optimize "
-                                 "torch.view_as_real(p) as a real parameter instead")
-            if not p.is_floating_point():
-                raise ValueError(f"{name}: parameters must be floating point, got {p.dtype}")
-            if p.is_sparse:
-                raise ValueError(f"{name}: sparse parameters are not supported")
-        device = self._device or (params[0].device if params else None)
-        others = {p.device for p in params} - {device}
-        if others:
-            raise ValueError(f"{name}: all parameters must be on one device (one launch per "
-                             f"step), got {device} and {others.pop()}; use one optimizer per "
-                             "device")
-        return device
+        if specs[1] is not None and self.algorithm.momentum is None:
+            raise ValueError(f"{name}: momentum_schedule: {self.algorithm.peer} has no "
+                             "momentum coefficient to schedule")
+        return check_specs(name, specs, groups)
 
-    def _check_group(self, group: dict[str, Any]) -> None:
-        raise NotImplementedError
+    # ---------------------------------------------------------------- the schedules
 
-    @staticmethod
-    def _check_lr(lr) -> None:
-        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
+    @property
+    def schedule(self) -> Schedule:
+        """The lr schedule spec. Setting it uploads the schedules' table to the device (new
+        numbers never recompile: the kernel is keyed by the specs' kinds only)."""
+        return self._schedule_state.specs[0]
+
+    @schedule.setter
+    def schedule(self, spec: Schedule) -> None:
+        self._replace_schedules((spec, *self._schedule_state.specs[1:]))
+
+    @property
+    def momentum_schedule(self) -> Schedule | None:
+        """The schedule of the momentum-like coefficient (Adam's beta1, SGD's momentum; None:
+        the group's value), e.g. ``one_cycle_momentum(...)`` for torch's
+        ``OneCycleLR(cycle_momentum=True)``."""
+        return self._schedule_state.specs[1]
+
+    @property
+    def weight_decay_schedule(self) -> Schedule | None:
+        """The schedule of the weight decay (None: the group's value), e.g. ``cosine(T)``."""
+        return self._schedule_state.specs[2]
+
+    def set_schedule(self, schedule: Schedule, t: int | None = None) -> None:
+        """Replace the schedule, and optionally its position ``t`` (steps completed), e.g. with
+        ``from_torch(sched)`` and ``torch_position(sched)`` when taking over a torch run."""
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 0):
+            raise ValueError(f"{type(self).__name__}: t must be an integer >= 0, got {t!r}")
+        self.schedule = schedule
+        if t is not None:
+            self._schedule_state.t.fill_(t)
+
+    def _replace_schedules(self, specs) -> None:
+        """New specs (checked first: a refusal changes nothing), the counter kept."""
+        state = self._schedule_state
+        state.specs = self._check_specs(specs, len(self.param_groups))
+        state.pack(len(self.param_groups))
+        self._packed()
+
+    def _packed(self) -> None:
+        """After the table is packed: the groups carry the counter and plateau
+        (``checkpoint.py``), and a plateau's constants are made now, so that a compiled
+        ``report()`` finds them made."""
+        state = self._schedule_state
+        if state.plateau is not None:
+            state.plateau_constants(self._base_lrs())
+        checkpoint.link(self)
+        self._invalidate()
+
+    def _base_lrs(self) -> list[float]:
+        return [row[layout.G_LR] for row in self.group_rows()]
+
+    @property
+    def schedule_step(self) -> torch.Tensor:
+        """The schedule counter: a 0-dim int64 device tensor (steps completed)."""
+        checkpoint.sync(self)
+        return self._schedule_state.t
+
+    @property
+    def last_lr(self) -> torch.Tensor:
+        """float64 device tensor: the lr each group's most recent ``step()`` used, ``lr(t - 1)``
+        after ``t`` steps (``lr(0)`` before the first). Computed on the device, so logging it
+        costs no sync until it is read. (A torch scheduler's ``get_last_lr()`` after
+        ``scheduler.step()`` is the lr of the *next* step, ``lr(t)``.)"""
+        checkpoint.sync(self)
+        return self._schedule_state.last_lr([g["lr"] for g in self.param_groups])
+
+    def get_last_lr(self) -> list[float]:
+        """``last_lr`` as Python floats: the lr each group's most recent ``step()`` used.
+
+        This synchronises with the device (it reads ``last_lr`` back); use ``last_lr`` in a
+        loop that must not wait."""
+        return self.last_lr.tolist()
+
+    def report(self, metric) -> None:
+        """torch ``ReduceLROnPlateau.step(metric)`` for a schedule that holds
+        ``plateau(...)``: updates the plateau's state on the device (``schedules/plateau.py``).
+        ``metric``: a 0-dim tensor (or a float). Nothing is read back to the host, and under
+        ``torch.compile`` a new metric value does not recompile."""
+        checkpoint.sync(self)
+        self._schedule_state.report(type(self).__name__, metric, self._base_lrs())
+
+    @property
+    def last_step_skipped(self) -> torch.Tensor:
+        """Device bool tensor: whether GradScaler skipped the most recent ``step()`` (an inf or
+        NaN gradient). Params, states and step counts were left as they were; the schedule
+        counter advanced unless ``hold_schedule_on_skip``."""
+        return self._schedule_state.skipped != 0
+
+    def as_lr_scheduler(self):
+        """A torch ``LRScheduler`` for frameworks that want one beside the optimizer (HF
+        Trainer, Lightning): its ``step()`` changes nothing and its ``get_last_lr()`` is the lr
+        this optimizer's last step used (``fused_lrs.adapters``)."""
+        return adapters.as_lr_scheduler(self)
+
+    def __setattr__(self, name: str, value) -> None:
+        # Every torch LRScheduler wraps the optimizer's step on attaching (the wrapper carries
+        # _wrapped_by_lr_sched); here that scheduler would rewrite the base lr: warn, once.
+        if name == "step" and getattr(value, "_wrapped_by_lr_sched", False):
+            adapters.warn_torch_scheduler(self)
+        super().__setattr__(name, value)
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's layout (``state`` and ``param_groups``, loadable by the peer optimizer) plus
+        a ``"fused_lrs"`` entry: the schedules and their counter (``checkpoint.py``)."""
+        return checkpoint.state_dict(self)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a checkpoint saved here or by the peer optimizer; a bad one raises and changes
+        nothing (``checkpoint.py``)."""
+        checkpoint.load_state_dict(self, state_dict)
 
     # ---------------------------------------------------------------- the step
 
@@ -164,23 +265,23 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
     def impl(self) -> str:
         """The backend ``step()`` uses: ``impl=`` resolved against the parameters' device and
         dtypes (``"triton"``, ``"torch_fused"`` or ``"reference"``)."""
-        if self._impl is None:
-            self._impl = self._choose_impl()
-        return self._impl
+        if self._cache.impl is None:
+            self._cache.impl = self._choose_impl()
+        return self._cache.impl
 
     def _choose_impl(self) -> str:
         # The dtypes the update stores in: an fp32 master stands in for its 16-bit parameter.
         dtypes = {torch.float32 if self._wants_master(p) else p.dtype
                   for g in self.param_groups for p in g["params"]}
-        scheduled = self._momentum_schedule is not None or self._weight_decay_schedule is not None
+        specs = self._schedule_state.specs
         return backends.choose(type(self).__name__, self.impl_requested, self._device,
-                               self.algorithm, dtypes, scheduled)
+                               self.algorithm, dtypes, specs[1] is not None or specs[2] is not None)
 
     def _invalidate(self) -> None:
         """Forget the cached description, backend and choice of impl: the tensors, state or
         schedules changed."""
-        self._description, self._description_key = None, None
-        self._backend, self._impl = None, None
+        cache = self._cache
+        cache.description, cache.key, cache.backend, cache.impl = None, None, None, None
 
     def step(self, closure=None):
         """One update of every parameter with a gradient, at ``lr(t)`` for ``t`` steps completed.
@@ -206,7 +307,7 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
             with torch.no_grad():
                 self._compiled_step()
             return loss
-        if not self.state and initializing_for_dcp():
+        if not self.state and checkpoint.initializing_for_dcp():
             with torch.no_grad():
                 self.prepare_state(self._gather())  # DCP makes state, no step (checkpoint.py)
             return loss
@@ -214,9 +315,10 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
         torch._C._set_grad_enabled(False)
         try:
             description = self._describe()
-            if self._backend is None:
-                self._backend = backends.create(self.impl, self._device)
-            self._backend.step(description)
+            cache = self._cache
+            if cache.backend is None:
+                cache.backend = backends.create(self.impl, self._device)
+            cache.backend.step(description)
         finally:
             torch._C._set_grad_enabled(grad_enabled)
         return loss
@@ -230,15 +332,28 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
         step."""
         work = self._gather()
         self._require_state(work)
-        step_op(**to_flat(self._build_description(work)), impl=self.impl, owner=self._owner)
+        # Nothing cached is written here: dynamo guards on what the trace reads, and a value the
+        # trace itself changed would fail its guard at the next call (a recompile). So the rows
+        # are made afresh (dynamo guards on the hyperparameters), and the impl is only read.
+        rows = [self.algorithm.row(g, self.defaults) for g in self.param_groups]
+        impl = self._cache.impl or self._choose_impl()
+        step_op(**to_flat(self._build_description(work, rows)), impl=impl, owner=self._owner)
 
     def _describe(self) -> StepDescription:
         """The description of this step: the cached one with this step's gradients, or, when
         the parameters with a gradient, the hyperparameters or the schedule changed, a new one,
         after checking every tensor and creating missing state (nothing is touched if a check
         fails). Reads host-side facts only."""
-        self._sync_counter()     # a checkpoint loaded behind our back (ZeRO): checkpoint.py
-        grads = [p.grad for g in self.param_groups for p in g["params"]]
+        checkpoint.sync(self)    # a checkpoint loaded behind our back (ZeRO)
+        cache = self._cache
+        groups = self.param_groups
+        if not cache.warned_scheduler and any(map(contains, groups, repeat("initial_lr"))):
+            # A torch LRScheduler writes initial_lr into the groups it drives, also through a
+            # wrapper of this optimizer (accelerate's, under HF Trainer): it rewrites the base
+            # lr that the fused schedule scales.
+            cache.warned_scheduler = True
+            adapters.warn_torch_scheduler(self)
+        grads = [p.grad for g in groups for p in g["params"]]
         self.group_rows()
         # Which parameters have a gradient, in C-level loops (map, compress): at 148 tensors a
         # generator expression here cost more than the whole Triton launcher's host work.
@@ -246,26 +361,19 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
                    if any(map(is_, grads, repeat(None))) else None)      # None: all present
         # The state dict's identity and size too: opt.state.clear() (or a new dict) resets the
         # moments in torch, and must here, not leave the cached description on the old tensors.
-        key = (present, self._rows_key, id(self.state), len(self.state))
-        d = self._description
-        if d is None or key != self._description_key or (
-                d.wrappers is not None and not dtensor.current(d)):
+        key = (present, cache.rows_key, id(self.state), len(self.state))
+        d = cache.description
+        if d is None or key != cache.key or (d.wrappers is not None and not dtensor.current(d)):
             work = self._gather()
             if (self._device is not None and self._device.type == "cuda"
                     and torch.cuda.is_current_stream_capturing()):
                 # State created during a capture is only recorded: every replay would zero
                 # the moments and step counts again. (A rebuild is rare: the query is cheap.)
                 self._require_state(work)
-            self.check_gradients([p for ps in work for p in ps])
-            backend = backends.BACKENDS[self.impl]
-            name = type(self).__name__
-            for p in (p for params in work for p in params):
-                state = self.state.get(p, {})       # no {} inserted for a refused one
-                backend.check(backend, name, p, p.grad, state)
-                dtensor.check(name, p, p.grad, state)
+            self._check_tensors([p for ps in work for p in ps])
             self.prepare_state(work)
-            d = self._description = self._build_description(work)
-            self._description_key = (present, self._rows_key, id(self.state), len(self.state))
+            d = cache.description = self._build_description(work, self.group_rows())
+            cache.key = (present, cache.rows_key, id(self.state), len(self.state))
         else:
             d.grads = grads if present is None else list(compress(grads, present))
             if d.wrappers is not None:      # FSDP2: new DTensor gradients every step
@@ -280,6 +388,27 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
         d.hold_on_skip = self.hold_schedule_on_skip   # a plain attribute: may change any step
         return d
 
+    def _check_tensors(self, params: list[torch.Tensor]) -> None:
+        """Everything a new description's tensors need (``validate.py``, ``dtensor.check``),
+        checked before any state is created."""
+        name = type(self).__name__
+        backend = backends.BACKENDS[self.impl]
+        local = dtensor.local
+        for p in params:
+            state = self.state.get(p, {})       # no {} inserted for a refused one
+            dtensor.check(name, p, p.grad, state)
+            tensors = [local(v) for k, v in state.items()
+                       if k != "step" and isinstance(v, torch.Tensor)]
+            validate.tensor(name, backend, local(p), local(p.grad), tensors,
+                            self._wants_master(p))
+
+    def check_gradients(self, params: list[torch.Tensor]) -> None:
+        """Check what a step needs of each gradient of ``params`` (``validate.gradient``),
+        before anything is written."""
+        name = type(self).__name__
+        for p in params:
+            validate.gradient(name, p, p.grad)
+
     def _require_state(self, work) -> None:
         """Refuse a step that would have to create state: under torch.compile or CUDA-graph
         capture it must exist already. (``.get``: a lookup in the state defaultdict would
@@ -289,22 +418,24 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
                                "yet; call opt.init_state() (or take one eager step) before "
                                "torch.compile or CUDA-graph capture")
 
-    def _build_description(self, work) -> StepDescription:
-        """A description of a step over ``work``, the parameters with a gradient per group."""
+    def _build_description(self, work, rows) -> StepDescription:
+        """A description of a step over ``work``, the parameters with a gradient per group, with
+        the groups' ``rows``."""
         params = [p for ps in work for p in ps]
         states = [self.state[p] for p in params]
+        keys = [slot.key for slot in self.algorithm.slots]
+        keys += [None] * (3 - len(keys))
         grad_scale, found_inf = self._amp_tensors()
-        # Tensors the optimizer owns are read through __dict__: dynamo proxies a dict lookup,
-        # while it cannot proxy an optimizer's own tensor attributes.
+        # The schedule state's tensors are read through __dict__: dynamo proxies a dict lookup,
+        # while it cannot proxy an object's own tensor attributes.
+        schedules = self._schedule_state.__dict__
         d = StepDescription(
             algorithm=self.algorithm, params=params, grads=[p.grad for p in params],
-            states=tuple([s.get(k) if k else None for s in states]
-                         for k in STATE_KEYS[self.algorithm]),
+            states=tuple([s.get(k) if k else None for s in states] for k in keys),
             steps=[s["step"] for s in states], masters=[s.get("master") for s in states],
-            group_of=[g for g, ps in enumerate(work) for _ in ps], rows=self.group_rows(),
-            schedules=(self._schedule, self._momentum_schedule, self._weight_decay_schedule),
-            table=self.__dict__["_table"], t=self.__dict__["_t"],
-            skipped=self.__dict__["_skipped"], grad_scale=grad_scale, found_inf=found_inf,
+            group_of=[g for g, ps in enumerate(work) for _ in ps], rows=rows,
+            schedules=schedules["specs"], table=schedules["table"], t=schedules["t"],
+            skipped=schedules["skipped"], grad_scale=grad_scale, found_inf=found_inf,
             hold_on_skip=self.hold_schedule_on_skip)
         dtensor.unwrap(d)        # DTensor (FSDP2) parameters: every backend sees local shards
         return d
@@ -314,35 +445,28 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
         ``opt.grad_scale`` (None once ``scaler.unscale_(opt)`` ran) and ``opt.found_inf``."""
         return getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
 
-    @property
-    def last_step_skipped(self) -> torch.Tensor:
-        """Device bool tensor: whether GradScaler skipped the most recent ``step()`` (an inf or
-        NaN gradient). Params, states and step counts were left as they were; the schedule
-        counter advanced unless ``hold_schedule_on_skip``."""
-        return self._skipped != 0
-
     def group_rows(self) -> list[list[float]]:
-        """Each group's hyperparameters as the kernel's float64 row. Rebuilt only when an entry
-        changes, judged from host facts alone (a tensor hyperparameter by its id and version),
-        so reading the rows never synchronises."""
+        """Each group's hyperparameters as the kernel's float64 row (the record's layout).
+        Rebuilt only when an entry changes, judged from host facts alone (a tensor
+        hyperparameter by its id and version), so reading the rows never synchronises."""
+        cache, row_keys = self._cache, self.algorithm.row_keys
         # Fast path, every step: the very same value objects as last time, none a tensor or a
         # list (an immutable number or tuple that is the same object has the same value).
-        values = list(map(itemgetter(*self.row_keys), self.param_groups))
-        last = self.__dict__.get("_rows_values")
+        values = list(map(itemgetter(*row_keys), self.param_groups))
+        last = cache.rows_values
         if last is not None and len(last) == len(values) and all(
                 map(is_, chain.from_iterable(values), chain.from_iterable(last))):
-            return self._rows
-        key = tuple(tuple(_scalar_key(g[k]) for k in self.row_keys) for g in self.param_groups)
-        if key != self._rows_key:
-            self._rows = [self._group_row(g) for g in self.param_groups]
-            self._rows_key = key
+            return cache.rows
+        key = tuple(tuple(_scalar_key(g[k]) for k in row_keys) for g in self.param_groups)
+        if key != cache.rows_key:
+            cache.rows = [self.algorithm.row(g, self.defaults) for g in self.param_groups]
+            cache.rows_key = key
         plain = not any(isinstance(x, (torch.Tensor, list)) for row in values for v in row
                         for x in (v if isinstance(v, tuple) else (v,)))
-        self._rows_values = values if plain else None     # a tensor: its version decides
-        return self._rows
+        cache.rows_values = values if plain else None     # a tensor: its version decides
+        return cache.rows
 
-    def _group_row(self, group: dict[str, Any]) -> list[float]:
-        raise NotImplementedError
+    # ---------------------------------------------------------------- state
 
     def init_state(self) -> None:
         """Create the state of every parameter now, gradient or not, without stepping: what
@@ -352,7 +476,8 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
         torch's own optimizers do under compile, so that ``mode="reduce-overhead"`` can keep
         the step inside its CUDA graph instead of copying the mutated inputs."""
         self.prepare_state([g["params"] for g in self.param_groups])
-        tensors = [self._t, self._table, *([self._plateau] if self._plateau is not None else [])]
+        state = self._schedule_state
+        tensors = [state.t, state.table, *([state.plateau] if state.plateau is not None else [])]
         for group in self.param_groups:
             for p in group["params"]:
                 tensors += [p, *(v for v in self.state[p].values() if v is not None)]
@@ -365,69 +490,61 @@ class ScheduledOptimizer(Scheduling, Checkpoints, torch.optim.Optimizer):
         """The parameters with a gradient, per group."""
         return [[p for p in g["params"] if p.grad is not None] for g in self.param_groups]
 
-    def check_gradients(self, params: list[torch.Tensor]) -> None:
-        """Check what a step needs of each gradient of ``params``. torch itself guarantees a
-        gradient's shape; its dtype may differ when the parameter's ``grad_dtype`` allows it,
-        and it may be sparse. Called before anything is written."""
-        name = type(self).__name__
-        for p in params:
-            if p.grad.is_sparse:
-                raise RuntimeError(f"{name} does not support sparse gradients")
-            if p.grad.dtype != p.dtype:
-                raise RuntimeError(f"{name}: a gradient of dtype {p.grad.dtype} does not "
-                                   f"match its parameter's {p.dtype}")
-
     def prepare_state(self, work) -> None:
-        """Create whatever state each parameter with a gradient lacks (torch's lazy init)."""
+        """Create whatever state each parameter of ``work`` (lists per group) lacks, as its
+        group's options need (torch's lazy init): the step count and the record's slots."""
+        algorithm = self.algorithm
         for group, params in zip(self.param_groups, work):
+            kept = [(slot, group[slot.initial] if slot.initial else 0.0)
+                    for slot in algorithm.slots if slot.present(group)]
             for p in params:
-                self._ensure_state(p, self.state[p], group)
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                for slot, value in kept:
+                    if slot.key not in state:
+                        state[slot.key] = self._new_state_tensor(p, value)
+                        if algorithm.first_update_copies:
+                            # The count of updates made with this slot: 0 makes the next one
+                            # copy the gradient in, as torch does for a missing buffer.
+                            state["step"].zero_()
+                if self._wants_master(p) and "master" not in state:
+                    state["master"] = p.detach().float()
 
-    def _ensure_state(self, p: torch.Tensor, state: dict, group: dict[str, Any]) -> None:
-        """Create whatever state ``group``'s options need and ``state`` lacks."""
-        raise NotImplementedError
+    def _wants_master(self, p: torch.Tensor) -> bool:
+        """Whether ``p`` keeps an fp32 master copy and fp32 states."""
+        return self.master_weights and p.dtype in (torch.bfloat16, torch.float16)
+
+    def _new_state_tensor(self, p: torch.Tensor, value: float) -> torch.Tensor:
+        """A state tensor for ``p`` filled with ``value``: its dtype (torch's rule), or fp32
+        with master weights."""
+        dtype = torch.float32 if self._wants_master(p) else p.dtype
+        return torch.full_like(p, value, dtype=dtype, memory_format=torch.preserve_format)
+
+    # ---------------------------------------------------------------- copies
 
     def __getstate__(self) -> dict[str, Any]:
-        # torch's keeps defaults, state and param_groups; a copy or a pickle also needs the
-        # schedule (with its device table), its counter and the implementation. The cached
-        # description, backend and group rows are rebuilt on demand.
-        return {**super().__getstate__(), "_schedule": self._schedule,
-                "_momentum_schedule": self._momentum_schedule,
-                "_weight_decay_schedule": self._weight_decay_schedule,
-                "_table": self._table, "_t": self._t, "impl_requested": self.impl_requested,
-                "_plateau": self._plateau, "_plateau_key": None,
-                "_table_groups": self._table_groups, "_plateau_spec": self._plateau_spec,
-                "_plateau_row": self._plateau_row,
-                "_skipped": self._skipped, "hold_schedule_on_skip": self.hold_schedule_on_skip,
-                "master_weights": self.master_weights,
-                "_device": self._device, "_rows_key": None, "_rows": None,
-                "_rows_values": None, "_description": None, "_description_key": None,
-                "_backend": None,
-                "_impl": None}
+        # Everything but what is derived (the cache, rebuilt on demand; the owner number, drawn
+        # anew: a copy is another optimizer) and torch's hooks (its __setstate__ makes them).
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("_cache", "_owner") and not k.startswith("_optimizer_")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # As torch's Adam and SGD do: a group saved before an option existed gets its default.
+        # Also what torch's load_state_dict calls, with only "state" and "param_groups".
         super().__setstate__(state)
+        self._cache = _Cache()
         self._draw_owner()                 # a copy is another optimizer: its own backends
+        # As torch's optimizers do: a group saved before an option existed gets its default.
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
+        if "_schedule_state" in state:     # a copy or an unpickle, not a load_state_dict
+            # A plain pickle copies the scale views apart from the table they view.
+            self._schedule_state.relink()
+            checkpoint.link(self)
 
     def _draw_owner(self) -> None:
         """The number that names this optimizer to the compiled step's op (``op.py`` keeps
         one backend per number), released with its backends when the optimizer is collected."""
         self._owner = next(_OWNERS)
         weakref.finalize(self, forget_owner, self._owner)
-
-    def _wants_master(self, p: torch.Tensor) -> bool:
-        """Whether ``p`` keeps an fp32 master copy and fp32 states."""
-        return self.master_weights and p.dtype in (torch.bfloat16, torch.float16)
-
-    def _new_state_tensor(self, p: torch.Tensor) -> torch.Tensor:
-        """A zero state tensor for ``p``: its dtype (torch's rule), or fp32 with master weights."""
-        dtype = torch.float32 if self._wants_master(p) else p.dtype
-        return torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
-
-    def _ensure_master(self, p: torch.Tensor, state: dict[str, Any]) -> None:
-        if self._wants_master(p) and "master" not in state:
-            state["master"] = p.detach().float()

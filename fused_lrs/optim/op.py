@@ -34,7 +34,7 @@ def step(params: list[Tensor], grads: list[Tensor], state1: list[Tensor], state2
          hold_on_skip: bool, impl: str, owner: int) -> None:
     schedules = tuple(_spec(text) if text else None for text in schedule.split("\n"))
     description = from_flat(params, grads, state1, state2, state3, steps, masters, presence,
-                            group_of, groups, schedules, algorithm, table, t, skipped,
+                            group_of, groups, schedules, _record(algorithm), table, t, skipped,
                             grad_scale, found_inf, hold_on_skip)
     backend_for(impl, t.device, owner).step(description)
 
@@ -44,6 +44,12 @@ def _(params, grads, state1, state2, state3, steps, masters, presence, group_of,
       schedule, algorithm, table, t, skipped, grad_scale, found_inf, hold_on_skip, impl,
       owner) -> None:
     return None
+
+
+def _record(name: str):
+    # Imported here: the registry's classes import the optimizer, which imports this module.
+    from fused_lrs.algorithms import ALGORITHMS
+    return ALGORITHMS[name]
 
 
 @functools.lru_cache(maxsize=64)

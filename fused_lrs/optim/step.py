@@ -4,11 +4,12 @@ Data flows one way: the optimizer (``base.py``) builds a description, one backen
 (``backends/``) consumes it, and the Triton backend hands its tables to the kernel. Nothing here
 imports the optimizer or a backend.
 
-Per tensor (lists aligned with ``params``, one entry per parameter with a gradient): the
-parameter, its gradient, three state slots (None where absent), its float32 step count and its
-fp32 master copy (None without one). Per group: its row (``kernels/layout.py``). For the
-schedules: their specs (the reference evaluates those), their device table and kinds (the
-kernel reads those).
+The algorithm is its record (``fused_lrs/algorithms/record.py``). Per tensor (lists aligned
+with ``params``, one entry per parameter with a gradient): the parameter, its gradient, the
+record's three state slots (None where absent), its float32 step count and its fp32 master copy
+(None without one). Per group: its row (``kernels/layout.py``; the record names its columns).
+For the schedules: their specs (the reference evaluates those), their device table and kinds
+(the kernel reads those).
 
 The custom op (``op.py``) carries a description through ``torch.compile`` as flat lists and
 rebuilds it with ``from_flat``. Its mutated lists hold only the present tensors, with a
@@ -25,16 +26,12 @@ import torch
 
 from fused_lrs.kernels import layout
 
-ADAM, SGD = "adam", "sgd"
-# The state slots of each algorithm, in the order of the description's state columns.
-STATE_KEYS = {ADAM: ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
-              SGD: ("momentum_buffer", None, None)}
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @dataclass(eq=False)
 class StepDescription:
-    algorithm: str                          # ADAM or SGD
+    algorithm: Any                          # the algorithm's record
     params: list[torch.Tensor]
     grads: list[torch.Tensor]
     states: tuple[list, list, list]         # STATE_KEYS[algorithm] columns, None where absent
@@ -68,10 +65,13 @@ class StepDescription:
         """Whether beta1 / momentum or the weight decay is scheduled (a device value)."""
         return self.schedules[1] is not None or self.schedules[2] is not None
 
-    def option(self, g: int) -> bool:
-        """Whether group ``g`` keeps the optional state: amsgrad (Adam), momentum (SGD)."""
-        row = self.rows[g]
-        return row[layout.G_FLAG] != 0 if self.algorithm == ADAM else row[layout.G_A] != 0
+    def hyperparameters(self, g: int) -> dict[str, float]:
+        """Group ``g``'s row by name (the record's names)."""
+        return self.algorithm.hyperparameters(self.rows[g])
+
+    def variant(self, g: int) -> int:
+        """The kernel variant group ``g`` needs (the record's options bits: amsgrad, ...)."""
+        return self.algorithm.variant(self.hyperparameters(g))
 
     def advance_counters(self, skip: torch.Tensor | None) -> None:
         """``t += 1`` (held on a skip with ``hold_on_skip``) and record the skip: the counter
@@ -102,14 +102,15 @@ def to_flat(d: StepDescription) -> dict[str, Any]:
                 masters=masters, presence=[*m1, *m2, *m3, *mm], group_of=d.group_of,
                 groups=[x for row in d.rows for x in row],
                 schedule="\n".join(repr(s) if s is not None else "" for s in d.schedules),
-                algorithm=d.algorithm, table=d.table, t=d.t, skipped=d.skipped,
+                algorithm=d.algorithm.name, table=d.table, t=d.t, skipped=d.skipped,
                 grad_scale=d.grad_scale, found_inf=d.found_inf, hold_on_skip=d.hold_on_skip)
 
 
 def from_flat(params, grads, state1, state2, state3, steps, masters, presence, group_of, groups,
               schedules, algorithm, table, t, skipped, grad_scale, found_inf,
               hold_on_skip) -> StepDescription:
-    """The description ``to_flat`` flattened; ``schedules`` are the parsed specs."""
+    """The description ``to_flat`` flattened; ``schedules`` are the parsed specs and
+    ``algorithm`` the record."""
     n = len(params)
     masks = [presence[i * n:(i + 1) * n] for i in range(4)]
     cols = [_fill(x, m) for x, m in zip((state1, state2, state3, masters), masks)]

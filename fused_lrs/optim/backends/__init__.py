@@ -2,10 +2,10 @@
 
 Each backend is one file with one class:
   * ``name``; ``unsupported(device, algorithm, dtypes, scheduled_hyperparameters)``: why it
-    cannot run such a step, or None (``dtypes``: those the update stores in, fp32 for a
-    parameter with an fp32 master copy);
-  * ``check(name, p, grad, state)``: what it needs of one tensor, raised before the optimizer
-    creates any state;
+    cannot run such a step, or None (``algorithm``: the record; ``dtypes``: those the update
+    stores in, fp32 for a parameter with an fp32 master copy);
+  * ``requirements(p, grad, states)``: what it needs of one tensor (local shards), raised
+    before anything is written (``optim/validate.py`` calls it);
   * ``step(description)``: the whole update, counters included, with no host sync.
 A backend object lives as long as its optimizer's tensors and may cache per description.
 """
@@ -29,7 +29,7 @@ def candidates(device: torch.device | None) -> tuple[str, ...]:
     return (*first, "torch_fused", "reference")
 
 
-def choose(owner: str, requested: str, device, algorithm: str, dtypes,
+def choose(owner: str, requested: str, device, algorithm, dtypes,
            scheduled_hyperparameters: bool) -> str:
     """The backend for a step: ``requested`` if it can run it, else a clear error naming the
     ones that can; ``"auto"``, the first of ``candidates`` that can."""

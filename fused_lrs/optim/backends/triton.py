@@ -28,6 +28,7 @@ Triton itself is imported when the first backend object is made, never at packag
 from __future__ import annotations
 
 import ctypes
+import importlib
 import importlib.util
 import math
 import os
@@ -37,7 +38,8 @@ from operator import attrgetter
 import torch
 
 from fused_lrs.kernels import layout as L
-from fused_lrs.optim.step import ADAM, KERNEL_DTYPES, StepDescription
+from fused_lrs.optim import validate
+from fused_lrs.optim.step import KERNEL_DTYPES, StepDescription
 
 # Elements per inner iteration: 4 warps x 32 threads x 8 fp32 = two 128-bit accesses per thread
 # per tensor, the usual shape for a memory-bound elementwise body (Liger, Apex use the same).
@@ -103,29 +105,23 @@ def _strides(x: torch.Tensor) -> tuple:
     return tuple(s for n, s in zip(x.shape, x.stride()) if n != 1)
 
 
-def check_tensors(name: str, p: torch.Tensor, tensors: list[torch.Tensor],
-                  states: list[torch.Tensor], master: torch.Tensor | None) -> None:
-    """What the kernel needs of a parameter, its gradient (in ``tensors``) and its states
-    (fp32 when it has a master copy): supported dtypes, and one dense layout for all, since
-    the update walks every tensor in storage order."""
+def requirements(p: torch.Tensor, grad: torch.Tensor, states: list[torch.Tensor]) -> None:
+    """What the kernel needs of a parameter, its gradient and its states (``optim/validate.py``
+    has checked the dtypes agree): a dtype it updates, and one dense layout for all, since the
+    update walks every tensor in storage order."""
     if p.dtype not in KERNEL_DTYPES:
-        raise TypeError(f"{name}: impl='triton' updates float32, bfloat16 and float16 "
-                        f"parameters, got {p.dtype}; use impl='reference'")
-    state_dtype = p.dtype if master is None else torch.float32
-    if any(x.dtype != p.dtype for x in tensors) or any(x.dtype != state_dtype for x in states):
-        raise TypeError(f"{name}: a gradient's or state tensor's dtype differs from its "
-                        f"parameter's ({p.dtype}); was the model cast after the optimizer was "
-                        "built?")
+        raise TypeError(f"impl='triton' updates float32, bfloat16 and float16 parameters, got "
+                        f"{p.dtype}; use impl='reference'")
     if not _dense(p):
-        raise ValueError(f"{name}: impl='triton' needs dense, non-overlapping parameters (any "
-                         f"memory format), got strides {p.stride()} for shape "
-                         f"{tuple(p.shape)}; use impl='reference'")
+        raise ValueError(f"impl='triton' needs dense, non-overlapping parameters (any memory "
+                         f"format), got strides {p.stride()} for shape {tuple(p.shape)}; use "
+                         "impl='reference'")
     strides = _strides(p)
-    for x in (*tensors, *states):
+    for x in (grad, *states):
         if _strides(x) != strides:
-            raise ValueError(f"{name}: impl='triton' needs the gradient and states in the "
-                             f"parameter's layout (strides {p.stride()}), got {x.stride()}; "
-                             "use impl='reference'")
+            raise ValueError(f"impl='triton' needs the gradient and states in the parameter's "
+                             f"layout (strides {p.stride()}), got {x.stride()}; use "
+                             "impl='reference'")
 
 
 class TritonBackend:
@@ -167,15 +163,7 @@ class TritonBackend:
                     f"{sorted(map(str, set(dtypes) - set(KERNEL_DTYPES)))}")
         return None
 
-    def check(self, name, p, grad, state) -> None:
-        local = attrgetter("_local_tensor")     # DTensor (FSDP2): the kernel sees local shards
-        if hasattr(p, "_local_tensor"):
-            p, grad = local(p), local(grad)
-            state = {k: local(v) if hasattr(v, "_local_tensor") else v
-                     for k, v in state.items()}
-        check_tensors(name, p, [p, grad], [v for k, v in state.items()
-                                           if k != "step" and v is not None],
-                      state.get("master"))
+    requirements = staticmethod(requirements)
 
     # ---------------------------------------------------------------- the step
 
@@ -240,16 +228,16 @@ class TritonBackend:
         tensors = (*d.params, *d.steps, d.table,
                    *(x for col in (*d.states, d.masters) for x in col if x is not None))
         key = (tuple(map(_DATA_PTR, tensors)), tuple(map(tuple, d.rows)), d.kinds,
-               tuple(d.group_of), d.algorithm,
+               tuple(d.group_of), d.algorithm.name,
                tuple(x is not None for col in (*d.states, d.masters) for x in col),
                tuple(p.dtype for p in d.params))
         grad_layout = _layout(d.grads)
         if key != self.key or grad_layout != self._grad_layout:
             for i, p in enumerate(d.params):
-                states = [col[i] for col in d.states if col[i] is not None]
                 master = d.masters[i]
-                check_tensors("fused_lrs::step", p, [p, d.grads[i]],
-                              states + ([master] if master is not None else []), master)
+                states = [x for x in (*(col[i] for col in d.states), master) if x is not None]
+                validate.tensor("fused_lrs::step", self, p, d.grads[i], states,
+                                master is not None)
         if key != self.key:
             self._rebuild(d)
             self.key = key
@@ -272,8 +260,8 @@ class TritonBackend:
     # ---------------------------------------------------------------- tables and launch
 
     def _rebuild(self, d: StepDescription) -> None:
-        K = self.kernel
-        tensor_rows, step_addrs, dtypes = [], [], set()
+        tensor_rows, step_addrs, combos = [], [], set()
+        variants = [d.variant(g) for g in range(len(d.rows))]
         for i, p in enumerate(d.params):
             code = L.DTYPE_CODES[str(p.dtype).removeprefix("torch.")]
             master = d.masters[i]
@@ -285,10 +273,11 @@ class TritonBackend:
                 row[col] = column[i].data_ptr() if column[i] is not None else 0
             row[L.COL_MASTER] = master.data_ptr() if master is not None else 0
             row[L.COL_NUMEL] = p.numel()
-            row[L.COL_META] = d.group_of[i] * L.META_GROUP + code
+            combo = code * L.VARIANTS + variants[d.group_of[i]]
+            row[L.COL_META] = d.group_of[i] * L.META_GROUP + combo
             tensor_rows.append(row)
             step_addrs.append(d.steps[i].data_ptr())
-            dtypes.add(code)
+            combos.add(combo)
         self._retire()
         n = len(tensor_rows)
         self.tensors = self._to_device(torch.tensor(tensor_rows or [[0] * L.TENSOR_COLS],
@@ -299,10 +288,10 @@ class TritonBackend:
         self.groups = self._to_device(torch.tensor(d.rows, dtype=torch.float64))
         self.sizes = [p.numel() for p in d.params]
         self.kinds = d.kinds
-        self.algorithm = K.ADAM if d.algorithm == ADAM else K.SGD
+        algorithm = importlib.import_module(d.algorithm.kernel)
+        self.update_fns = (algorithm.prepare, algorithm.update)
         self.n_tensors = n
-        self.dtypes = tuple(sorted(dtypes)) or (0,)
-        self.has_option = any(d.option(g) for g in range(len(d.rows)))
+        self.combos = tuple(sorted(combos)) or (0,)
         self._constexprs = {}          # per GradScaler presence: the kernel's compile key
         self._chunk()
 
@@ -368,8 +357,8 @@ class TritonBackend:
         constexprs = self._constexprs.get(amp)
         if constexprs is None:
             constexprs = self._constexprs[amp] = dict(
-                ALGO=self.algorithm, KINDS=self.kinds[0], KINDS_M=self.kinds[1],
-                KINDS_WD=self.kinds[2], DTYPES=self.dtypes, HAS_OPTION=self.has_option,
+                PREPARE=self.update_fns[0], UPDATE=self.update_fns[1], KINDS=self.kinds[0],
+                KINDS_M=self.kinds[1], KINDS_WD=self.kinds[2], COMBOS=self.combos,
                 BLOCK=BLOCK, UNSCALE=amp[0], CHECK_INF=amp[1], num_warps=NUM_WARPS)
         scaler = (skipped if grad_scale is None else grad_scale,
                   skipped if found_inf is None else found_inf, skipped)

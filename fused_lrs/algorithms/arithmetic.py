@@ -1,0 +1,28 @@
+"""Arithmetic the reference updates share, written to round as torch's own ops do.
+
+A hyperparameter reaches a reference update as a Python float, or, when a schedule drives it
+(the lr always; a momentum or weight decay with ``momentum_schedule=`` or
+``weight_decay_schedule=``), as a float64 0-dim device tensor, never read back to the host.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def applies(value) -> bool:
+    """Whether a term takes part: scheduled (a device tensor, never read back) or non-zero."""
+    return isinstance(value, torch.Tensor) or value != 0
+
+
+def add(x: torch.Tensor, y: torch.Tensor, alpha) -> torch.Tensor:
+    """x + alpha * y, rounded once as torch's ``add(alpha=)`` (a fused multiply-add) when alpha
+    is a number; a scheduled alpha is a device tensor, multiplied then added."""
+    if isinstance(alpha, torch.Tensor):
+        return x + alpha.to(x.dtype) * y
+    return x.add(y, alpha=alpha)
+
+
+def scalar(value, like: torch.Tensor):
+    """``value`` in ``like``'s dtype when it is a tensor (a float stays a float)."""
+    return value.to(like.dtype) if isinstance(value, torch.Tensor) else value
