@@ -224,7 +224,7 @@ def generic(d: dict) -> list[str]:
     """Any other file: its numbers, by their path in the file (at most 60)."""
     rows = [(k, v) for k, v in _leaves({k: v for k, v in d.items() if k != "environment"})]
     shown = [[f"`{k}`", _f(v, ".4g")] for k, v in rows[:60]]
-    more = [f"", f"... and {len(rows) - 60} more numbers in the file."] if len(rows) > 60 else []
+    more = ["", f"... and {len(rows) - 60} more numbers in the file."] if len(rows) > 60 else []
     return (["No renderer knows this file's shape yet; its numbers as they are:", ""]
             + _table(["entry", "value"], shown) + more)
 

@@ -17,15 +17,22 @@ import sys
 from mkdocs.structure.files import File
 
 HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))           # the hook is loaded by path, not as a package
-
-import api_pages  # noqa: E402
-import benchmark_page  # noqa: E402
-
 MARKER = "<!-- results -->"
 
 
+def on_config(config):
+    # The reference documents this checkout, not whichever fused_lrs the environment has
+    # installed: the checkout goes first on sys.path before anything imports fused_lrs (here,
+    # not at import time: mkdocs restores sys.path after loading a hook).
+    for path in (str(HERE), str(HERE.parent)):
+        if path not in sys.path[:2]:
+            sys.path.insert(0, path)
+    return config
+
+
 def on_files(files, config):
+    import api_pages  # from tools/, put on sys.path by on_config
+
     for path, text in api_pages.pages().items():
         files.append(File.generated(config, path, content=text))
     changelog = (HERE.parent / "CHANGELOG.md").read_text()
@@ -38,4 +45,5 @@ def on_page_markdown(markdown, page, config, files):
         return markdown
     if MARKER not in markdown:
         raise ValueError(f"docs/benchmarks.md lost its {MARKER} line, where the figures go")
+    import benchmark_page
     return markdown.replace(MARKER, benchmark_page.render())
