@@ -207,7 +207,14 @@ def one_cycle_momentum(total_steps: int, pct_start: float = 0.3, anneal_strategy
     """The momentum of torch's ``OneCycleLR(cycle_momentum=True)``, for an optimizer's
     ``momentum_schedule=`` (Adam's beta1, SGD's momentum). Absolute values: from
     ``max_momentum`` down to ``base_momentum`` while the lr rises, and back up while it falls,
-    over the phases of ``one_cycle`` with the same arguments.
+    over the phases of ``one_cycle`` with the same arguments:
+
+    ```text
+    momentum(t) = anneal(max_momentum, base_momentum, t / e1)                for t <= e1
+                  anneal(base_momentum, max_momentum, (t - e1) / (e2 - e1))  after
+    ```
+
+    with ``e1``, ``e2`` and ``anneal`` as in ``one_cycle``.
 
     Args:
         total_steps: the length of the cycle in steps (>= 1); the last value holds after it.
