@@ -167,10 +167,11 @@ def _full_cpu_estimate(chosen, plan, eta) -> str:
     sizes = ", ".join(f"{sc.name} {sc.params / 1e6:.1f}M" for sc in chosen)
     compiled = [p.name for p in plan if p.compiled]
     return (f"CPU without --quick: the scenarios run at their GPU sizes ({sizes} parameters). "
-            f"Estimated time: about {estimate.duration(eta.left())}, from a probe of "
-            f"{estimate.PROBE_STEPS} steps per provider on one GPT-2-small block, scaled by the "
-            "bytes each scenario moves"
-            + (f"; {', '.join(compiled)}'s compilation is not in it" if compiled else "")
+            f"Estimated time: about {estimate.duration(eta.left())}, from the median of "
+            f"{estimate.PROBE_STEPS} probe steps per provider on one GPT-2-small block, scaled by "
+            "the bytes each scenario moves"
+            + (f"; {', '.join(compiled)}'s compilation, tens of seconds a scenario on a CPU, "
+               "comes on top" if compiled else "")
             + "; other jobs on the same cores make it longer. The progress line refines it as "
             "scenarios finish. --quick runs reduced sizes with 10-step loops instead (< 90 s on "
             "a 2-core CPU).")

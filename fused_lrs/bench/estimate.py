@@ -37,7 +37,9 @@ BUILD_STEPS = 2
 # CUDA items also time ``steps`` steps with events and 5 + 5 for kernels and syncs (measure.py).
 CUDA_EXTRA_STEPS = 10
 PROBE_SHAPES = tuple(gpt_shapes(1, 768, 0, 0, embeddings=False))     # 12 tensors, 7.1M
-PROBE_STEPS = 3
+# The median of 5 steps: on a 2-core machine that other jobs load, single steps of this block
+# range over 10x (a preempted OpenMP thread stalls the step), and the median keeps to the middle.
+PROBE_STEPS = 5
 
 
 def steps_taken(scenario, provider, steps: int, repeats: int, cuda: bool) -> int:
@@ -87,10 +89,10 @@ class Eta:
 
 def probe(plan, device: torch.device, shapes=None, steps: int | None = None
           ) -> dict[str, float]:
-    """Seconds per byte of each eager provider of ``plan``, from ``steps`` timed steps of fp32
-    AdamW on ``shapes`` (default ``PROBE_STEPS`` on ``PROBE_SHAPES``), after one untimed step
-    that creates the state. Compiled providers are left out: a probe would spend its time
-    compiling."""
+    """Seconds per byte of each eager provider of ``plan``, from the median of ``steps`` timed
+    steps of fp32 AdamW on ``shapes`` (default ``PROBE_STEPS`` on ``PROBE_SHAPES``), after one
+    untimed step that creates the state. Compiled providers are left out: a probe would spend
+    its time compiling."""
     from fused_lrs.bench import measure, providers
 
     shapes, steps = shapes or PROBE_SHAPES, steps or PROBE_STEPS
@@ -102,12 +104,14 @@ def probe(plan, device: torch.device, shapes=None, steps: int | None = None
         params = providers.make_params(shapes, device)
         step = provider.build(params, ADAMW, device)
         step()
-        measure.sync(device)
-        t0 = time.perf_counter()
+        times = []
         for _ in range(steps):
+            measure.sync(device)
+            t0 = time.perf_counter()
             step()
-        measure.sync(device)
-        rates[provider.name] = (time.perf_counter() - t0) / steps / per_step
+            measure.sync(device)
+            times.append(time.perf_counter() - t0)
+        rates[provider.name] = statistics.median(times) / per_step
         del params, step
     return rates
 
