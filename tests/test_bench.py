@@ -4,14 +4,18 @@ benchmarks: ``pytest benchmarks --benchmark-only``.)"""
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
+import re
 
 import pytest
 import torch
 from conftest import assert_close
 
+import fused_lrs.bench as bench
+from fused_lrs.bench import estimate, report
 from fused_lrs.bench import providers as P
-from fused_lrs.bench import report
 from fused_lrs.bench.scenarios import ADAMW, ADAMW_MASTER, SGD, Recipe, scenarios, select
 from fused_lrs.cli import main
 
@@ -88,6 +92,7 @@ def test_bench_command_writes_table_json_and_chart(tmp_path, monkeypatch, capsys
     assert "bfloat16 parameters, 30 B/param" in printed.out
     assert "fused_lrs speedup (wall):" in printed.out
     assert "S3 torch_fused" in printed.err                     # the progress bar
+    assert " left S3 torch_fused" in printed.err              # with the time left
     result = json.loads((out / "bench.json").read_text())
     env = result["environment"]
     assert {"device", "torch", "triton", "python", "commit", "date"} <= set(env)
@@ -145,3 +150,105 @@ def test_bench_bad_arguments_are_one_line(argv, message, tmp_path, capsys):
 def test_no_chart_without_figures(tmp_path):
     result = {"scenarios": [{"name": "S1", "results": [{"status": "failed: OOM"}]}]}
     assert "no scenario" in report.write_chart(result, str(tmp_path / "x.png"))
+
+
+# The time left (estimate.py): on the progress line, and up front for a full CPU run.
+
+def test_eta_learns_each_providers_rate():
+    eta = estimate.Eta([("a", 1.0), ("b", 1.0), ("a", 2.0), ("b", 2.0)])
+    assert eta.left() is None                        # nothing to go on yet
+    eta.done(0, 1.0)                                 # a: 1 s a unit; b takes the mean, 1
+    assert eta.left() == pytest.approx(1.0 + 2.0 + 2.0)
+    eta.done(1, 3.0)                                 # b: 3 s a unit
+    assert eta.left() == pytest.approx(2 * 1.0 + 2 * 3.0)
+    eta.done(2, 5.0)                                 # a: (1 + 5) / (1 + 2) = 2
+    assert eta.left() == pytest.approx(2 * 3.0)
+    eta.done(3, 6.0)
+    assert eta.left() == 0
+
+
+def test_eta_starts_from_a_prior_that_measurements_replace():
+    eta = estimate.Eta([("a", 10.0), ("b", 10.0)], prior={"a": 0.5})
+    assert eta.left() == pytest.approx(20 * 0.5)     # b falls back to a's rate
+    eta.done(0, 20.0)                                # a measured at 2.0 a unit
+    assert eta.left() == pytest.approx(10 * 2.0)
+
+
+def test_an_items_work_counts_every_step_it_takes():
+    s1 = next(s for s in scenarios() if s.name == "S1")
+    eager, compiled = P.EAGER[0], P.EAGER[3]
+    build = estimate.BUILD_STEPS
+    assert estimate.work(s1, eager, 200, 3) == s1.bytes_per_step * (2 + 600 + build)
+    assert estimate.work(s1, compiled, 200, 3) == s1.bytes_per_step * (
+        s1.recipe.last_boundary + 2 + 600 + build)          # warm-up past every boundary
+    assert estimate.work(s1, eager, 200, 3, cuda=True) == s1.bytes_per_step * (
+        2 + 600 + 200 + estimate.CUDA_EXTRA_STEPS + build)
+
+
+def test_the_up_front_estimate_is_the_probed_rate_times_the_bytes_moved():
+    full = [s for s in scenarios() if s.name in ("S2", "S4")]
+    plan = P.for_device(torch.device("cpu"))
+    items = [(p.name, estimate.work(sc, p, 200, 3)) for sc in full for p in plan]
+    eta = estimate.Eta(items, prior={p.name: 2e-11 for p in plan if not p.compiled})
+    expected = 2e-11 * sum(w for _, w in items)      # torch_compiled: the others' mean rate
+    assert eta.left() == pytest.approx(expected)
+    note = bench._full_cpu_estimate(full, plan, eta)
+    assert f"about {estimate.duration(expected)}," in note
+    assert "S2 124.4M, S4 124.4M parameters" in note and "--quick" in note
+    assert "torch_compiled's compilation, tens of seconds a scenario on a CPU, comes on top" in note
+
+
+def test_the_probe_rates_each_eager_provider(one_thread):
+    rates = estimate.probe(P.EAGER, torch.device("cpu"), shapes=((64, 32), (32,)), steps=1)
+    assert set(rates) == {"fused_lrs", "torch_foreach", "torch_fused"}   # no compiling
+    assert all(r > 0 for r in rates.values())
+
+
+@pytest.mark.parametrize("seconds, text", [(0.4, "0s"), (45, "45s"), (185, "3m05s"),
+                                           (4320, "1h12m")])
+def test_durations_read_as_minutes_and_hours(seconds, text):
+    assert estimate.duration(seconds) == text
+
+
+def test_the_progress_line_shows_the_time_left():
+    out = io.StringIO()
+    progress = report.Progress(3, stream=out)
+    progress.show("S1 fused_lrs")
+    progress.advance("S1 fused_lrs", left=125.4)
+    first, second = out.getvalue().splitlines()
+    assert "left" not in first
+    assert "1/3" in second and "~2m05s left S1 fused_lrs" in second
+
+
+def test_a_full_cpu_run_says_up_front_how_long_and_that_quick_exists(tmp_path, monkeypatch,
+                                                                     capsys, one_thread):
+    # Tiny stand-ins for the GPU sizes and the probe: this checks what the run says and when.
+    tiny = [dataclasses.replace(s, shapes=((8, 4), (4,))) for s in scenarios()
+            if s.name in ("S1", "S3")]
+    monkeypatch.setattr(bench, "select", lambda names, quick=False, cpu=False: tiny)
+    monkeypatch.setattr(P, "for_device", _eager_only)
+    monkeypatch.setattr(estimate, "PROBE_SHAPES", ((16, 8),))
+    before_first_scenario = []
+    measure_one = bench._measure
+
+    def measure_and_look(*args, **kwargs):
+        if not before_first_scenario:
+            before_first_scenario.append(capsys.readouterr().out)
+        return measure_one(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "_measure", measure_and_look)
+    assert main(["bench", "--device", "cpu", "--scenarios", "S1,S3", "--steps", "1",
+                 "--out", str(tmp_path)]) == 0
+    said = [line for line in before_first_scenario[0].splitlines()
+            if "CPU without --quick" in line]
+    assert len(said) == 1
+    assert re.search(r"Estimated time: about \d+s, from the median of \d+ probe steps", said[0])
+    assert "--quick runs reduced sizes" in said[0]
+    notes = json.loads((tmp_path / "bench.json").read_text())["config"]["notes"]
+    assert said[0].removeprefix("note: ") in notes
+    assert " left " in capsys.readouterr().err        # the progress line, once items finish
+
+    # --quick says nothing of the kind.
+    assert main(["bench", "--quick", "--device", "cpu", "--scenarios", "S1", "--steps", "1",
+                 "--out", str(tmp_path)]) == 0
+    assert "CPU without --quick" not in capsys.readouterr().out

@@ -7,25 +7,29 @@ its error and the run goes on.
 
     fused-lrs bench --quick                  # < 90 s on a 2-core CPU
     fused-lrs bench --scenarios S1,S3 --out bench-results/
+
+The progress line on stderr shows the time left (``estimate.py``); on a CPU without ``--quick``
+the run first says how long the GPU-sized scenarios will take there.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import time
 
 import torch
 
-from fused_lrs.bench import measure, providers, report
+from fused_lrs.bench import estimate, measure, providers, report
 from fused_lrs.bench.scenarios import GROUPS, select
 
 DEFAULT_STEPS = 200
-# Where the GPU figures are; say so plainly until they exist.
-GPU_RESULTS = ("no GPU results are committed yet (benchmarks/gpu_check.sh writes them to "
-               "benchmarks/results/)")
+# Where the GPU figures are: benchmarks/gpu_check.sh writes them, the benchmarks page shows them.
+GPU_RESULTS = ("run `fused-lrs bench` on a GPU, or see the figures of benchmarks/gpu_check.sh "
+               "in benchmarks/results/ and on the documentation's benchmarks page")
 REPEATS = 3
-# --quick: 10-step loops on CPU (3 x 10 = 30 timed steps of a reduced scenario, milliseconds each
-# on an idle 2-core machine), 50 on a GPU (full-size scenarios, micro- to milliseconds a step).
+# --quick: 10-step loops on CPU (3 x 10 = 30 timed steps of a reduced scenario, milliseconds
+# each), 50 on a GPU (full-size scenarios, micro- to milliseconds a step).
 QUICK_STEPS = {"cpu": 10, "cuda": 50}
 
 
@@ -82,14 +86,21 @@ def execute(args) -> int:
 
     plan = (providers.named(args.providers, device) if args.providers
             else providers.for_device(device, args.quick))
+    items = [(sc, provider) for sc in chosen for provider in plan]
+    eta = estimate.Eta([(p.name, estimate.work(sc, p, steps, repeats, not cpu))
+                        for sc, p in items])
     notes = _notes(args, cpu, steps, repeats, plan)
+    if cpu and not args.quick and items:
+        # Before the first scenario: the GPU sizes on a CPU take minutes to an hour.
+        eta.prior = estimate.probe(plan, device)
+        notes.append(_full_cpu_estimate(chosen, plan, eta))
     for n in notes:
-        print(f"note: {n}")
+        print(f"note: {n}", flush=True)
 
-    progress = report.Progress(1 + len(chosen) * len(plan))
-    progress.show("device-to-device copy")
+    progress = report.Progress(1 + len(items))
+    progress.show("device-to-device copy", eta.left())
     copy = measure.copy_gbps(device, 2**30 if device.type == "cuda" else 2**27)
-    progress.advance("copy")
+    progress.advance("copy", eta.left())
     env = report.environment(device)
     result = {"environment": env,
               "config": {"quick": args.quick, "device": str(device), "steps": steps,
@@ -102,14 +113,16 @@ def execute(args) -> int:
                  "recipe": vars(sc.recipe), "results": []}
         result["scenarios"].append(entry)
         for provider in plan:
-            progress.show(f"{sc.name} {provider.name}")
+            progress.show(f"{sc.name} {provider.name}", eta.left())
+            t0 = time.perf_counter()
             row = _measure(sc, provider, device, steps, repeats)
+            eta.done(len(eta.seconds), time.perf_counter() - t0)     # items run in order
             basis = row.get("gpu_ms") or row.get("wall_ms")
             if basis:
                 row["gbps"] = sc.bytes_per_step / (basis * 1e-3) / 1e9
                 row["pct_copy"] = 100 * row["gbps"] / copy
             entry["results"].append(row)
-            progress.advance(f"{sc.name} {provider.name}")
+            progress.advance(f"{sc.name} {provider.name}", eta.left())
         _speedups(entry["results"])
         # After every scenario, so that a run cut short (a time limit) keeps what it measured.
         report.write_json(result, json_path)
@@ -147,6 +160,21 @@ def _notes(args, cpu: bool, steps: int, repeats: int, plan) -> list[str]:
     elif steps < DEFAULT_STEPS:
         notes.append(f"{repeats} loops of {steps} steps (the standard is {DEFAULT_STEPS}).")
     return notes
+
+
+def _full_cpu_estimate(chosen, plan, eta) -> str:
+    """The up-front note of a CPU run without --quick: how long, measured how, and --quick."""
+    sizes = ", ".join(f"{sc.name} {sc.params / 1e6:.1f}M" for sc in chosen)
+    compiled = [p.name for p in plan if p.compiled]
+    return (f"CPU without --quick: the scenarios run at their GPU sizes ({sizes} parameters). "
+            f"Estimated time: about {estimate.duration(eta.left())}, from the median of "
+            f"{estimate.PROBE_STEPS} probe steps per provider on one GPT-2-small block, scaled by "
+            "the bytes each scenario moves"
+            + (f"; {', '.join(compiled)}'s compilation, tens of seconds a scenario on a CPU, "
+               "comes on top" if compiled else "")
+            + "; other jobs on the same cores make it longer. The progress line refines it as "
+            "scenarios finish. --quick runs reduced sizes with 10-step loops instead (< 90 s on "
+            "a 2-core CPU).")
 
 
 def _measure(sc, provider, device, steps: int, repeats: int) -> dict:

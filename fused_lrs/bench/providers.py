@@ -185,8 +185,9 @@ ALL = EAGER + GRAPHED
 
 def for_device(device: torch.device, quick: bool = False) -> list[Provider]:
     """The providers for ``device``: CUDA graphs only on CUDA. ``--quick`` on CPU leaves out
-    torch_compiled: compiling it at every schedule boundary took 60 of the 143 s of a quick run
-    on the 2-core development machine, and torch_fused is the CPU baseline that counts."""
+    torch_compiled: it compiles again at every schedule boundary, which on a CPU takes longer
+    than all the quick run's timed steps together, and torch_fused is the CPU baseline that
+    counts (the changelog has the measurement)."""
     cuda = device.type == "cuda"
     return [p for p in ALL if (cuda or not p.graphed) and (cuda or not quick or not p.compiled)]
 

@@ -12,10 +12,13 @@ import time
 
 import torch
 
+from fused_lrs.bench.estimate import duration
+
 
 class Progress:
     """A plain-text progress bar on stderr: redrawn in place on a terminal, one line per item
-    otherwise (a log file then reads as a list of what ran when)."""
+    otherwise (a log file then reads as a list of what ran when). ``left``: the estimated
+    seconds left (``estimate.Eta``), shown once there is one."""
 
     def __init__(self, total: int, stream=None, width: int = 24):
         self.total, self.done, self.width = total, 0, width
@@ -23,10 +26,11 @@ class Progress:
         self.tty = self.stream.isatty()
         self.t0 = time.perf_counter()
 
-    def show(self, what: str) -> None:
+    def show(self, what: str, left: float | None = None) -> None:
         filled = self.width * self.done // max(self.total, 1)
         bar = "#" * filled + "." * (self.width - filled)
-        line = (f"[{bar}] {self.done}/{self.total} {time.perf_counter() - self.t0:5.0f}s "
+        eta = f" ~{duration(left)} left" if left is not None else ""
+        line = (f"[{bar}] {self.done}/{self.total} {time.perf_counter() - self.t0:5.0f}s{eta} "
                 f"{what}")
         if self.tty:
             self.stream.write("\r" + line[:100].ljust(100))
@@ -34,9 +38,9 @@ class Progress:
             self.stream.write(line + "\n")
         self.stream.flush()
 
-    def advance(self, what: str) -> None:
+    def advance(self, what: str, left: float | None = None) -> None:
         self.done += 1
-        self.show(what)
+        self.show(what, left)
 
     def close(self) -> None:
         if self.tty:
@@ -90,7 +94,8 @@ def table(result: dict) -> str:
             lines.append("  " + " ".join(cells))
         for row in sc["results"]:
             speedups = row.get("speedup_vs") or {}
-            # eager against eager, graphed against graphed: the issue's targets; all in the JSON
+            # eager against eager, graphed against graphed (the targets on the benchmarks page);
+            # every speedup is in the JSON
             same = {k: v for k, v in speedups.items() if k.endswith("+graph") == row["graphed"]}
             if same:
                 lines.append(f"  {row['provider']} speedup (wall): " + ", ".join(

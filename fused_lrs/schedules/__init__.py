@@ -24,6 +24,7 @@ FACTORIES = {f.__name__: f for f in (
     constant, step, multistep, exponential, cosine, cosine_restarts, cyclic, one_cycle, linear,
     polynomial, inverse_sqrt, wsd, warmup, sequential, chained, every, one_cycle_momentum,
     cyclic_momentum, plateau)}
+"""Every schedule factory by name: what ``parse`` and ``fused-lrs plot`` may call."""
 
 from fused_lrs.schedules.convert import from_torch, torch_position  # noqa: E402
 from fused_lrs.schedules.parse import parse  # noqa: E402

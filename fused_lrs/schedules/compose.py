@@ -50,12 +50,25 @@ class Warmup(Schedule):
 
 def warmup(schedule: Schedule, steps: int, start_factor: float = 0.0,
            prefix: bool = True) -> Schedule:
-    """Linear warmup from ``start_factor * base`` to ``base`` over ``steps`` steps, then
-    ``schedule`` shifted by ``steps`` (its own t = 0 at the end of warmup). With
-    ``start_factor=0`` this is the warmup of HF's ``*_with_warmup`` schedules: ``t / steps``.
+    """A linear warmup from ``start_factor * base_lr`` to ``base_lr`` over ``steps`` steps,
+    then ``schedule``.
 
-    ``prefix=False``: ``schedule`` is not shifted; the warmup replaces its first ``steps``
-    steps (timm's default, ``warmup_prefix=False``)."""
+    ```text
+    lr(t) = base_lr * (start_factor + (1 - start_factor) * t / steps)    for t < steps
+            schedule.lr(t - steps, base_lr)     prefix=True: schedule starts after the warmup
+            schedule.lr(t, base_lr)             prefix=False: the warmup covers its first steps
+    ```
+
+    With ``start_factor=0`` this is the warmup of HF's ``*_with_warmup`` schedules,
+    ``t / steps``; ``prefix=False`` is timm's default (``warmup_prefix=False``).
+
+    Args:
+        schedule: the spec that follows the warmup.
+        steps: the length of the warmup in steps (>= 0; 0 is ``schedule`` alone).
+        start_factor: the fraction of the base lr at ``t = 0``, in [0, 1].
+        prefix: True: ``schedule`` starts at its own ``t = 0`` when the warmup ends. False:
+            ``schedule`` runs from ``t = 0`` and the warmup replaces its first ``steps`` steps.
+    """
     return checked_groups(Warmup(check_schedule("warmup", "schedule", schedule),
                                  check_int("warmup", "steps", steps, 0),
                                  check_real("warmup", "start_factor", start_factor, 0.0, 1.0),
@@ -91,8 +104,19 @@ class Sequential(Schedule):
 
 
 def sequential(schedules, milestones) -> Schedule:
-    """torch ``SequentialLR``: ``schedules[i]`` runs from ``milestones[i-1]``, restarted at its
-    own t = 0 there."""
+    """torch ``SequentialLR``: one schedule after another, each restarted at its own ``t = 0``
+    when its milestone is reached.
+
+    ```text
+    lr(t) = schedules[0].lr(t, base_lr)                  for t < milestones[0]
+            schedules[i].lr(t - milestones[i-1], base_lr) for milestones[i-1] <= t < milestones[i]
+    ```
+
+    Args:
+        schedules: the specs, in the order they run (at least one).
+        milestones: the steps at which each next schedule takes over: ``len(schedules) - 1``
+            strictly increasing integers >= 1.
+    """
     schedules = _schedule_list("sequential", schedules)
     try:
         milestones = tuple(milestones)
@@ -130,9 +154,18 @@ class Chained(Schedule):
 
 def chained(schedules) -> Schedule:
     """torch ``ChainedScheduler``: every schedule applies at every step, each to the lr the
-    previous one produced: ``lr = s_n(t, ... s_1(t, base))``. For factor schedules (step,
-    exponential, multistep, constant, linear, polynomial, cosine with eta_min = 0) that is the
-    product of their factors, as torch computes it."""
+    previous one produced.
+
+    ```text
+    lr(t) = s_n.lr(t, ... s_2.lr(t, s_1.lr(t, base_lr)))
+    ```
+
+    For factor schedules (step, exponential, multistep, constant, linear, polynomial, cosine
+    with ``eta_min=0``) that is the product of their factors, as torch computes it.
+
+    Args:
+        schedules: the specs, applied in order (at least one).
+    """
     schedules = _schedule_list("chained", schedules)
     if not schedules:
         raise ValueError("chained: schedules must hold at least one schedule, got none")
@@ -155,8 +188,18 @@ class Every(Schedule):
 
 
 def every(schedule: Schedule, n: int) -> Schedule:
-    """``schedule`` advanced once per ``n`` optimizer steps: ``lr(t) = schedule.lr(t // n)``.
-    For a torch scheduler stepped once per epoch of ``n`` batches."""
+    """``schedule`` advanced once per ``n`` optimizer steps, for a torch scheduler stepped once
+    per epoch of ``n`` batches.
+
+    ```text
+    lr(t) = schedule.lr(floor(t / n), base_lr)
+    ```
+
+    Args:
+        schedule: the spec, in units of epochs.
+        n: optimizer steps per schedule step (>= 1), e.g. ``len(loader)``; 1 returns
+            ``schedule`` itself.
+    """
     schedule = check_schedule("every", "schedule", schedule)
     n = check_int("every", "n", n, 1)
     return schedule if n == 1 else Every(schedule, n)

@@ -34,13 +34,18 @@ from fused_lrs.schedules.plateau import Plateau, plateau
 def from_torch(scheduler, every: int = 1) -> Schedule:
     """The spec of a built-in torch scheduler (SequentialLR and ChainedScheduler of them too).
 
-    ``every=n`` says the scheduler is stepped once per ``n`` optimizer steps (once per epoch of
-    ``n`` batches): the spec is ``every(spec, n)``. The result is the same wherever the
-    scheduler is in its run; ``torch_position`` says where that is.
+    The result is the same wherever the scheduler is in its run; ``torch_position`` says
+    where that is. A OneCycleLR or CyclicLR with ``cycle_momentum=True`` (torch's default) also
+    moves the momentum, which a spec does not hold: that warns, pointing to
+    ``fused_lrs.from_torch(optimizer, scheduler)``, which converts both. So does a
+    ReduceLROnPlateau that has seen metrics, whose counters are state.
 
-    A OneCycleLR or CyclicLR with ``cycle_momentum=True`` (torch's default) also moves the
-    momentum, which a spec does not hold: that warns, pointing to
-    ``fused_lrs.from_torch(optimizer, scheduler)``, which converts both."""
+    Args:
+        scheduler: a ``torch.optim.lr_scheduler`` instance of a built-in class (not a
+            subclass); LambdaLR and MultiplicativeLR hold Python functions and raise.
+        every: optimizer steps per scheduler step (>= 1): ``every=len(loader)`` for a
+            scheduler stepped once per epoch; the spec is then ``every(spec, n)``.
+    """
     check_int("from_torch", "every", every, 1)
     spec = _every(_convert(scheduler), every)
     if isinstance(scheduler, lrs.ReduceLROnPlateau) and scheduler.last_epoch > 0:
@@ -124,7 +129,12 @@ def _per_group(values):
 
 def torch_position(scheduler, every: int = 1) -> int:
     """Optimizer steps completed at the scheduler's position: ``last_epoch * every`` (at an
-    epoch boundary when ``every > 1``)."""
+    epoch boundary when ``every > 1``), the ``t`` to give ``opt.set_schedule(spec, t)``.
+
+    Args:
+        scheduler: a torch scheduler, as for ``from_torch``.
+        every: optimizer steps per scheduler step (>= 1), as given to ``from_torch``.
+    """
     check_int("torch_position", "every", every, 1)
     return _last_epoch(scheduler) * every
 

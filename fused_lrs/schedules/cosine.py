@@ -39,9 +39,26 @@ class Cosine(Schedule):
 
 def cosine(T_max: int, eta_min: float = 0.0, *, num_cycles: float = 0.5,
            min_lr_rate: float = 0.0) -> Schedule:
-    """torch ``CosineAnnealingLR``: ``eta_min + (base - eta_min) * (1 + cos(pi t / T_max)) / 2``,
-    past ``T_max`` included. ``num_cycles`` and ``min_lr_rate`` are HF's
-    ``get_cosine_with_min_lr_schedule_with_warmup`` options (``min_lr`` there is ``eta_min``)."""
+    """torch ``CosineAnnealingLR``: half a cosine from the base lr down to ``eta_min`` over
+    ``T_max`` steps. Past ``T_max`` the cosine goes on and the lr climbs back, as torch's does.
+
+    ```text
+    floor = eta_min + min_lr_rate * base_lr
+    lr(t) = floor + (base_lr - floor) * (1 + cos(2 pi * num_cycles * t / T_max)) / 2
+    ```
+
+    With the defaults (``num_cycles=0.5``, ``min_lr_rate=0``) that is torch's
+    ``eta_min + (base_lr - eta_min) * (1 + cos(pi t / T_max)) / 2``.
+
+    Args:
+        T_max: the number of steps from the base lr down to the floor (>= 1).
+        eta_min: the absolute lr at the bottom of the cosine (>= 0), torch's ``eta_min`` (HF's
+            ``min_lr``).
+        num_cycles: the number of cosine periods over ``T_max`` steps (> 0), HF's
+            ``num_cycles``; 0.5 is torch's half cosine.
+        min_lr_rate: a floor relative to the base lr, in [0, 1], HF's ``min_lr_rate``; it adds
+            to ``eta_min``.
+    """
     return Cosine(check_int("cosine", "T_max", T_max, 1),
                   check_real("cosine", "eta_min", eta_min, 0.0),
                   check_real("cosine", "num_cycles", num_cycles, 0.0, INF, lo_open=True),
@@ -95,11 +112,29 @@ class CosineRestarts(Schedule):
 
 def cosine_restarts(T_0: int, T_mult: int = 1, eta_min: float = 0.0, *,
                     num_cycles: float | None = None) -> Schedule:
-    """torch ``CosineAnnealingWarmRestarts``: cosine from the base lr to ``eta_min`` over
-    ``T_0`` steps, restarting with cycles ``T_mult`` times longer each time.
+    """torch ``CosineAnnealingWarmRestarts``: a cosine from the base lr down to ``eta_min``,
+    restarted at the base lr at the end of each cycle; each cycle is ``T_mult`` times longer
+    than the one before.
+
+    ```text
+    T_i   = T_0 * T_mult ** i                  (the length of cycle i)
+    T_cur = steps since the current cycle began
+    lr(t) = eta_min + (base_lr - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2
+    ```
 
     With ``num_cycles`` (HF's ``get_cosine_with_hard_restarts_schedule_with_warmup``):
-    ``num_cycles`` equal cycles over ``T_0`` steps, then ``eta_min``."""
+    ``num_cycles`` equal cycles over ``T_0`` steps, ``T_cur / T_i = (num_cycles * t / T_0)
+    mod 1``, then ``eta_min`` from ``T_0`` on.
+
+    Args:
+        T_0: the length of the first cycle in steps (>= 1); with ``num_cycles``, the length of
+            the whole run.
+        T_mult: how many times longer each cycle is than the previous one, an integer >= 1;
+            must be 1 with ``num_cycles``.
+        eta_min: the absolute lr at the bottom of each cycle (>= 0).
+        num_cycles: HF's hard restarts: the number of cycles over ``T_0`` steps (> 0), or
+            None for torch's schedule.
+    """
     fn = "cosine_restarts"
     T_0 = check_int(fn, "T_0", T_0, 1)
     T_mult = check_int(fn, "T_mult", T_mult, 1)

@@ -67,8 +67,30 @@ class Cyclic(Schedule):
 def cyclic(base_lr: float, max_lr: float, step_size_up: int = 2000,
            step_size_down: int | None = None, mode: str = "triangular", gamma: float = 1.0
            ) -> Schedule:
-    """torch ``CyclicLR`` (built-in modes; a custom ``scale_fn`` has no device twin).
-    ``base_lr`` and ``max_lr`` are numbers, or lists with one value per parameter group."""
+    """torch ``CyclicLR``: the lr cycles between ``base_lr`` and ``max_lr``, absolute values
+    that ignore the group's lr, as torch's do. Built-in modes only: a custom ``scale_fn`` has no
+    device twin.
+
+    ```text
+    cycle = floor(1 + t / (step_size_up + step_size_down))
+    x     = 1 + t / (step_size_up + step_size_down) - cycle      (position in the cycle, 0..1)
+    r     = step_size_up / (step_size_up + step_size_down)
+    scale = x / r if x <= r else (x - 1) / (r - 1)                (0 -> 1 -> 0)
+    lr(t) = base_lr + (max_lr - base_lr) * scale * amplitude
+    amplitude = 1 (triangular), 1 / 2 ** (cycle - 1) (triangular2), gamma ** t (exp_range)
+    ```
+
+    Args:
+        base_lr: the lower bound of the cycle (>= 0); a number, or a list with one per
+            parameter group.
+        max_lr: the upper bound of the cycle (>= 0); a number, or one per parameter group.
+        step_size_up: the steps from ``base_lr`` up to ``max_lr`` (>= 1).
+        step_size_down: the steps from ``max_lr`` back down (>= 1); default
+            ``step_size_up``.
+        mode: ``"triangular"``, ``"triangular2"`` (the amplitude halves every cycle) or
+            ``"exp_range"`` (the amplitude decays as ``gamma ** t``).
+        gamma: the decay of the amplitude per step in ``"exp_range"`` mode (> 0).
+    """
     fn = "cyclic"
     if step_size_down is not None:
         check_int(fn, "step_size_down", step_size_down, 1)
@@ -183,8 +205,25 @@ def one_cycle_momentum(total_steps: int, pct_start: float = 0.3, anneal_strategy
                        base_momentum: float = 0.85, max_momentum: float = 0.95,
                        three_phase: bool = False) -> Schedule:
     """The momentum of torch's ``OneCycleLR(cycle_momentum=True)``, for an optimizer's
-    ``momentum_schedule=`` (Adam's beta1, SGD's momentum): absolute values, from
-    ``max_momentum`` down to ``base_momentum`` while the lr rises, and back."""
+    ``momentum_schedule=`` (Adam's beta1, SGD's momentum). Absolute values: from
+    ``max_momentum`` down to ``base_momentum`` while the lr rises, and back up while it falls,
+    over the phases of ``one_cycle`` with the same arguments:
+
+    ```text
+    momentum(t) = anneal(max_momentum, base_momentum, t / e1)                for t <= e1
+                  anneal(base_momentum, max_momentum, (t - e1) / (e2 - e1))  after
+    ```
+
+    with ``e1``, ``e2`` and ``anneal`` as in ``one_cycle``.
+
+    Args:
+        total_steps: the length of the cycle in steps (>= 1); the last value holds after it.
+        pct_start: the fraction of ``total_steps`` spent on the first phase, in [0, 1].
+        anneal_strategy: ``"cos"`` or ``"linear"`` annealing within each phase.
+        base_momentum: the momentum at the peak of the lr, in [0, 1].
+        max_momentum: the momentum at the start and the end, in [0, 1].
+        three_phase: torch's three-phase cycle (down, up, then held at ``max_momentum``).
+    """
     fn = "one_cycle_momentum"
     return _check_phases(fn, OneCycleMomentum(
         check_int(fn, "total_steps", total_steps, 1),
@@ -199,8 +238,23 @@ def cyclic_momentum(base_momentum: float = 0.8, max_momentum: float = 0.9,
                     step_size_up: int = 2000, step_size_down: int | None = None,
                     mode: str = "triangular", gamma: float = 1.0) -> Schedule:
     """The momentum of torch's ``CyclicLR(cycle_momentum=True)``, for ``momentum_schedule=``:
-    ``max_momentum - (max_momentum - base_momentum) * scale``, which is ``cyclic`` run from
-    ``max_momentum`` towards ``base_momentum``."""
+    the momentum falls while the lr rises.
+
+    ```text
+    momentum(t) = max_momentum - (max_momentum - base_momentum) * scale * amplitude
+    ```
+
+    with ``scale`` and ``amplitude`` as in ``cyclic``: it is ``cyclic`` run from
+    ``max_momentum`` towards ``base_momentum``.
+
+    Args:
+        base_momentum: the momentum at the peak of the lr, in [0, 1].
+        max_momentum: the momentum at the bottom of the lr, in [0, 1].
+        step_size_up: the steps of the lr's rise, the momentum's fall (>= 1).
+        step_size_down: the steps of the lr's fall (>= 1); default ``step_size_up``.
+        mode: ``"triangular"``, ``"triangular2"`` or ``"exp_range"``, as in ``cyclic``.
+        gamma: the amplitude's decay per step in ``"exp_range"`` mode (> 0).
+    """
     fn = "cyclic_momentum"
     if step_size_down is not None:
         check_int(fn, "step_size_down", step_size_down, 1)
@@ -214,9 +268,35 @@ def cyclic_momentum(base_momentum: float = 0.8, max_momentum: float = 0.9,
 def one_cycle(max_lr: float, total_steps: int, pct_start: float = 0.3,
               anneal_strategy: str = "cos", div_factor: float = 25.0,
               final_div_factor: float = 1e4, three_phase: bool = False) -> Schedule:
-    """torch ``OneCycleLR``: from ``max_lr / div_factor`` up to ``max_lr`` and down to
-    ``max_lr / div_factor / final_div_factor``. Past ``total_steps`` (where torch raises) the
-    last value holds. ``max_lr`` is a number, or a list with one per parameter group."""
+    """torch ``OneCycleLR``: the 1cycle policy, absolute values that ignore the group's lr, as
+    torch's do. The lr rises from ``initial = max_lr / div_factor`` to ``max_lr`` over the
+    first ``pct_start * total_steps`` steps, then anneals down to ``initial /
+    final_div_factor`` at ``total_steps - 1``:
+
+    ```text
+    phase ends  e1 = pct_start * total_steps - 1,  e2 = total_steps - 1
+    lr(t) = anneal(initial, max_lr, t / e1)                      for t <= e1
+            anneal(max_lr, initial / final_div_factor,
+                   (t - e1) / (e2 - e1))                          after
+    anneal(a, b, p) = b + (a - b) * (1 + cos(pi * p)) / 2         ("cos")
+                      a + (b - a) * p                             ("linear")
+    ```
+
+    With ``three_phase`` the lr goes up, back down to ``initial`` by ``2 * pct_start *
+    total_steps - 2``, then down to the minimum. Past ``total_steps`` (where torch raises) the
+    last value holds.
+
+    Args:
+        max_lr: the peak lr (> 0); a number, or a list with one per parameter group.
+        total_steps: the length of the cycle in steps (>= 1).
+        pct_start: the fraction of ``total_steps`` spent rising, in [0, 1]; every phase needs
+            at least one step.
+        anneal_strategy: ``"cos"`` or ``"linear"`` annealing within each phase.
+        div_factor: ``max_lr / div_factor`` is the lr at ``t = 0`` (> 0).
+        final_div_factor: the last lr is ``max_lr / div_factor / final_div_factor`` (> 0).
+        three_phase: torch's three-phase variant (up, back down to the initial lr, then to
+            the minimum).
+    """
     fn = "one_cycle"
     return _check_phases(fn, OneCycle(check_per_group(fn, "max_lr", max_lr, 0.0, INF,
                                                       lo_open=True),

@@ -38,8 +38,18 @@ class Constant(Schedule):
 
 
 def constant(factor: float = 1.0, total_iters: int = 0) -> Schedule:
-    """torch ``ConstantLR``: ``base * factor`` for ``t < total_iters``, then ``base``.
-    The default is the plain constant schedule."""
+    """torch ``ConstantLR``: the base lr scaled by ``factor`` for the first ``total_iters``
+    steps, then the base lr. The defaults are the plain constant schedule.
+
+    ```text
+    lr(t) = base_lr * factor    for t < total_iters
+            base_lr             for t >= total_iters
+    ```
+
+    Args:
+        factor: the multiplier of the base lr while ``t < total_iters``, in [0, 1].
+        total_iters: the number of steps ``factor`` applies to (>= 0).
+    """
     return Constant(check_real("constant", "factor", factor, 0.0, 1.0),
                     check_int("constant", "total_iters", total_iters, 0))
 
@@ -70,8 +80,23 @@ class Exponential(Schedule):
 
 def exponential(gamma: float | None = None, *, rate: float | None = None, decay_steps: int = 1,
                 staircase: bool = False) -> Schedule:
-    """``base * gamma ** (t / decay_steps)`` (torch ``ExponentialLR`` with the defaults), or the
-    continuous ``base * exp(-rate * t / decay_steps)``. ``staircase`` floors the exponent."""
+    """torch ``ExponentialLR`` (with the defaults), or a continuous exponential decay.
+
+    ```text
+    lr(t) = base_lr * gamma ** (t / decay_steps)        given gamma
+            base_lr * exp(-rate * t / decay_steps)      given rate
+    ```
+
+    With ``staircase``, ``t / decay_steps`` is floored: the lr drops once every
+    ``decay_steps`` steps.
+
+    Args:
+        gamma: the multiplier per ``decay_steps`` steps (> 0), torch's ``gamma``.
+        rate: instead of ``gamma``, the continuous decay rate ``k`` of ``e^(-k t)`` (>= 0);
+            give exactly one of the two.
+        decay_steps: the steps over which the lr is multiplied by ``gamma`` once (>= 1).
+        staircase: floor the exponent, so the lr changes only every ``decay_steps`` steps.
+    """
     if (gamma is None) == (rate is None):
         raise ValueError("exponential: give exactly one of gamma (ExponentialLR) or rate "
                          f"(continuous e^(-rate*t)), got gamma={gamma!r}, rate={rate!r}")
@@ -97,7 +122,16 @@ class Step(Schedule):
 
 
 def step(step_size: int, gamma: float = 0.1) -> Schedule:
-    """torch ``StepLR``: the lr is multiplied by ``gamma`` every ``step_size`` steps."""
+    """torch ``StepLR``: the lr is multiplied by ``gamma`` every ``step_size`` steps.
+
+    ```text
+    lr(t) = base_lr * gamma ** floor(t / step_size)
+    ```
+
+    Args:
+        step_size: the number of steps between two decays (>= 1).
+        gamma: the multiplier applied at each decay (> 0).
+    """
     return Step(check_int("step", "step_size", step_size, 1),
                 check_real("step", "gamma", gamma, 0.0, INF, lo_open=True))
 
@@ -119,7 +153,18 @@ class MultiStep(Schedule):
 
 
 def multistep(milestones, gamma: float = 0.1) -> Schedule:
-    """torch ``MultiStepLR``: multiplied by ``gamma`` at each milestone (repeats count twice)."""
+    """torch ``MultiStepLR``: the lr is multiplied by ``gamma`` at each milestone.
+
+    ```text
+    lr(t) = base_lr * gamma ** (number of milestones m with m <= t)
+    ```
+
+    A milestone listed twice counts twice, as in torch.
+
+    Args:
+        milestones: the steps at which the lr decays, integers >= 1, in any order.
+        gamma: the multiplier applied at each milestone (> 0).
+    """
     try:
         ms = tuple(milestones)
     except TypeError:
@@ -147,8 +192,19 @@ class Linear(Schedule):
 
 def linear(start_factor: float = 1.0 / 3, end_factor: float = 1.0, total_iters: int = 5
            ) -> Schedule:
-    """torch ``LinearLR``: the factor moves linearly from ``start_factor`` to ``end_factor``
-    over ``total_iters`` steps, then stays. ``start_factor`` may be 0 here (torch needs > 0)."""
+    """torch ``LinearLR``: the factor of the base lr moves linearly from ``start_factor`` to
+    ``end_factor`` over ``total_iters`` steps, then stays at ``end_factor``.
+
+    ```text
+    f = min(t, total_iters) / total_iters
+    lr(t) = base_lr * (start_factor + (end_factor - start_factor) * f)
+    ```
+
+    Args:
+        start_factor: the factor at ``t = 0``, in [0, 1]; 0 is allowed here (torch needs > 0).
+        end_factor: the factor from ``t = total_iters`` on, in [0, 1].
+        total_iters: the number of steps of the ramp (>= 1).
+    """
     return Linear(check_real("linear", "start_factor", start_factor, 0.0, 1.0),
                   check_real("linear", "end_factor", end_factor, 0.0, 1.0),
                   check_int("linear", "total_iters", total_iters, 1))
@@ -170,9 +226,19 @@ class Polynomial(Schedule):
 
 
 def polynomial(total_iters: int = 5, power: float = 1.0, lr_end: float = 0.0) -> Schedule:
-    """torch ``PolynomialLR`` (``lr_end=0``), and the decay of HF's
-    ``get_polynomial_decay_schedule_with_warmup``: from the base lr down to the absolute
-    ``lr_end`` as ``(1 - t / total_iters) ** power``, then ``lr_end``."""
+    """torch ``PolynomialLR`` (with ``lr_end=0``), and the decay of HF's
+    ``get_polynomial_decay_schedule_with_warmup``: from the base lr down to ``lr_end``.
+
+    ```text
+    lr(t) = lr_end + (base_lr - lr_end) * (1 - min(t, total_iters) / total_iters) ** power
+    ```
+
+    Args:
+        total_iters: the number of steps of the decay; ``lr_end`` holds after it (>= 1).
+        power: the exponent of the polynomial (> 0); 1 is a linear decay.
+        lr_end: the absolute lr at the end of the decay (>= 0), HF's ``lr_end``; not scaled by
+            the group's lr.
+    """
     return Polynomial(check_int("polynomial", "total_iters", total_iters, 1),
                       check_real("polynomial", "power", power, 0.0, INF, lo_open=True),
                       check_real("polynomial", "lr_end", lr_end, 0.0))
@@ -202,9 +268,21 @@ class InverseSqrt(Schedule):
 
 
 def inverse_sqrt(num_warmup_steps: int = 0, timescale: int | None = None) -> Schedule:
-    """HF ``get_inverse_sqrt_schedule``: linear warmup from 0, then
-    ``1 / sqrt((t + timescale - num_warmup_steps) / timescale)``. ``timescale`` defaults to
-    ``num_warmup_steps``, or 10,000 when there is no warmup."""
+    """HF ``get_inverse_sqrt_schedule``: a linear warmup from 0, then a decay as the inverse
+    square root of the step.
+
+    ```text
+    w = num_warmup_steps
+    lr(t) = base_lr * t / w                                    for t < w
+            base_lr / sqrt((t + timescale - w) / timescale)    for t >= w
+    ```
+
+    Args:
+        num_warmup_steps: the steps of the linear warmup (>= 0).
+        timescale: the time scale of the decay (>= 1): ``timescale`` steps after the warmup
+            the lr is ``base_lr / sqrt(2)``. Default ``num_warmup_steps``, or 10,000 when there
+            is no warmup, as in HF.
+    """
     check_int("inverse_sqrt", "num_warmup_steps", num_warmup_steps, 0)
     if timescale is not None:
         check_int("inverse_sqrt", "timescale", timescale, 1)

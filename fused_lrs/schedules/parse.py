@@ -26,7 +26,15 @@ _WHAT = {ast.Attribute: "attribute access", ast.Lambda: "a lambda", ast.Subscrip
 def parse(expr: str) -> Schedule:
     """The spec that ``expr`` describes, e.g. ``"warmup(cosine(T_max=900), steps=100)"``.
 
-    Raises ValueError, with a one-line message, for anything else."""
+    The text is parsed and walked, never evaluated: only calls to the factories of
+    ``FACTORIES`` and literals are allowed, so ``parse(repr(spec)) == spec``.
+
+    Args:
+        expr: a factory call, as Python source (at most 10,000 characters).
+
+    Raises:
+        ValueError: with a one-line message, for anything that is not such a call.
+    """
     if not isinstance(expr, str):
         raise TypeError(f"parse: expected a string, got {type(expr).__name__}")
     if len(expr) > MAX_CHARS:

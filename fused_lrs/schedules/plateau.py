@@ -85,10 +85,29 @@ class Plateau(Schedule):
 def plateau(mode: str = "min", factor: float = 0.1, patience: int = 10, threshold: float = 1e-4,
             threshold_mode: str = "rel", cooldown: int = 0, min_lr=0.0, eps: float = 1e-8
             ) -> Schedule:
-    """torch ``ReduceLROnPlateau``, on the device: the lr is multiplied by ``factor`` after
-    ``patience`` reports without improvement, down to ``min_lr`` (a number, or one per group),
-    with torch's ``mode``, ``threshold``, ``threshold_mode``, ``cooldown`` and ``eps``. Report
-    the metric with ``opt.report(metric)`` (a 0-dim device tensor, or a float)."""
+    """torch ``ReduceLROnPlateau``, on the device: the lr is multiplied by ``factor`` when the
+    metric has not improved for more than ``patience`` reports. Report the metric with
+    ``opt.report(metric)`` (a 0-dim device tensor, or a float): one report is one torch
+    ``ReduceLROnPlateau.step(metric)``, made on the device.
+
+    ```text
+    lr(t) = base_lr * scale,   scale <- max(scale * factor, min_lr / base_lr) on a plateau
+    ```
+
+    Args:
+        mode: ``"min"``: the metric should decrease; ``"max"``: increase.
+        factor: the multiplier of the lr at each reduction, in [0, 1).
+        patience: the number of reports without improvement that are tolerated; the next one
+            reduces the lr (>= 0).
+        threshold: how much better than the best a metric must be to count as an improvement
+            (>= 0).
+        threshold_mode: ``"rel"``: better than ``best * (1 -/+ threshold)``; ``"abs"``:
+            better than ``best -/+ threshold``.
+        cooldown: reports to wait after a reduction before counting bad reports again (>= 0).
+        min_lr: the lowest lr a reduction may reach (>= 0); a number, or one per parameter
+            group.
+        eps: a reduction smaller than ``eps`` is skipped (>= 0).
+    """
     fn = "plateau"
     return Plateau(check_choice(fn, "mode", mode, ("min", "max")),
                    check_real(fn, "factor", factor, 0.0, 1.0, hi_open=True),

@@ -60,10 +60,31 @@ def wsd(num_warmup_steps: int, num_decay_steps: int, num_training_steps: int | N
         num_stable_steps: int | None = None, warmup_type: str = "linear",
         decay_type: str = "cosine", min_lr_ratio: float = 0.0, num_cycles: float = 0.5
         ) -> Schedule:
-    """HF ``get_wsd_schedule``: warmup from ``min_lr_ratio * base`` to ``base`` (linear, cosine
-    or 1-sqrt), a stable phase at ``base``, a decay back to ``min_lr_ratio * base`` (linear,
-    cosine or 1-sqrt), then ``min_lr_ratio * base``. Give exactly one of ``num_training_steps``
-    and ``num_stable_steps``."""
+    """HF ``get_wsd_schedule``: warmup, stable, decay. A warmup from ``min_lr_ratio * base_lr``
+    to ``base_lr``, a stable phase at ``base_lr``, a decay back to ``min_lr_ratio * base_lr``,
+    then that floor.
+
+    ```text
+    w, s, d, r = num_warmup_steps, num_stable_steps, num_decay_steps, min_lr_ratio
+    lr(t) = base_lr * (r + (1 - r) * warm(t / w))              for t < w
+            base_lr                                            for w <= t < w + s
+            base_lr * (r + (1 - r) * decay((t - w - s) / d))   for w + s <= t < w + s + d
+            base_lr * r                                        after
+    warm(p)  = p | (1 - cos(pi p)) / 2 | 1 - sqrt(1 - p)            (linear | cosine | 1-sqrt)
+    decay(q) = 1 - q | (1 + cos(2 pi num_cycles q)) / 2 | 1 - sqrt(q)
+    ```
+
+    Args:
+        num_warmup_steps: the steps of the warmup (>= 0).
+        num_decay_steps: the steps of the decay (>= 0).
+        num_training_steps: the whole run; the stable phase is what the warmup and the decay
+            leave of it. Give this or ``num_stable_steps``, not both.
+        num_stable_steps: the steps of the stable phase (>= 0).
+        warmup_type: ``"linear"``, ``"cosine"`` or ``"1-sqrt"``.
+        decay_type: ``"linear"``, ``"cosine"`` or ``"1-sqrt"``.
+        min_lr_ratio: the floor as a fraction of the base lr, in [0, 1].
+        num_cycles: the cosine periods of a ``"cosine"`` decay (> 0); 0.5 is half a cosine.
+    """
     fn = "wsd"
     check_int(fn, "num_warmup_steps", num_warmup_steps, 0)
     check_int(fn, "num_decay_steps", num_decay_steps, 0)
