@@ -51,3 +51,28 @@ def assert_close(actual, expected, rtol, atol=0.0, what=""):
                 for i in idx]
         raise AssertionError(f"{what}: {int(bad.sum())} of {bad.numel()} entries differ "
                              f"(rtol={rtol}, atol={atol})\n" + "\n".join(rows))
+
+
+def _params(opt):
+    return [p for group in opt.param_groups for p in group["params"]]
+
+
+def assert_same_optimizer(ours, theirs, rtol, atol=0.0, what="", extra_state=frozenset()):
+    """The one comparison of two optimizers: parameters, every state tensor and the step
+    counts, walked in parameter order. Every state key ``theirs`` keeps must be in ``ours``
+    with the same dtype and value; ``ours`` may keep the ``extra_state`` keys besides."""
+    mine, others = _params(ours), _params(theirs)
+    assert len(mine) == len(others), f"{what}: {len(mine)} parameters, {len(others)} expected"
+    for i, (p, q) in enumerate(zip(mine, others)):
+        assert_close(p, q, rtol, atol, f"{what} param {i}")
+        state, expected = ours.state.get(p, {}), theirs.state.get(q, {})
+        assert set(expected) <= set(state) <= set(expected) | set(extra_state), \
+            f"{what} param {i}: state keys {sorted(state)}, expected {sorted(expected)}"
+        for key, value in expected.items():
+            if value is None:
+                assert state[key] is None, f"{what} param {i} {key}: expected None"
+                continue
+            if isinstance(value, torch.Tensor):
+                assert state[key].dtype == value.dtype, \
+                    f"{what} param {i} {key}: dtype {state[key].dtype}, expected {value.dtype}"
+            assert_close(state[key], value, rtol, atol, f"{what} param {i} state {key!r}")

@@ -1,19 +1,20 @@
-"""The reference path (and the CPU backend) against torch.optim.Adam, AdamW and SGD driven by
-torch's schedulers.
+"""The reference path (and the CPU backend) of every optimizer of the table
+(``tests/optimizers.py``) against its peer driven by torch's schedulers.
 
 Every test runs our optimizer (``impl="reference"``; ``"torch_fused"`` too where marked) and
-torch's side by side on clones of the
-same parameters, feeds both the same gradients, steps torch's loop ``opt.step(); sched.step()``,
-and compares the parameters and every state tensor (``assert_same_state``). Tolerances: float32
-rtol 1e-5 / atol 1e-7, float64 rtol 1e-12 / atol 1e-15; the lr lists to rtol 1e-12.
+the peer side by side on clones of the same parameters, feeds both the same gradients, steps
+torch's loop ``opt.step(); sched.step()``, and compares the parameters and every state tensor
+(``assert_same_optimizer``). Tolerances: float32 rtol 1e-5 / atol 1e-7, float64 rtol 1e-12 /
+atol 1e-15; the lr lists to rtol 1e-12.
 """
 
 import pytest
 import torch
-from conftest import assert_close
+from conftest import assert_close, assert_same_optimizer
+from optimizers import INFO, every_option, representatives
 from torch.optim import lr_scheduler as tls
 
-from fused_lrs.optim import FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled
+from fused_lrs import FusedAdamScheduled, FusedAdamWScheduled
 from fused_lrs.schedules import (
     chained,
     constant,
@@ -39,38 +40,6 @@ LR_SCALES = (1.0, 0.5, 2.0)
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-7), torch.float64: dict(rtol=1e-12, atol=1e-15)}
 LR_TOL = dict(rtol=1e-12, atol=1e-18)
 DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float64, id="fp64")]
-
-# (name, our class, torch class, fixed kwargs): torch.optim.Adam(decoupled_weight_decay=True)
-# is AdamW, and so is FusedAdamScheduled with the same flag.
-ADAMS = [("Adam", FusedAdamScheduled, torch.optim.Adam, {}),
-         ("AdamW", FusedAdamWScheduled, torch.optim.AdamW, {}),
-         ("Adam(decoupled)", FusedAdamScheduled, torch.optim.Adam,
-          {"decoupled_weight_decay": True})]
-SGD_MOMENTA = {"plain": {}, "momentum": dict(momentum=0.9),
-               "dampening": dict(momentum=0.9, dampening=0.3),
-               "nesterov": dict(momentum=0.9, nesterov=True)}
-
-
-def _adam_options():
-    for name, ours, theirs, fixed in ADAMS:
-        for amsgrad in (False, True):
-            for maximize in (False, True):
-                for wd in (0.0, 0.1):
-                    options = dict(fixed, amsgrad=amsgrad, maximize=maximize, weight_decay=wd)
-                    flags = [name] + ["amsgrad"] * amsgrad + ["maximize"] * maximize
-                    yield "-".join(flags + [f"wd{wd}"]), ours, theirs, options
-
-
-def _sgd_options():
-    for name, momentum in SGD_MOMENTA.items():
-        for maximize in (False, True):
-            for wd in (0.0, 0.1):
-                options = dict(momentum, maximize=maximize, weight_decay=wd)
-                flags = ["SGD", name] + ["maximize"] * maximize
-                yield "-".join(flags + [f"wd{wd}"]), FusedSGDScheduled, torch.optim.SGD, options
-
-
-OPTIONS = list(_adam_options()) + list(_sgd_options())
 
 # (name, torch scheduler factory, our spec): more than five families, composites included.
 SCHEDULES = [
@@ -107,27 +76,15 @@ def flat_params(opt):
 
 
 def assert_same_state(ours, theirs, rtol, atol, what=""):
-    """Parameters and every state tensor of ``ours`` against torch's, walked in parameter order.
-
-    Every key torch keeps must be in ours with the same dtype and value. The one documented extra
-    is SGD's ``step``: our SGD counts its updates to tell the first momentum update (which copies
-    the gradient into the buffer) from the later ones; torch's SGD keeps no count."""
-    extra_ok = {"step"} if isinstance(ours, FusedSGDScheduled) else set()
-    mine, others = flat_params(ours), flat_params(theirs)
-    assert len(mine) == len(others)
-    for i, (p, q) in enumerate(zip(mine, others)):
-        assert_close(p, q, rtol, atol, f"{what} param {i}")
-        state, expected = ours.state.get(p, {}), theirs.state.get(q, {})
-        assert set(expected) <= set(state) <= set(expected) | extra_ok, \
-            f"{what} param {i}: state keys {sorted(state)}, torch has {sorted(expected)}"
-        for key, value in expected.items():
-            assert state[key].dtype == value.dtype, f"{what} param {i} {key}: dtype"
-            assert_close(state[key], value, rtol, atol, f"{what} param {i} state {key!r}")
+    """Parameters and every state tensor of ``ours`` against the peer's (``extra_state``: what
+    ours keeps besides, e.g. our SGD's step count)."""
+    assert_same_optimizer(ours, theirs, rtol, atol, what, INFO[type(ours)].extra_state)
 
 
-def make_pair(ours_cls, torch_cls, options, dtype, spec=None, lr_scales=LR_SCALES,
-              schedule_factory=None, impl="reference"):
-    """Our optimizer and torch's on clones of the same parameters, grouped as GROUPS."""
+def make_pair(info, options, dtype, spec=None, lr_scales=LR_SCALES, schedule_factory=None,
+              impl="reference", peer=None):
+    """Our optimizer and its peer on clones of the same parameters, grouped as GROUPS
+    (``peer``: another way to build the peer)."""
     gen = torch.Generator().manual_seed(0)
     init = [torch.randn(s, generator=gen, dtype=dtype) for s in SHAPES]
     options = dict(options)
@@ -137,11 +94,12 @@ def make_pair(ours_cls, torch_cls, options, dtype, spec=None, lr_scales=LR_SCALE
         return [{"params": params[a:b], "lr": LR * x, "weight_decay": wd * w}
                 for (a, b, w), x in zip(GROUPS, lr_scales)]
 
-    ours = ours_cls(groups([p.clone().requires_grad_() for p in init]), schedule=spec,
+    ours = info.cls(groups([p.clone().requires_grad_() for p in init]), schedule=spec,
                     impl=impl, **options)
-    # The CPU backend runs torch's fused kernels: its peer is torch's fused optimizer.
-    fused = {"fused": True} if impl == "torch_fused" else {}
-    theirs = torch_cls(groups([p.clone().requires_grad_() for p in init]), **options, **fused)
+    # The CPU backend runs torch's fused kernels where the peer has them: then its peer is the
+    # fused optimizer.
+    theirs = (peer or info.peer)(groups([p.clone().requires_grad_() for p in init]),
+                                 fused=impl == "torch_fused", **options)
     sched = schedule_factory(theirs) if schedule_factory else None
     return ours, theirs, sched
 
@@ -189,51 +147,42 @@ def run_both(ours, theirs, sched, dtype, n=N_STEPS, on_step=None):
 
 # ---------------------------------------------------------------- equivalence
 
+OPTIONS = every_option()
+
+
 @pytest.mark.parametrize("impl", ["reference", "torch_fused"])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("ours_cls, torch_cls, options, schedule", [
-    pytest.param(ours, theirs, options, SCHEDULES[i % len(SCHEDULES)],
-                 id=f"{name}-{SCHEDULES[i % len(SCHEDULES)][0]}")
-    for i, (name, ours, theirs, options) in enumerate(OPTIONS)])
-def test_every_option_matches_torch(ours_cls, torch_cls, options, schedule, dtype, impl):
+@pytest.mark.parametrize("info, options, schedule", [
+    pytest.param(*param.values, SCHEDULES[i % len(SCHEDULES)],
+                 id=f"{param.id}-{SCHEDULES[i % len(SCHEDULES)][0]}")
+    for i, param in enumerate(OPTIONS)])
+def test_every_option_matches_torch(info, options, schedule, dtype, impl):
     """Every option combination, each with the next schedule in turn, on the reference and on
-    the CPU backend (torch's fused kernels)."""
+    the CPU backend (torch's fused kernels where the peer has them)."""
     _, factory, spec = schedule
-    run_both(*make_pair(ours_cls, torch_cls, options, dtype, spec, schedule_factory=factory,
-                        impl=impl), dtype)
-
-
-REPRESENTATIVES = [
-    pytest.param(FusedAdamScheduled, torch.optim.Adam, dict(amsgrad=True, weight_decay=0.1),
-                 id="Adam-amsgrad-wd"),
-    pytest.param(FusedAdamWScheduled, torch.optim.AdamW, dict(weight_decay=0.1), id="AdamW-wd"),
-    pytest.param(FusedSGDScheduled, torch.optim.SGD,
-                 dict(momentum=0.9, nesterov=True, weight_decay=0.1), id="SGD-nesterov-wd"),
-]
+    run_both(*make_pair(info, options, dtype, spec, schedule_factory=factory, impl=impl), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("ours_cls, torch_cls, options", REPRESENTATIVES)
+@pytest.mark.parametrize("info, options", representatives())
 @pytest.mark.parametrize("name, factory, spec", SCHEDULES, ids=[s[0] for s in SCHEDULES])
-def test_every_schedule_matches_torch(name, factory, spec, ours_cls, torch_cls, options, dtype):
-    run_both(*make_pair(ours_cls, torch_cls, options, dtype, spec, schedule_factory=factory),
-             dtype)
+def test_every_schedule_matches_torch(name, factory, spec, info, options, dtype):
+    run_both(*make_pair(info, options, dtype, spec, schedule_factory=factory), dtype)
 
 
 def test_adamw_class_matches_torch_adam_decoupled():
     """FusedAdamWScheduled is torch.optim.Adam(decoupled_weight_decay=True)."""
-    def adam_decoupled(groups, **kw):
+    def adam_decoupled(groups, fused=False, **kw):
         return torch.optim.Adam(groups, decoupled_weight_decay=True, **kw)
 
-    run_both(*make_pair(FusedAdamWScheduled, adam_decoupled, dict(weight_decay=0.1),
-                        torch.float64, cosine(20),
-                        schedule_factory=lambda o: tls.CosineAnnealingLR(o, 20)),
-             torch.float64)
+    run_both(*make_pair(INFO[FusedAdamWScheduled], dict(weight_decay=0.1), torch.float64,
+                        cosine(20), schedule_factory=lambda o: tls.CosineAnnealingLR(o, 20),
+                        peer=adam_decoupled), torch.float64)
 
 
-@pytest.mark.parametrize("ours_cls, torch_cls, options", REPRESENTATIVES)
-def test_group_with_lr_zero_stays_put(ours_cls, torch_cls, options):
-    ours, theirs, sched = make_pair(ours_cls, torch_cls, options, torch.float32, step(7, 0.5),
+@pytest.mark.parametrize("info, options", representatives())
+def test_group_with_lr_zero_stays_put(info, options):
+    ours, theirs, sched = make_pair(info, options, torch.float32, step(7, 0.5),
                                     lr_scales=(1.0, 0.0, 2.0),
                                     schedule_factory=lambda o: tls.StepLR(o, 7, 0.5))
     frozen = [p.detach().clone() for p in ours.param_groups[1]["params"]]
@@ -320,9 +269,10 @@ def test_step_returns_the_closure_loss():
     assert not torch.equal(p.detach(), torch.ones(2))
 
 
-def test_zero_grad_sets_grads_to_none_by_default():
+@pytest.mark.parametrize("info, options", representatives())
+def test_zero_grad_sets_grads_to_none_by_default(info, options):
     p = torch.zeros(3, requires_grad=True)
-    opt = FusedSGDScheduled([p], lr=0.1)
+    opt = info.cls([p], lr=0.1, **options)
     p.grad = torch.ones(3)
     opt.zero_grad()
     assert p.grad is None
@@ -340,15 +290,15 @@ def drive_torch_lr(theirs, spec, bases, k):
         group["lr"] = float(spec.lr(k, base))
 
 
-@pytest.mark.parametrize("ours_cls, torch_cls, options", REPRESENTATIVES)
-def test_add_param_group_steps_with_its_own_lr(ours_cls, torch_cls, options):
+@pytest.mark.parametrize("info, options", representatives())
+def test_add_param_group_steps_with_its_own_lr(info, options):
     spec = exponential(0.9)
     gen = torch.Generator().manual_seed(0)
     init = [torch.randn(s, generator=gen, dtype=torch.float64) for s in ((4,), (2, 3))]
     ps = [p.clone().requires_grad_() for p in init]
     qs = [p.clone().requires_grad_() for p in init]
-    ours = ours_cls([ps[0]], lr=0.01, schedule=spec, impl="reference", **options)
-    theirs = torch_cls([qs[0]], lr=0.01, **options)
+    ours = info.cls([ps[0]], lr=0.01, schedule=spec, impl="reference", **options)
+    theirs = info.peer([qs[0]], lr=0.01, **options)
     bases = [0.01]
     grads = torch.Generator().manual_seed(1)
     for k in range(20):
@@ -365,39 +315,27 @@ def test_add_param_group_steps_with_its_own_lr(ours_cls, torch_cls, options):
     assert_close(ours.get_last_lr(), [0.01 * 0.9 ** 19, 0.05 * 0.9 ** 19], rtol=1e-12)
 
 
-@pytest.mark.parametrize("ours_cls, torch_cls, options", REPRESENTATIVES)
-def test_tensor_lr(ours_cls, torch_cls, options):
+@pytest.mark.parametrize("info, options", representatives())
+def test_tensor_lr(info, options):
     gen = torch.Generator().manual_seed(0)
     init = [torch.randn(s, generator=gen) for s in ((5, 3), (7,))]
-    ours = ours_cls([p.clone().requires_grad_() for p in init], lr=torch.tensor(0.01),
+    ours = info.cls([p.clone().requires_grad_() for p in init], lr=torch.tensor(0.01),
                     schedule=step(4, 0.5), impl="reference", **options)
-    theirs = torch_cls([p.clone().requires_grad_() for p in init], lr=torch.tensor(0.01),
+    theirs = info.peer([p.clone().requires_grad_() for p in init], lr=torch.tensor(0.01),
                        **options)
     run_both(ours, theirs, tls.StepLR(theirs, 4, 0.5), torch.float32, n=20)
 
 
-# Hyperparameter changes made to every group before step k, on both optimizers.
-CHANGES = [
-    pytest.param(FusedAdamScheduled, torch.optim.Adam, {},
-                 {10: dict(weight_decay=0.2), 20: dict(betas=(0.8, 0.99)), 30: dict(eps=1e-3),
-                  40: dict(maximize=True)}, id="Adam"),
-    pytest.param(FusedAdamWScheduled, torch.optim.AdamW, dict(weight_decay=0.0),
-                 {10: dict(weight_decay=0.3), 25: dict(betas=(0.5, 0.9))}, id="AdamW"),
-    pytest.param(FusedSGDScheduled, torch.optim.SGD, {},
-                 {10: dict(momentum=0.9), 20: dict(dampening=0.5), 30: dict(dampening=0.0,
-                                                                            nesterov=True),
-                  40: dict(weight_decay=0.1, maximize=True)}, id="SGD"),
-]
-
-
-@pytest.mark.parametrize("ours_cls, torch_cls, options, changes", CHANGES)
-def test_hyperparameter_changes_between_steps(ours_cls, torch_cls, options, changes):
-    ours, theirs, sched = make_pair(ours_cls, torch_cls, options, torch.float64, step(7, 0.5),
+@pytest.mark.parametrize("info", [p.values[0] for p in representatives()],
+                         ids=lambda info: info.name)
+def test_hyperparameter_changes_between_steps(info):
+    """The row's ``changes``, made to every group of both optimizers before the given steps."""
+    ours, theirs, sched = make_pair(info, {}, torch.float64, step(7, 0.5),
                                     schedule_factory=lambda o: tls.StepLR(o, 7, 0.5))
 
     def change(k):
         for opt in (ours, theirs):
             for group in opt.param_groups:
-                group.update(changes.get(k, {}))
+                group.update(info.changes.get(k, {}))
 
     run_both(ours, theirs, sched, torch.float64, on_step=change)

@@ -1,0 +1,138 @@
+"""The table of optimizers that every suite reads (torch's ``common_optimizers.py`` is the model).
+
+One row per fused optimizer class of the registry (``fused_lrs.algorithms.OPTIMIZERS``; a test
+holds the two equal). A row gives what the suites need to drive the class and its peer alike:
+  * ``options``: an option grid that covers every option of the class (each a dict of keyword
+    arguments, with an id), which the equivalence suites run in full;
+  * ``representative``: one configuration with every option that changes the update on, for
+    suites that run one configuration per class (schedules, groups, lifecycle, devices);
+  * ``changes``: hyperparameter changes made to every group between steps;
+  * ``invalid``: hyperparameter values the peer refuses, and the message it refuses them with;
+  * ``extra_state``: state keys ours keeps that the peer does not (torch's SGD keeps no
+    ``step``; our SGD counts its updates to tell the first, which copies the gradient);
+  * ``fused_peer``: the peer has a fused CPU kernel (``fused=True``): the CPU backend, which
+    runs that kernel, is compared with it.
+The peer is the record's (``Algorithm.peer``); ``peer_options`` are passed to it besides the
+row's options.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from itertools import product
+
+import pytest
+import torch
+
+from fused_lrs import FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled
+
+NAN = math.nan
+
+
+@dataclass(frozen=True)
+class OptimizerInfo:
+    cls: type
+    options: tuple[tuple[str, dict], ...]
+    representative: dict
+    changes: dict[int, dict] = field(default_factory=dict)
+    invalid: tuple[tuple[str, object, str], ...] = ()
+    extra_state: frozenset = frozenset()
+    fused_peer: bool = False
+    peer_options: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.cls.__name__
+
+    @property
+    def record(self):
+        return self.cls.algorithm
+
+    def peer(self, params, fused: bool = False, **options):
+        """The peer optimizer on ``params`` (tensors or groups) with ``options``; ``fused``:
+        its fused CPU kernel (where it has one)."""
+        peer_class = self.record.peer_class()
+        if peer_class is None:
+            pytest.skip(f"{self.record.peer} is not installed")
+        extra = {"fused": True} if fused and self.fused_peer else {}
+        return peer_class(params, **self.peer_options, **options, **extra)
+
+    def grid(self):
+        """``options`` as pytest params, ids ``Class-option-id``."""
+        return [pytest.param(self, options, id=f"{self.name}-{name}")
+                for name, options in self.options]
+
+
+def _flags(**choices) -> tuple[tuple[str, dict], ...]:
+    """Every combination of ``choices`` (name -> values), with readable ids."""
+    names = list(choices)
+    out = []
+    for values in product(*(choices[n] for n in names)):
+        options = {n: v for n, v in zip(names, values) if v is not None}
+        ident = "-".join(f"{n}={v}" for n, v in options.items()) or "defaults"
+        out.append((ident, options))
+    return tuple(out)
+
+
+_SGD_MOMENTA = {"plain": {}, "momentum": dict(momentum=0.9),
+                "dampening": dict(momentum=0.9, dampening=0.3),
+                "nesterov": dict(momentum=0.9, nesterov=True)}
+_ADAM_INVALID = (("lr", -1e-3, "learning rate"), ("lr", NAN, "learning rate"),
+                 ("lr", torch.tensor([1e-3, 1e-3]), "lr"), ("eps", -1e-8, "epsilon"),
+                 ("eps", NAN, "epsilon"), ("weight_decay", -0.1, "weight_decay"),
+                 ("weight_decay", NAN, "weight_decay"), ("betas", (-0.1, 0.999), "beta"),
+                 ("betas", (0.9, 1.0), "beta"), ("betas", (1.0, 0.9), "beta"),
+                 ("betas", (NAN, 0.999), "beta"), ("betas", (0.9, NAN), "beta"),
+                 ("betas", (0.9,), "beta"))
+
+OPTIMIZER_INFOS = [
+    OptimizerInfo(
+        cls=FusedAdamScheduled,          # Adam, and AdamW by its decoupled flag
+        options=_flags(decoupled_weight_decay=(None, True), amsgrad=(False, True),
+                       maximize=(False, True), weight_decay=(0.0, 0.1)),
+        representative=dict(amsgrad=True, weight_decay=0.1),
+        changes={10: dict(weight_decay=0.2), 20: dict(betas=(0.8, 0.99)), 30: dict(eps=1e-3),
+                 40: dict(maximize=True)},
+        invalid=_ADAM_INVALID, fused_peer=True),
+    OptimizerInfo(
+        cls=FusedAdamWScheduled,
+        options=_flags(amsgrad=(False, True), maximize=(False, True), weight_decay=(0.0, 0.1)),
+        representative=dict(weight_decay=0.1),
+        changes={10: dict(weight_decay=0.3), 25: dict(betas=(0.5, 0.9))},
+        invalid=_ADAM_INVALID, fused_peer=True),
+    OptimizerInfo(
+        cls=FusedSGDScheduled,
+        options=tuple((f"{m}-maximize={x}-weight_decay={wd}",
+                       dict(momenta, maximize=x, weight_decay=wd))
+                      for (m, momenta), x, wd in product(_SGD_MOMENTA.items(), (False, True),
+                                                         (0.0, 0.1))),
+        representative=dict(momentum=0.9, nesterov=True, weight_decay=0.1),
+        changes={10: dict(momentum=0.9), 20: dict(dampening=0.5),
+                 30: dict(dampening=0.0, nesterov=True), 40: dict(weight_decay=0.1,
+                                                                  maximize=True)},
+        invalid=(("lr", -0.1, "learning rate"), ("lr", NAN, "learning rate"),
+                 ("momentum", -0.9, "momentum"), ("momentum", NAN, "momentum"),
+                 ("dampening", -0.1, "dampening"), ("dampening", NAN, "dampening"),
+                 ("dampening", 1.5, "dampening"), ("weight_decay", -0.1, "weight_decay"),
+                 ("weight_decay", NAN, "weight_decay")),
+        extra_state=frozenset({"step"}), fused_peer=True),
+]
+INFO = {info.cls: info for info in OPTIMIZER_INFOS}
+
+
+def infos(**filters):
+    """The rows as pytest params (id: the class name), optionally only those whose attributes
+    equal ``filters`` (e.g. ``fused_peer=True``)."""
+    return [pytest.param(info, id=info.name) for info in OPTIMIZER_INFOS
+            if all(getattr(info, k) == v for k, v in filters.items())]
+
+
+def every_option():
+    """Every row's whole option grid, as pytest params ``(info, options)``."""
+    return [param for info in OPTIMIZER_INFOS for param in info.grid()]
+
+
+def representatives():
+    """Each row's representative configuration, as pytest params ``(info, options)``."""
+    return [pytest.param(info, info.representative, id=info.name) for info in OPTIMIZER_INFOS]
