@@ -11,13 +11,18 @@ holds the two equal). A row gives what the suites need to drive the class and it
   * ``extra_state``: state keys ours keeps that the peer does not (torch's SGD keeps no
     ``step``; our SGD counts its updates to tell the first, which copies the gradient);
   * ``fused_peer``: the peer has a fused CPU kernel (``fused=True``): the CPU backend, which
-    runs that kernel, is compared with it.
+    runs that kernel, is compared with it;
+  * ``peer_maximize``: the peer takes ``maximize=``. Where it does not (lion_pytorch), ``peer``
+    builds it through ``_maximizing``, which takes ``maximize=`` (also per group, also changed
+    between steps) and negates those groups' gradients around each step, so every suite drives
+    both optimizers with the same options.
 The peer is the record's (``Algorithm.peer``); ``peer_options`` are passed to it besides the
 row's options.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from itertools import product
@@ -25,7 +30,14 @@ from itertools import product
 import pytest
 import torch
 
-from fused_lrs import FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled
+from fused_lrs import (
+    FusedAdagradScheduled,
+    FusedAdamScheduled,
+    FusedAdamWScheduled,
+    FusedLionScheduled,
+    FusedRMSpropScheduled,
+    FusedSGDScheduled,
+)
 
 NAN = math.nan
 
@@ -40,6 +52,7 @@ class OptimizerInfo:
     extra_state: frozenset = frozenset()
     fused_peer: bool = False
     peer_options: dict = field(default_factory=dict)
+    peer_maximize: bool = True
 
     @property
     def name(self) -> str:
@@ -56,12 +69,41 @@ class OptimizerInfo:
         if peer_class is None:
             pytest.skip(f"{self.record.peer} is not installed")
         extra = {"fused": True} if fused and self.fused_peer else {}
+        if not self.peer_maximize:
+            peer_class = _maximizing(peer_class)
         return peer_class(params, **self.peer_options, **options, **extra)
 
     def grid(self):
         """``options`` as pytest params, ids ``Class-option-id``."""
         return [pytest.param(self, options, id=f"{self.name}-{name}")
                 for name, options in self.options]
+
+
+@functools.cache
+def _maximizing(peer_class: type) -> type:
+    """``peer_class`` with ``maximize=`` (a default, and a group entry like any other): a step
+    negates the gradients of the groups that maximize, steps, and restores them (negation is
+    exact, so the peer sees exactly -g and the caller gets g back)."""
+    class Maximizing(peer_class):
+        def __init__(self, params, *args, maximize: bool = False, **kwargs):
+            super().__init__(params, *args, **kwargs)
+            self.defaults["maximize"] = maximize       # groups added later take it too
+            for group in self.param_groups:
+                group.setdefault("maximize", maximize)
+
+        def step(self, closure=None):
+            grads = [p.grad for group in self.param_groups if group["maximize"]
+                     for p in group["params"] if p.grad is not None]
+            for g in grads:
+                g.neg_()
+            try:
+                return super().step(closure)
+            finally:
+                for g in grads:
+                    g.neg_()
+
+    Maximizing.__name__ = Maximizing.__qualname__ = f"Maximizing{peer_class.__name__}"
+    return Maximizing
 
 
 def _flags(**choices) -> tuple[tuple[str, dict], ...]:
@@ -117,6 +159,60 @@ OPTIMIZER_INFOS = [
                  ("dampening", 1.5, "dampening"), ("weight_decay", -0.1, "weight_decay"),
                  ("weight_decay", NAN, "weight_decay")),
         extra_state=frozenset({"step"}), fused_peer=True),
+    OptimizerInfo(
+        cls=FusedRMSpropScheduled,
+        options=_flags(momentum=(0.0, 0.9), centered=(False, True), maximize=(False, True),
+                       weight_decay=(0.0, 0.1)),
+        representative=dict(momentum=0.9, centered=True, weight_decay=0.1),
+        # (torch makes momentum_buffer and grad_avg with a parameter's first state only, and
+        # fails on a later step that needs one: momentum and centered stay as they are)
+        changes={10: dict(weight_decay=0.1), 20: dict(alpha=0.9), 30: dict(eps=1e-3),
+                 40: dict(maximize=True)},
+        invalid=(("lr", -1e-2, "learning rate"), ("lr", NAN, "learning rate"),
+                 ("lr", torch.tensor([1e-2, 1e-2]), "lr"), ("eps", -1e-8, "epsilon"),
+                 ("eps", NAN, "epsilon"), ("momentum", -0.9, "momentum"),
+                 ("momentum", NAN, "momentum"), ("weight_decay", -0.1, "weight_decay"),
+                 ("weight_decay", NAN, "weight_decay"), ("alpha", -0.1, "alpha"),
+                 ("alpha", NAN, "alpha"))),
+    OptimizerInfo(
+        cls=FusedAdagradScheduled,
+        options=_flags(lr_decay=(0.0, 0.05), weight_decay=(0.0, 0.1), maximize=(False, True))
+        + (("initial_accumulator_value=0.1", dict(initial_accumulator_value=0.1)),
+           ("initial_accumulator_value=0.5-eps=1e-3-lr_decay=0.1",
+            dict(initial_accumulator_value=0.5, eps=1e-3, lr_decay=0.1))),
+        representative=dict(lr_decay=0.05, weight_decay=0.1, initial_accumulator_value=0.1),
+        changes={10: dict(lr_decay=0.1), 20: dict(weight_decay=0.05), 30: dict(eps=1e-3),
+                 40: dict(maximize=True)},
+        invalid=(("lr", -1e-2, "learning rate"), ("lr", NAN, "learning rate"),
+                 ("lr", torch.tensor([1e-2, 1e-2]), "lr"), ("lr_decay", -0.1, "lr_decay"),
+                 ("lr_decay", NAN, "lr_decay"), ("weight_decay", -0.1, "weight_decay"),
+                 ("weight_decay", NAN, "weight_decay"),
+                 ("initial_accumulator_value", -0.1, "initial_accumulator_value"),
+                 ("initial_accumulator_value", NAN, "initial_accumulator_value"),
+                 ("eps", -1e-10, "epsilon"), ("eps", NAN, "epsilon")),
+        fused_peer=True),
+    OptimizerInfo(
+        cls=FusedLionScheduled,
+        # Decoupled decay divides by the constructor's lr (1e-4 by default): 1e-5 is 0.1.
+        options=tuple((f"{decay}-maximize={x}", dict(options, maximize=x))
+                      for (decay, options), x in product(
+                          {"no-decay": {}, "weight_decay=0.1": dict(weight_decay=0.1),
+                           "decoupled": dict(weight_decay=1e-5, decoupled_weight_decay=True),
+                           "betas=(0.5,0.9)-weight_decay=0.1":
+                               dict(betas=(0.5, 0.9), weight_decay=0.1)}.items(),
+                          (False, True))),
+        # Not decoupled: lion_pytorch keeps the constructor's lr object as its divisor, and a
+        # torch scheduler driving a tensor lr rewrites that very tensor in place (the
+        # divisor then follows the schedule); the grid covers decoupled decay.
+        representative=dict(weight_decay=0.1, betas=(0.8, 0.95)),
+        changes={10: dict(weight_decay=0.2), 20: dict(betas=(0.8, 0.95)), 30: dict(maximize=True)},
+        # lion_pytorch asserts these (AssertionError, no message; the 2-element lr fails in its
+        # comparison): the messages are ours, torch's wording.
+        invalid=(("lr", -1e-3, "learning rate"), ("lr", NAN, "learning rate"),
+                 ("lr", torch.tensor([1e-3, 1e-3]), "lr"), ("betas", (-0.1, 0.99), "beta"),
+                 ("betas", (0.9, 1.5), "beta"), ("betas", (NAN, 0.99), "beta"),
+                 ("betas", (0.9, NAN), "beta")),
+        extra_state=frozenset({"step"}), peer_maximize=False),
 ]
 INFO = {info.cls: info for info in OPTIMIZER_INFOS}
 

@@ -7,12 +7,16 @@ kernel module (``kernels/<name>.py``), one line below and one row in the tests' 
 optimizers (``tests/optimizers.py``).
 """
 
+from fused_lrs.algorithms.adagrad import FusedAdagradScheduled
 from fused_lrs.algorithms.adam import FusedAdamScheduled, FusedAdamWScheduled
+from fused_lrs.algorithms.lion import FusedLionScheduled
 from fused_lrs.algorithms.record import Algorithm
+from fused_lrs.algorithms.rmsprop import FusedRMSpropScheduled
 from fused_lrs.algorithms.sgd import FusedSGDScheduled
 
 #: Every fused optimizer class, in the order the docs and the bench list them.
-OPTIMIZERS = (FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled)
+OPTIMIZERS = (FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled,
+              FusedRMSpropScheduled, FusedAdagradScheduled, FusedLionScheduled)
 #: Every algorithm record, by name.
 ALGORITHMS: dict[str, Algorithm] = {cls.algorithm.name: cls.algorithm for cls in OPTIMIZERS}
 

@@ -55,9 +55,10 @@ def check_lr(lr) -> None:
 @dataclass(frozen=True)
 class Slot:
     """One per-parameter state tensor: the peer's key, whether a group keeps it, the value it
-    starts at (a group entry's name, e.g. Adagrad's ``initial_accumulator_value``, or 0), and
-    whether a saved parameter of such a group must have it (torch's SGD saves a parameter's
-    buffer only once an update made with momentum created it)."""
+    starts at (the name of an optimizer default, e.g. Adagrad's ``initial_accumulator_value``:
+    torch fills every group's ``sum`` with the constructor's value; None: 0), and whether a
+    saved parameter of such a group must have it (torch's SGD saves a parameter's buffer only
+    once an update made with momentum created it)."""
 
     key: str
     present: Callable[[Mapping[str, Any]], bool] = lambda group: True

@@ -495,7 +495,7 @@ class ScheduledOptimizer(torch.optim.Optimizer):
         group's options need (torch's lazy init): the step count and the record's slots."""
         algorithm = self.algorithm
         for group, params in zip(self.param_groups, work):
-            kept = [(slot, group[slot.initial] if slot.initial else 0.0)
+            kept = [(slot, self.defaults[slot.initial] if slot.initial else 0.0)
                     for slot in algorithm.slots if slot.present(group)]
             for p in params:
                 state = self.state[p]

@@ -1,0 +1,51 @@
+"""RMSprop in the fused step kernel (``kernels/optim.py``): the per-program scalars and the
+update of one block. The record is ``fused_lrs/algorithms/rmsprop.py``; its reference update is
+the specification this follows, operation for operation.
+
+Variant bit 0: momentum > 0 (the second state column, momentum_buffer, exists); bit 1: centered
+(the third, grad_avg).
+"""
+
+import triton
+import triton.language as tl
+
+from fused_lrs.kernels.access import load, store
+
+# The record's own row columns, in its order (a test holds them equal).
+COLUMNS = ("alpha", "eps", "centered")
+ALPHA = tl.constexpr(COLUMNS.index("alpha"))
+EPS = tl.constexpr(COLUMNS.index("eps"))
+MOMENTUM = tl.constexpr(1)     # the variant bits
+CENTERED = tl.constexpr(2)
+
+
+@triton.jit
+def prepare(lr, momentum, weight_decay, step, cols):
+    """Per-program scalars from the group's fp64 values (``cols``: its own columns)."""
+    alpha = tl.load(cols + ALPHA)
+    return (weight_decay.to(tl.float32), alpha.to(tl.float32), (1.0 - alpha).to(tl.float32),
+            tl.load(cols + EPS).to(tl.float32), lr.to(tl.float32), momentum.to(tl.float32))
+
+
+@triton.jit
+def update(p, g, v_ptr, buf_ptr, g_avg_ptr, offs, mask, S, VARIANT: tl.constexpr,
+           BF16: tl.constexpr):
+    """The new weights of one block; writes the block's states."""
+    wd, alpha, one_minus_alpha, eps, lr, momentum = S
+    g = g + wd * p                                    # grad.add(param, alpha=wd)
+    v = load(v_ptr, offs, mask) * alpha + one_minus_alpha * g * g  # mul_(a).addcmul_(g, g, 1-a)
+    store(v_ptr, offs, mask, v, BF16)
+    if CENTERED & VARIANT:        # (constexpr on the left: the interpreter passes an int)
+        g_avg = load(g_avg_ptr, offs, mask)
+        # grad_avg.lerp_(g, 1 - alpha): torch's two formulas, split at |weight| = 0.5
+        g_avg = tl.where(tl.abs(one_minus_alpha) < 0.5, g_avg + one_minus_alpha * (g - g_avg),
+                         g - (g - g_avg) * (1.0 - one_minus_alpha))
+        store(g_avg_ptr, offs, mask, g_avg, BF16)
+        v = v - g_avg * g_avg                         # square_avg.addcmul(g_avg, g_avg, -1)
+    # IEEE sqrt and division (tl.sqrt and `/` are approximate on CUDA), as torch computes.
+    avg = tl.sqrt_rn(v) + eps
+    if MOMENTUM & VARIANT:
+        buf = load(buf_ptr, offs, mask) * momentum + tl.div_rn(g, avg)   # mul_(m).addcdiv_
+        store(buf_ptr, offs, mask, buf, BF16)
+        return p - lr * buf                           # p.add_(buf, alpha=-lr)
+    return p - tl.div_rn(lr * g, avg)                 # p.addcdiv_(g, avg, value=-lr)
