@@ -354,5 +354,23 @@ def full_state_dict(setup, path):
     return _resume(make, save, load, path)
 
 
+def fsdp_table(name, _):
+    """FSDP2 (fp32): the table's optimizer ``name`` (impl="auto": the CPU backend on the local
+    shards) with its representative options against its peer on DTensors, torch's scheduler
+    driving the peer (``tests/optimizers.py``)."""
+    from optimizers import OPTIMIZER_INFOS
+    info = next(i for i in OPTIMIZER_INFOS if i.name == name)
+    a, b = shard(mlp()), shard(mlp())
+    opt_a = info.cls(a.parameters(), lr=LR, schedule=spec(), **info.representative)
+    opt_b = info.peer(list(b.parameters()), lr=LR, **info.representative)
+    train(a, opt_a, None, 0, STEPS)
+    train(b, opt_b, torch_scheduler(opt_b), 0, STEPS)
+    mine = snapshot(a, opt_a)      # less what ours keeps besides the peer's state
+    mine["state"] = [{k: v for k, v in st.items() if k not in info.extra_state}
+                     for st in mine["state"]]
+    return {"ours": mine, "torch": snapshot(b, opt_b), "impl": opt_a.impl,
+            "t": int(opt_a.schedule_step)}
+
+
 SCENARIOS = {"fsdp": fsdp_vs_torch, "ddp": ddp_vs_torch, "ddp_save": ddp_torch_save,
-             "zero": zero, "dcp": dcp, "full": full_state_dict}
+             "zero": zero, "dcp": dcp, "full": full_state_dict, "fsdp_table": fsdp_table}

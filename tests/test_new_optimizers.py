@@ -342,3 +342,30 @@ def test_scheduled_momentum_and_weight_decay_kernel_matches_reference(info):
             opt.step()
     assert runs[0][1].impl == "reference"
     assert_same(runs)
+
+
+# ---------------------------------------------------------------- FSDP2
+
+@pytest.fixture(scope="module")
+def fsdp_results(tmp_path_factory):
+    """Every new row's FSDP2 run (``dist_workers.fsdp_table``), on 2 gloo ranks started once."""
+    import torch.distributed as dist
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("needs torch.distributed with gloo")
+    from dist_workers import launch
+    return launch([f"fsdp_table:{p.values[0].name}" for p in NEW],
+                  str(tmp_path_factory.mktemp("dist")), 240)
+
+
+@pytest.mark.parametrize("info", NEW)
+def test_fsdp2_shards_match_the_peer(fsdp_results, info):
+    """FSDP2 parameters (DTensors, one shard of the head empty on rank 1): ours updates each
+    rank's local shards (the CPU backend, 8 steps) and matches the peer stepping the DTensors
+    with torch's scheduler: fp32, rtol 1e-5 / atol 1e-7, every state tensor."""
+    from test_distributed import assert_same as assert_same_shards
+    from test_distributed import on_each_rank
+
+    for rank, result in on_each_rank(fsdp_results, f"fsdp_table:{info.name}"):
+        assert result["impl"] == "torch_fused" and result["t"] == 8
+        assert_same_shards(result["ours"], result["torch"], f"rank {rank}", rtol=1e-5,
+                           atol=1e-7)
