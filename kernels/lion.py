@@ -22,16 +22,16 @@ def prepare(lr, beta1, weight_decay, step, cols):
     decay factor ``1 - lr * wd / divisor`` (divisor: the constructor's lr when decoupled,
     else 1), the lr and both betas."""
     decay = (1.0 - lr * (weight_decay / tl.load(cols + WD_DIVISOR))).to(tl.float32)
-    beta2 = tl.load(cols + BETA2)
-    return (decay, lr.to(tl.float32), beta1.to(tl.float32), (1.0 - beta1).to(tl.float32),
-            beta2.to(tl.float32), (1.0 - beta2).to(tl.float32))
+    return (decay, lr.to(tl.float32), beta1.to(tl.float32), (1.0 - beta1).to(tl.float32), cols)
 
 
 @triton.jit
 def update(p, g, m_ptr, unused_ptr2, unused_ptr3, offs, mask, S, VARIANT: tl.constexpr,
            BF16: tl.constexpr):
     """The new weights of one block; writes the block's exp_avg."""
-    decay, lr, beta1, one_minus_b1, beta2, one_minus_b2 = S
+    decay, lr, beta1, one_minus_b1, cols = S
+    beta2_64 = tl.load(cols + BETA2)
+    beta2, one_minus_b2 = beta2_64.to(tl.float32), (1.0 - beta2_64).to(tl.float32)
     m = load(m_ptr, offs, mask)
     p = p * decay                                     # p.mul_(1 - lr * wd)
     c = m * beta1 + one_minus_b1 * g                  # m.clone().mul_(b1).add(g, 1 - b1)

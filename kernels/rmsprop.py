@@ -2,8 +2,11 @@
 update of one block. The record is ``fused_lrs/algorithms/rmsprop.py``; its reference update is
 the specification this follows, operation for operation.
 
-Variant bit 0: momentum > 0 (the second state column, momentum_buffer, exists); bit 1: centered
-(the third, grad_avg).
+Variant bit 0: momentum > 0 (the second state column, momentum_buffer, exists). ``centered``
+(the third column, grad_avg) is a run-time branch on the group's column, uniform across a
+program, not a compiled variant: with it as a second bit the four bodies of a one-dtype kernel
+left ptxas 72 registers and an 8-byte spill (triton 3.5.1 and 3.6.0, sm_90), against the
+budgets' 0; as a branch, 56 to 64 registers and no spill (tests/test_kernels_aot.py).
 """
 
 import triton
@@ -15,31 +18,35 @@ from fused_lrs.kernels.access import load, store
 COLUMNS = ("alpha", "eps", "centered")
 ALPHA = tl.constexpr(COLUMNS.index("alpha"))
 EPS = tl.constexpr(COLUMNS.index("eps"))
-MOMENTUM = tl.constexpr(1)     # the variant bits
-CENTERED = tl.constexpr(2)
+CENTERED = tl.constexpr(COLUMNS.index("centered"))
+MOMENTUM = tl.constexpr(1)     # the variant bit
 
 
 @triton.jit
 def prepare(lr, momentum, weight_decay, step, cols):
-    """Per-program scalars from the group's fp64 values (``cols``: its own columns)."""
+    """Per-program scalars from the group's fp64 values (``cols``: its own columns), and
+    whether the group is centered."""
     alpha = tl.load(cols + ALPHA)
     return (weight_decay.to(tl.float32), alpha.to(tl.float32), (1.0 - alpha).to(tl.float32),
-            tl.load(cols + EPS).to(tl.float32), lr.to(tl.float32), momentum.to(tl.float32))
+            tl.load(cols + EPS).to(tl.float32), lr.to(tl.float32), momentum.to(tl.float32),
+            tl.load(cols + CENTERED) != 0.0)
 
 
 @triton.jit
 def update(p, g, v_ptr, buf_ptr, g_avg_ptr, offs, mask, S, VARIANT: tl.constexpr,
            BF16: tl.constexpr):
     """The new weights of one block; writes the block's states."""
-    wd, alpha, one_minus_alpha, eps, lr, momentum = S
+    wd, alpha, one_minus_alpha, eps, lr, momentum, centered = S
     g = g + wd * p                                    # grad.add(param, alpha=wd)
     v = load(v_ptr, offs, mask) * alpha + one_minus_alpha * g * g  # mul_(a).addcmul_(g, g, 1-a)
     store(v_ptr, offs, mask, v, BF16)
-    if CENTERED & VARIANT:        # (constexpr on the left: the interpreter passes an int)
+    if centered:
         g_avg = load(g_avg_ptr, offs, mask)
-        # grad_avg.lerp_(g, 1 - alpha): torch's two formulas, split at |weight| = 0.5
-        g_avg = tl.where(tl.abs(one_minus_alpha) < 0.5, g_avg + one_minus_alpha * (g - g_avg),
-                         g - (g - g_avg) * (1.0 - one_minus_alpha))
+        # grad_avg.lerp_(g, 1 - alpha) as torch computes it: start + w (end - start) for
+        # |w| < 0.5, else end + (w - 1) (end - start)
+        small = tl.abs(one_minus_alpha) < 0.5
+        g_avg = (tl.where(small, g_avg, g)
+                 + tl.where(small, one_minus_alpha, one_minus_alpha - 1.0) * (g - g_avg))
         store(g_avg_ptr, offs, mask, g_avg, BF16)
         v = v - g_avg * g_avg                         # square_avg.addcmul(g_avg, g_avg, -1)
     # IEEE sqrt and division (tl.sqrt and `/` are approximate on CUDA), as torch computes.

@@ -115,8 +115,8 @@ RMSPROP = Algorithm(
     slots=(Slot("square_avg"),
            Slot("momentum_buffer", present=lambda group: group["momentum"] > 0),
            Slot("grad_avg", present=lambda group: bool(group["centered"]))),
-    variant=lambda hp: int(hp["momentum"] > 0) | 2 * int(hp["centered"] != 0),
-    variants=(0, 1, 2, 3),
+    # momentum > 0 keeps a buffer; centered is a run-time branch in the kernel (its doc says why)
+    variant=lambda hp: int(hp["momentum"] > 0), variants=(0, 1),
     check_group=check_group, reference=reference, kernel="fused_lrs.kernels.rmsprop",
     cpu=CpuUpdate(run=_cpu_run, options=_cpu_options, unsupported=_cpu_unsupported, amp=False))
 
