@@ -8,7 +8,8 @@
 # limit, never the rest):
 #   1. install: pip install --no-deps --no-build-isolation -e .
 #   2. tests (pytest-xdist with 8 workers where installed): every gpu-marked test
-#      (test_gpu.py, test_cuda_graphs.py, test_schedules_triton.py) and the ahead-of-time
+#      (test_gpu.py, test_cuda_graphs.py, test_schedules_triton.py, and test_new_optimizers.py's
+#      for RMSprop, Adagrad and Lion, which reads the table of optimizers) and the ahead-of-time
 #      resource checks; then the suites that run the compiled kernel on CUDA against the
 #      reference (kernel_vs_reference, master_weights, grad_scaler, scheduled_hyperparameters,
 #      per_group, compile, optim_vs_torch);
@@ -59,6 +60,7 @@ per_test=(); python3 -c "import pytest_timeout" 2>/dev/null && per_test=(--timeo
 run tests_gpu 120 python3 -m pytest -q -rs -p no:cacheprovider "${par[@]}" "${per_test[@]}" \
     --junitxml="$OUT/tests.xml" \
     tests/test_gpu.py tests/test_cuda_graphs.py tests/test_schedules_triton.py \
+    tests/test_new_optimizers.py::test_on_cuda_one_launch_per_step_no_sync_and_the_reference \
     tests/test_kernels_aot.py
 run tests_compiled 120 python3 -m pytest -q -rs -p no:cacheprovider "${par[@]}" "${per_test[@]}" \
     tests/test_kernel_vs_reference.py tests/test_master_weights.py tests/test_grad_scaler.py \

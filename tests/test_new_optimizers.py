@@ -369,3 +369,32 @@ def test_fsdp2_shards_match_the_peer(fsdp_results, info):
         assert result["impl"] == "torch_fused" and result["t"] == 8
         assert_same_shards(result["ours"], result["torch"], f"rank {rank}", rtol=1e-5,
                            atol=1e-7)
+
+
+# ---------------------------------------------------------------- CUDA
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("info", NEW)
+def test_on_cuda_one_launch_per_step_no_sync_and_the_reference(info):
+    """The compiled kernel on CUDA: every option of the row's grid as a group, fp32 and bf16
+    with fp32 masters in one launch: exactly one kernel per step, no host sync (3 steps under
+    sync_debug_mode "error"), and the reference's result (the storage dtypes' ULP)."""
+    from test_gpu import kernels_in
+
+    runs = kernel_runs(info, [torch.float32, torch.bfloat16], master_weights=True,
+                       **({"eps": 1e-3} if "eps" in info.record.names else {}))
+    assert_close_in_storage_ulps(runs)
+    ps, opt = runs[1]
+    assert opt.impl == "triton" and ps[0].is_cuda
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    names = kernels_in(opt.step)
+    assert len(names) == 1 and "fused_step_kernel" in names[0], names
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            opt.step()
+        lr = opt.last_lr
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert lr.is_cuda and int(opt.schedule_step) == KERNEL_STEPS + 4
