@@ -26,3 +26,13 @@ def add(x: torch.Tensor, y: torch.Tensor, alpha) -> torch.Tensor:
 def scalar(value, like: torch.Tensor):
     """``value`` in ``like``'s dtype when it is a tensor (a float stays a float)."""
     return value.to(like.dtype) if isinstance(value, torch.Tensor) else value
+
+
+def constants(**values) -> dict:
+    """``values`` as 0-dim tensors of each dtype the CPU foreach updates run in, by dtype: a
+    Python number costs torch's CPU foreach ops a conversion per tensor (``_foreach_mul_`` of
+    76 one-element tensors: 131 us with a number, 32 us with a 0-dim tensor of their dtype,
+    104 us with a float64 one; torch 2.13, one thread). The number rounds to the dtype as the
+    op would round it, so the result is the same."""
+    return {dtype: {name: torch.tensor(value, dtype=dtype) for name, value in values.items()}
+            for dtype in (torch.float32, torch.float64)}

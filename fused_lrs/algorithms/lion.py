@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from fused_lrs.algorithms.arithmetic import add, applies, scalar
+from fused_lrs.algorithms.arithmetic import add, applies, constants, scalar
 from fused_lrs.algorithms.record import Algorithm, CpuUpdate, Slot, check_lr, number
 from fused_lrs.optim.base import ScheduledOptimizer
 from fused_lrs.schedules import Schedule
@@ -59,7 +59,8 @@ def reference(p, g, state, k, hp):
 def _cpu_options(hp) -> dict:
     return dict(beta1=hp["beta1"], beta2=hp["beta2"],
                 weight_decay=hp["weight_decay"] / hp["wd_divisor"],
-                maximize=bool(hp["maximize"]))
+                maximize=bool(hp["maximize"]),
+                constants=constants(beta1=hp["beta1"], beta2=hp["beta2"]))
 
 
 def _cpu_run(b, grads, lr, amp) -> None:
@@ -72,15 +73,17 @@ def _cpu_run(b, grads, lr, amp) -> None:
     o = b.options
     b.counts.add_(1)
     params, m = b.weights, b.states[0]
+    dtype = params[0].dtype
+    k = o["constants"][dtype]                 # the betas as 0-dim tensors (arithmetic.py)
     if o["maximize"]:
         grads = torch._foreach_neg(grads)
     if o["weight_decay"] != 0:
-        torch._foreach_mul_(params, 1 - lr * o["weight_decay"])
-    c = torch._foreach_mul(m, o["beta1"])
+        torch._foreach_mul_(params, (1 - lr * o["weight_decay"]).to(dtype))
+    c = torch._foreach_mul(m, k["beta1"])
     torch._foreach_add_(c, grads, alpha=1 - o["beta1"])
     torch._foreach_sign_(c)
     torch._foreach_add_(params, c, alpha=-lr)
-    torch._foreach_mul_(m, o["beta2"])
+    torch._foreach_mul_(m, k["beta2"])
     torch._foreach_add_(m, grads, alpha=1 - o["beta2"])
 
 
