@@ -16,7 +16,15 @@ from conftest import assert_close
 import fused_lrs.bench as bench
 from fused_lrs.bench import estimate, report
 from fused_lrs.bench import providers as P
-from fused_lrs.bench.scenarios import ADAMW, ADAMW_MASTER, SGD, Recipe, scenarios, select
+from fused_lrs.bench.scenarios import (
+    ADAMW,
+    ADAMW_MASTER,
+    SGD,
+    Recipe,
+    scenarios,
+    select,
+    with_optimizer,
+)
 from fused_lrs.cli import main
 
 
@@ -75,6 +83,58 @@ def test_eager_providers_step_the_same_recipe(recipe: Recipe):
         for i, (p, q) in enumerate(zip(params, expected)):
             assert p.dtype == dtype
             assert_close(p, q, rtol=rtol, atol=1e-7, what=f"{name} vs torch_foreach, param {i}")
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd", "rmsprop", "adagrad", "lion"])
+def test_any_registry_optimizer_steps_the_recipe_as_its_peer_does(name):
+    # --optimizer NAME: fused_lrs's class and its peer (foreach=True, fused=True where it takes
+    # them; lion_pytorch's own step) on the same warmup-cosine recipe end at the same
+    # parameters (fp32 rtol 1e-5).
+    recipe = dataclasses.replace(ADAMW, optimizer=name, momentum=0.9)
+    shapes, device = [(33, 7), (7,), (5, 3, 3, 3)], torch.device("cpu")
+    results = {}
+    for provider in P.EAGER:
+        if provider.compiled:
+            continue
+        params = P.make_params(shapes, device)
+        try:
+            step = provider.build(params, recipe, device)
+        except P.NotApplicable:
+            assert provider.name == "torch_fused" and name in ("rmsprop", "lion")
+            continue
+        for _ in range(recipe.last_boundary + 4):
+            step()
+        results[provider.name] = params
+    expected = results.pop("torch_foreach")
+    for provider, params in results.items():
+        for i, (p, q) in enumerate(zip(params, expected)):
+            assert_close(p, q, rtol=1e-5, atol=1e-7, what=f"{name} {provider} param {i}")
+
+
+def test_bytes_per_param_count_the_records_state_tensors():
+    assert [sc.bytes_per_param for sc in select("S1,S3,S4")] == [28, 20, 30]
+    assert [sc.recipe.states for sc in select("S1,S3,S4")] == [2, 1, 2]
+    for name, states in (("adam", 2), ("sgd", 0), ("rmsprop", 1), ("adagrad", 1), ("lion", 1)):
+        (sc,) = with_optimizer(select("S1"), name)
+        assert (sc.recipe.optimizer, sc.recipe.states) == (name, states)
+        assert sc.bytes_per_param == 4 * (3 + 2 * states)
+
+
+def test_bench_optimizer_compares_any_registry_name_with_its_peer(tmp_path, capsys, one_thread):
+    out = tmp_path / "results"
+    assert main(["bench", "--quick", "--device", "cpu", "--scenarios", "S1", "--steps", "1",
+                 "--optimizer", "rmsprop", "--providers", "torch_foreach,torch_fused",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "fused_lrs FusedRMSpropScheduled against its peer torch.optim.RMSprop" in printed
+    assert "torch_fused n/a: torch.optim.RMSprop takes no fused=" in printed
+    (sc,) = json.loads((out / "bench.json").read_text())["scenarios"]
+    assert (sc["optimizer"], sc["fused_class"], sc["peer"]) == (
+        "rmsprop", "FusedRMSpropScheduled", "torch.optim.RMSprop")
+    rows = {r["provider"]: r for r in sc["results"]}
+    assert rows["fused_lrs"]["status"] == rows["torch_foreach"]["status"] == "ok"
+    assert rows["torch_fused"]["wall_ms"] is None
+    assert set(rows["fused_lrs"]["speedup_vs"]) == {"torch_foreach"}
 
 
 def _eager_only(device, quick=False):
@@ -140,6 +200,7 @@ def test_quick_on_cpu_leaves_out_the_compiled_baseline_and_providers_chooses():
     (["--steps", "0"], "--steps must be >= 1"),
     (["--device", "meta"], "--device must be cpu or cuda"),
     (["--device", "nonsense"], "not a device"),
+    (["--optimizer", "nonsense"], "--optimizer: unknown 'nonsense'; known: adam, adamw, sgd"),
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA device")]))
 def test_bench_bad_arguments_are_one_line(argv, message, tmp_path, capsys):
     assert main(["bench", *argv, "--out", str(tmp_path)]) == 2

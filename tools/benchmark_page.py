@@ -151,7 +151,9 @@ def suite(d: dict) -> list[str]:
     for sc in d["scenarios"]:
         lines += ["", f"**{sc['name']}**: {sc.get('title', '')}; {sc.get('tensors')} tensors, "
                   f"{sc.get('params', 0) / 1e6:.1f}M {sc.get('dtype', '')} parameters"
-                  + (f" (reduced: {sc['reduced']})" if sc.get("reduced") else ""), ""]
+                  + (f" (reduced: {sc['reduced']})" if sc.get("reduced") else "")
+                  + (f"; {sc['fused_class']} against {sc['peer']}" if sc.get("peer") else ""),
+                  ""]
         body = []
         for r in sc.get("results", []):
             if r.get("status") != "ok":

@@ -7,6 +7,7 @@ its error and the run goes on.
 
     fused-lrs bench --quick                  # < 90 s on a 2-core CPU
     fused-lrs bench --scenarios S1,S3 --out bench-results/
+    fused-lrs bench --quick --optimizer rmsprop   # any registry name, against its peer
 
 The progress line on stderr shows the time left (``estimate.py``); on a CPU without ``--quick``
 the run first says how long the GPU-sized scenarios will take there.
@@ -21,7 +22,7 @@ import time
 import torch
 
 from fused_lrs.bench import estimate, measure, providers, report
-from fused_lrs.bench.scenarios import GROUPS, select
+from fused_lrs.bench.scenarios import GROUPS, select, with_optimizer
 
 DEFAULT_STEPS = 200
 # Where the GPU figures are: benchmarks/gpu_check.sh writes them, the benchmarks page shows them.
@@ -43,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int,
                         help=f"steps per timed loop (default {DEFAULT_STEPS}; --quick: "
                              f"{QUICK_STEPS['cpu']} on CPU, {QUICK_STEPS['cuda']} on CUDA)")
+    parser.add_argument("--optimizer", metavar="NAME",
+                        help="a fused_lrs.algorithms name (adam, adamw, sgd, rmsprop, adagrad, "
+                             "lion, ...) for every scenario, against its peer (default: each "
+                             "scenario's recipe: AdamW; SGD for the ResNet-50 scenario S3)")
     parser.add_argument("--providers",
                         help="comma-separated baselines to run next to fused_lrs (default: all "
                              "for the device; --quick on CPU: all but torch_compiled)")
@@ -78,7 +83,9 @@ def execute(args) -> int:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     steps = args.steps or (QUICK_STEPS[device.type] if args.quick else DEFAULT_STEPS)
     repeats = REPEATS
-    chosen = [s for s in select(args.scenarios, args.quick, cpu) if not (cpu and s.gpu_only)]
+    chosen = [s for s in with_optimizer(select(args.scenarios, args.quick, cpu),
+                                        getattr(args, "optimizer", None))
+              if not (cpu and s.gpu_only)]
     os.makedirs(args.out, exist_ok=True)
     json_path, png_path = (os.path.join(args.out, f) for f in ("bench.json", "bench.png"))
     if device.type == "cuda":
@@ -109,6 +116,7 @@ def execute(args) -> int:
     for sc in chosen:
         entry = {"name": sc.name, "group": sc.group, "title": sc.title, "tensors": sc.tensors,
                  "params": sc.params, "dtype": sc.dtype, "optimizer": sc.recipe.optimizer,
+                 "fused_class": sc.recipe.fused_class.__name__, "peer": sc.recipe.peer,
                  "bytes_per_param": sc.bytes_per_param, "reduced": sc.reduced,
                  "recipe": vars(sc.recipe), "results": []}
         result["scenarios"].append(entry)
@@ -196,6 +204,8 @@ def _measure(sc, provider, device, steps: int, repeats: int) -> dict:
             row["kernels_per_step"] = measure.kernels_per_step(step, device)
             row["syncs_per_step"] = measure.syncs_per_step(step, device)
             row["peak_mb"] = measure.peak_mb(device)
+    except providers.NotApplicable as e:
+        row["status"] = f"n/a: {e}"
     except Exception as e:  # noqa: BLE001  one provider failing must not end the run
         message = " ".join(str(e).split())[:160]
         row["status"] = f"failed: {type(e).__name__}: {message}"

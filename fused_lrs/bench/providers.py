@@ -1,10 +1,13 @@
 """The providers: one optimizer step of a scenario, by fused_lrs and by the baselines users run.
 
-  fused_lrs             FusedAdamWScheduled / FusedSGDScheduled, impl="auto": on CUDA the
-                        Triton kernel (schedule and update in one launch); on CPU torch's own
-                        fused kernels, fed lr(t) as a device tensor (backends/torch_fused.py);
-  torch_foreach         torch.optim.AdamW / SGD (foreach=True), float lr, + the torch scheduler;
-  torch_fused           the same with fused=True and the lr as a device tensor;
+  fused_lrs             the recipe's fused class (FusedAdamWScheduled, FusedSGDScheduled, any
+                        registry name with --optimizer), impl="auto": on CUDA the Triton kernel
+                        (schedule and update in one launch); on CPU torch's own fused kernels,
+                        fed lr(t) as a device tensor (backends/torch_fused.py);
+  torch_foreach         its peer (torch.optim.AdamW, SGD, ..., its record's) with foreach=True,
+                        float lr, + the torch scheduler (a peer without foreach=: its own step);
+  torch_fused           the same with fused=True and the lr as a device tensor (n/a where the
+                        peer takes no fused=);
   torch_compiled        the PyTorch tutorial's compiled step: lr wrapped in a tensor and
                         ``@torch.compile(fullgraph=False) def fn(): opt.step(); sched.step()``;
   <name>+graph (CUDA)   each of those with opt.step() captured in a CUDA graph after eager
@@ -22,6 +25,7 @@ optimizer work. Each provider gets fresh parameters, so no provider's state leak
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,43 +43,47 @@ class Provider:
     compiled: bool = False
 
 
+class NotApplicable(Exception):
+    """The peer has no such implementation (``fused=True`` of a peer that takes no ``fused``):
+    its row says so instead of a figure."""
+
+
 def fused_schedule(r: Recipe):
     from fused_lrs.schedules import cosine, multistep, warmup
 
-    if r.optimizer == "adamw":
-        return warmup(cosine(r.t_max), r.warmup, start_factor=r.start_factor)
-    return multistep(list(r.milestones), r.gamma)
+    if r.milestones:
+        return multistep(list(r.milestones), r.gamma)
+    return warmup(cosine(r.t_max), r.warmup, start_factor=r.start_factor)
 
 
 def torch_scheduler(opt, r: Recipe):
     from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, MultiStepLR, SequentialLR
 
-    if r.optimizer == "adamw":
-        return SequentialLR(opt, [LinearLR(opt, r.start_factor, 1.0, r.warmup),
-                                  CosineAnnealingLR(opt, r.t_max)], [r.warmup])
-    return MultiStepLR(opt, list(r.milestones), r.gamma)
+    if r.milestones:
+        return MultiStepLR(opt, list(r.milestones), r.gamma)
+    return SequentialLR(opt, [LinearLR(opt, r.start_factor, 1.0, r.warmup),
+                              CosineAnnealingLR(opt, r.t_max)], [r.warmup])
 
 
 def torch_optimizer(params, r: Recipe, lr, **options):
-    if r.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=r.weight_decay, **options)
-    options.pop("capturable", None)      # SGD keeps no step count, so it has no such flag
-    return torch.optim.SGD(params, lr=lr, momentum=r.momentum, weight_decay=r.weight_decay,
-                           **options)
+    """The recipe's peer (its record's: ``torch.optim.AdamW``, ``lion_pytorch.Lion``, ...).
+    ``foreach=True`` runs the peer's own step when it takes no ``foreach`` (lion_pytorch);
+    ``fused=True`` where it takes no ``fused`` is NotApplicable; ``capturable`` is dropped where
+    there is none (SGD keeps no step count)."""
+    peer = r.fused_class.algorithm.peer_class()
+    accepted = inspect.signature(peer).parameters
+    if "fused" in options and "fused" not in accepted:
+        raise NotApplicable(f"{r.peer} takes no fused=")
+    options = {k: v for k, v in options.items() if k in accepted}
+    return peer(params, lr=lr, **r.options(peer), **options)
 
 
 def fused_lrs_optimizer(params, r: Recipe, device: torch.device):
-    from fused_lrs import FusedAdamWScheduled, FusedSGDScheduled
-
     # What a user gets: the Triton kernel on CUDA, torch's fused CPU kernels on CPU (the kernel
     # would run under the interpreter there, far too slow to time).
-    impl = "auto"
-    if r.optimizer == "adamw":
-        return FusedAdamWScheduled(params, lr=r.lr, weight_decay=r.weight_decay,
-                                   schedule=fused_schedule(r), impl=impl,
-                                   master_weights=r.master_weights)
-    return FusedSGDScheduled(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay,
-                             schedule=fused_schedule(r), impl=impl)
+    cls = r.fused_class
+    return cls(params, lr=r.lr, schedule=fused_schedule(r), impl="auto",
+               master_weights=r.master_weights, **r.options(cls))
 
 
 def torch_update(params, r: Recipe, lr, **options):

@@ -84,6 +84,8 @@ def table(result: dict) -> str:
                   f"  {sc['tensors']} tensors, {sc['params']:,} {sc['dtype']} parameters, "
                   f"{sc['bytes_per_param']} B/param"
                   + (f"; reduced for --quick on CPU: {sc['reduced']}" if sc["reduced"] else "")]
+        if sc.get("peer"):
+            lines.append(f"  fused_lrs {sc['fused_class']} against its peer {sc['peer']}")
         lines.append("  " + " ".join(f"{name:>{w}}" for name, w, _ in COLUMNS))
         for row in sc["results"]:
             if row["status"] != "ok":

@@ -16,16 +16,22 @@ at a size a 2-core machine steps in milliseconds: see ``scenarios(quick=True, cp
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 from dataclasses import dataclass
 
 GROUPS = ("S1", "S2", "S3", "S4")
-#: Bytes one step must move per parameter (DESIGN.md): Adam reads p, g, m, v and writes p, m, v;
-#: SGD with momentum reads p, g, buf and writes p, buf.
-BYTES_PER_PARAM = {"adamw": 28, "sgd": 20}
-#: Adam on bf16 parameters with fp32 masters: reads p, g (2 + 2), master, m, v (3 x 4); writes
-#: p (2), master, m, v (3 x 4).
-BYTES_PER_PARAM_MASTER = 30
+
+
+def bytes_per_param(states: int, master_weights: bool = False) -> int:
+    """Bytes one step must move per parameter (DESIGN.md) for an optimizer keeping ``states``
+    state tensors: fp32 reads p, g and the states and writes p and the states (Adam, 2 states:
+    28; SGD with momentum, 1: 20). bf16 parameters with fp32 masters read p, g (2 + 2) and the
+    master and states (4 each), and write p (2), the master and the states (Adam: 30)."""
+    if master_weights:
+        return 6 + 8 * (1 + states)
+    return 4 * (3 + 2 * states)
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,7 @@ class Recipe:
     The schedule boundaries are early on purpose: the warm-up steps before any timing cross them,
     so a compiled baseline that recompiles at a milestone does so outside the timed loops."""
 
-    optimizer: str                    # "adamw" or "sgd"
+    optimizer: str                    # a registry name (fused_lrs.algorithms): "adamw", "sgd"
     lr: float
     weight_decay: float
     momentum: float = 0.0
@@ -49,6 +55,31 @@ class Recipe:
     @property
     def last_boundary(self) -> int:
         return max(self.warmup, *self.milestones, 0)
+
+    def options(self, cls) -> dict:
+        """The hyperparameters besides the lr that ``cls`` (fused or peer) takes."""
+        accepted = inspect.signature(cls).parameters
+        return {k: v for k, v in (("weight_decay", self.weight_decay),
+                                  ("momentum", self.momentum)) if k in accepted}
+
+    @property
+    def fused_class(self) -> type:
+        from fused_lrs.algorithms import optimizer_class
+        return optimizer_class(self.optimizer)
+
+    @property
+    def peer(self) -> str:
+        """The class fused_lrs's optimizer is compared with (its record's peer)."""
+        return self.fused_class.algorithm.peer
+
+    @property
+    def states(self) -> int:
+        """The state tensors a parameter keeps (the record's slots present for this recipe)."""
+        cls = self.fused_class
+        group = {k: p.default for k, p in inspect.signature(cls).parameters.items()
+                 if p.default is not inspect.Parameter.empty}
+        group.update(self.options(cls))
+        return sum(slot.present(group) for slot in cls.algorithm.slots)
 
 
 ADAMW = Recipe("adamw", lr=3e-4, weight_decay=0.1, warmup=10, t_max=10_000)
@@ -81,8 +112,7 @@ class Scenario:
 
     @property
     def bytes_per_param(self) -> int:
-        return (BYTES_PER_PARAM_MASTER if self.recipe.master_weights
-                else BYTES_PER_PARAM[self.recipe.optimizer])
+        return bytes_per_param(self.recipe.states, self.recipe.master_weights)
 
     @property
     def bytes_per_step(self) -> int:
@@ -166,3 +196,19 @@ def select(names: str, quick: bool = False, cpu: bool = False) -> list[Scenario]
         raise ValueError(f"--scenarios takes a comma-separated list of {', '.join(GROUPS)}; "
                          f"got {names!r}")
     return [s for s in scenarios(quick, cpu) if s.group in wanted]
+
+
+def with_optimizer(chosen: list[Scenario], optimizer: str | None) -> list[Scenario]:
+    """``chosen`` stepping ``optimizer`` (a registry name; None: their own recipes), each with
+    its recipe's lr, schedule and options."""
+    if optimizer is None:
+        return chosen
+    from fused_lrs.algorithms import ALGORITHMS
+    if optimizer not in ALGORITHMS:
+        raise ValueError(f"--optimizer: unknown {optimizer!r}; known: {', '.join(ALGORITHMS)}")
+    record = ALGORITHMS[optimizer]
+    if record.peer_class() is None:
+        raise ValueError(f"--optimizer {optimizer}: its peer {record.peer} is not installed")
+    return [dataclasses.replace(s, title=f"{s.title.split(',')[0]}, {optimizer}",
+                                recipe=dataclasses.replace(s.recipe, optimizer=optimizer))
+            for s in chosen]
