@@ -255,6 +255,15 @@ def test_benchmark_page_shows_the_files_figures():
     assert "None of these files was measured on a GPU" in page
 
 
+def test_benchmark_page_shows_every_optimizer_against_its_peer():
+    page = benchmark_page.render()
+    path = ROOT / "benchmarks/results/bench_cpu_algorithms.json"
+    rows = json.loads(path.read_text())["results"]
+    for case, row in rows.items():
+        assert re.search(rf"\| {re.escape(case)} \| `{re.escape(row['peer'])}` \|.*"
+                         rf"\| {row['ratio']:.3f} \|", page), case
+
+
 def test_a_new_or_broken_result_file_still_appears(tmp_path):
     results = tmp_path / "benchmarks" / "results"
     (results / "suite").mkdir(parents=True)

@@ -88,6 +88,44 @@ def cpu_vs_torch(d: dict) -> list[str]:
                            "worst state error / tolerance"], body)
 
 
+def _is_cpu_algorithms(d):
+    rows = d.get("results")
+    return isinstance(rows, dict) and rows and all(
+        isinstance(r, dict) and "baselines_ms" in r and "ratio" in r for r in rows.values())
+
+
+def cpu_algorithms(d: dict) -> list[str]:
+    cfg, env = d.get("config", {}), d.get("environment", {})
+    rows = d["results"]
+    target = next(iter(rows.values())).get("target")
+    load = env.get("load_average_before")
+    lines = [
+        "`python benchmarks/bench_cpu_algorithms.py` steps every optimizer of the registry with "
+        "`impl=\"auto\"` (on CPU `torch_fused`) and each implementation its peer has "
+        "(`foreach=True`, `fused=True`, lion_pytorch's loop and its foreach class), each with "
+        "the warmup-cosine schedule (torch's `SequentialLR(LinearLR, CosineAnnealingLR)`), in "
+        "rotating rounds, after checking that 25 steps of fused_lrs and the peer give the same "
+        "parameters and states. The ratio is the median over rounds of fused_lrs's time over "
+        "the faster peer implementation's in the same round (below 1: fused_lrs is faster), "
+        "the range its interquartile range"
+        + (f"; the target is at most {target}x." if target else "."), "",
+        f"{cfg.get('rounds', '?')} rounds of {cfg.get('steps', '?')} steps, "
+        f"{cfg.get('clock', 'wall')} clock"
+        + (f", {cfg['threads']} thread(s)" if cfg.get("threads") else "")
+        + (f"; load average {load[0]:.2f} when the run began" if load else "") + ".", ""]
+    body = []
+    for name, r in rows.items():
+        q = r.get("ratio_quartiles") or [None, None, None]
+        peers = ", ".join(f"{k} {_f(v, '.3f')}" for k, v in r["baselines_ms"].items())
+        body.append([name, f"`{r.get('peer', '')}`", r.get("tensors"),
+                     _f(r.get("params", 0) / 1e6, ".2f") + "M", _f(r.get("ours_ms"), ".3f"),
+                     peers, _f(r["ratio"], ".3f"), f"{_f(q[0], '.3f')}-{_f(q[-1], '.3f')}",
+                     _f(r.get("state_error_of_tolerance"), ".2f")])
+    return lines + _table(["case", "peer", "tensors", "parameters", "fused_lrs ms",
+                           "peer ms", "fused_lrs / faster peer", "range",
+                           "worst state error / tolerance"], body)
+
+
 def _is_host(d):
     rows = d.get("results")
     return isinstance(rows, dict) and rows and all(
@@ -233,6 +271,7 @@ def generic(d: dict) -> list[str]:
 
 KINDS = (
     ("The CPU backend against torch's fused CPU optimizers", _is_cpu_vs_torch, cpu_vs_torch),
+    ("Every optimizer on CPU against its peer", _is_cpu_algorithms, cpu_algorithms),
     ("Host time per eager step", _is_host, host),
     ("FSDP2: the optimizer step on sharded parameters", _is_fsdp, fsdp),
     ("fused-lrs bench: scenarios S1-S4", _is_suite, suite),
