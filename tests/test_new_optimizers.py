@@ -184,6 +184,27 @@ def test_grad_scaler_matches_the_peer(info):
     compare(ours, theirs)
 
 
+@pytest.mark.parametrize("impl", ["reference", "torch_fused"])
+@pytest.mark.parametrize("info, options", [p for info in NEW for p in info.values[0].grid()])
+def test_bitwise_the_peer_at_a_constant_lr(info, options, impl):
+    """At a constant lr (the same double on both sides) every operation is the peer's, in its
+    order: the reference and the CPU backend (RMSprop's and Lion's foreach ops, torch's fused
+    Adagrad against Adagrad(fused=True)) equal the peer bit for bit in fp32, every state."""
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(s, generator=gen) for s in ((33, 7), (7,), (1,))]
+    ps, qs = ([p.clone().requires_grad_() for p in init] for _ in range(2))
+    ours = info.cls(ps, lr=0.01, impl=impl, **options)
+    theirs = info.peer(qs, lr=0.01, fused=impl == "torch_fused", **options)
+    for _ in range(10):
+        for p, q in zip(ps, qs):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        ours.step()
+        theirs.step()
+    assert ours.impl == impl
+    assert_same_optimizer(ours, theirs, rtol=0.0, extra_state=info.extra_state)
+
+
 K, N = 6, 14          # a checkpoint after K steps, continued to N
 
 
