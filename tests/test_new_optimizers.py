@@ -19,6 +19,7 @@ import pytest
 import torch
 from conftest import KERNEL_DEVICE, assert_close, assert_same_optimizer
 from optimizers import INFO, OPTIMIZER_INFOS
+from test_cpu_backend import run as cpu_backend_run
 from test_grad_scaler import INF_STEPS, STEPS, compare, loop
 from test_kernel_vs_reference import assert_same
 from test_optim_vs_torch import drive_torch_lr, flat_params, make_pair, run_both, set_grads
@@ -203,6 +204,28 @@ def test_bitwise_the_peer_at_a_constant_lr(info, options, impl):
         theirs.step()
     assert ours.impl == impl
     assert_same_optimizer(ours, theirs, rtol=0.0, extra_state=info.extra_state)
+
+
+@pytest.mark.parametrize("info", NEW)
+def test_cpu_backend_with_master_weights_and_16_bit_parameters(info):
+    """The CPU backend against the reference (test_cpu_backend.run: within one 16-bit ulp of
+    each tensor's scale, 1e-5 for fp32): fp32, bf16 and fp16 parameters with fp32 masters in
+    one group; bf16/fp16 without masters where torch's kernel computes in fp32 and rounds once
+    (Adagrad). RMSprop's and Lion's foreach ops would round every intermediate to 16 bits:
+    there impl="auto" takes the reference, and impl="torch_fused" is refused."""
+    dtypes = [torch.float32, torch.bfloat16, torch.float16, torch.bfloat16, torch.float32]
+    ours, _ = cpu_backend_run(info.cls, info.representative, dtypes=dtypes, master_weights=True)
+    for p in ours[0]:
+        if p.dtype != torch.float32:
+            assert torch.equal(p, ours[1].state[p]["master"].to(p.dtype))
+    p16 = [torch.zeros(4, dtype=torch.bfloat16, requires_grad=True)]
+    if info.record.cpu.unsupported({torch.bfloat16}) is None:
+        for dtype in (torch.bfloat16, torch.float16):
+            cpu_backend_run(info.cls, info.representative, dtype=dtype)
+    else:
+        assert info.cls(p16).impl == "reference"
+        with pytest.raises(ValueError, match="round.*bf16/fp16.*master_weights=True"):
+            info.cls(p16, impl="torch_fused")
 
 
 K, N = 6, 14          # a checkpoint after K steps, continued to N
