@@ -67,7 +67,8 @@ def from_torch(optimizer, scheduler=None, *, every: int = 1, **options):
     groups = [_group(g, converted, i) for i, g in enumerate(optimizer.param_groups)]
     # What the class takes: AdamW fixes decoupled_weight_decay, for one.
     accepted = inspect.signature(cls).parameters
-    defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    defaults = {k: v for k, v in cls.algorithm.peer_arguments(optimizer).items()
+                if k in accepted}
     schedules = {} if converted is None else dict(
         schedule=converted.schedule, momentum_schedule=converted.momentum_schedule)
     fused = cls(groups, **defaults, **schedules, **options)

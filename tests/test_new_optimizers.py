@@ -314,9 +314,15 @@ def test_compiled_step_is_one_graph_and_bitwise_the_eager_step(info):
             assert torch.equal(value, compiled.state[q][key]), key
 
 
-# (torch optimizer, scheduler): RMSprop's momentum cycled by OneCycleLR (from_torch makes it a
-# momentum_schedule), Adagrad under warmup-cosine; two groups, their own lr and weight decay.
+# (peer optimizer, scheduler): RMSprop's momentum cycled by OneCycleLR (from_torch makes it a
+# momentum_schedule), Adagrad under warmup-cosine, lion_pytorch's Lion with decoupled weight
+# decay (an attribute, not a default: its record's peer_arguments); two groups, their own lr
+# and weight decay.
 FROM_TORCH = {
+    "Lion-decoupled-step": (
+        lambda groups: FusedLionScheduled.algorithm.peer_class()(
+            groups, lr=0.01, weight_decay=1e-3, decoupled_weight_decay=True),
+        lambda o: tls.StepLR(o, 5, 0.5)),
     "RMSprop-one-cycle-momentum": (
         lambda groups: torch.optim.RMSprop(groups, lr=0.01, momentum=0.9, centered=True),
         lambda o: tls.OneCycleLR(o, [0.02, 0.05], 40, pct_start=0.3)),
@@ -359,7 +365,8 @@ def test_from_torch_continues_the_torch_run(name):
             fused.step()
         twin.step()
         twin_sched.step()
-    assert_same_optimizer(fused, twin, rtol=1e-5, atol=1e-7, what=name)
+    assert_same_optimizer(fused, twin, rtol=1e-5, atol=1e-7, what=name,
+                          extra_state=INFO[type(fused)].extra_state)
 
 
 @pytest.mark.parametrize("info", NEW)

@@ -108,7 +108,10 @@ LION = Algorithm(
     slots=(Slot("exp_avg"),),
     check_group=check_group, reference=reference, kernel="fused_lrs.kernels.lion",
     cpu=CpuUpdate(run=_cpu_run, options=_cpu_options, unsupported=_cpu_unsupported, amp=False),
-    saves_step=False)
+    saves_step=False,
+    # lion_pytorch keeps the flag as an attribute, not in its defaults
+    peer_arguments=lambda optimizer: {**optimizer.defaults,
+                                      "decoupled_weight_decay": optimizer.decoupled_wd})
 
 
 class FusedLionScheduled(ScheduledOptimizer):

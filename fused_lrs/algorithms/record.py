@@ -131,6 +131,9 @@ class Algorithm:
     #: created late (a group's momentum turned on) restarts the count: SGD's buffer is a copy
     #: of the first gradient it sees.
     first_update_copies: bool = False
+    #: The constructor arguments a peer optimizer object was made with, for ``from_torch``:
+    #: its ``defaults``, and what the peer keeps elsewhere (lion_pytorch's decoupled flag).
+    peer_arguments: Callable[[Any], dict] = lambda optimizer: dict(optimizer.defaults)
 
     def __post_init__(self) -> None:
         assert len(self.slots) <= 3, "the kernel's tensor table has three state columns"
