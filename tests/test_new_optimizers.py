@@ -228,6 +228,46 @@ def test_cpu_backend_with_master_weights_and_16_bit_parameters(info):
             info.cls(p16, impl="torch_fused")
 
 
+def test_waves_slice_large_tensors_and_group_small_ones():
+    from fused_lrs.algorithms.waves import plan
+
+    # 10 elements a wave: 3 + 4 share one, 25 is cut in three, the non-contiguous 6 goes
+    # alone, and 25's last 5 share a wave with the empty tensor and 2.
+    assert plan([3, 4, 25, 6, 0, 2], [True, True, True, False, True, True], wave=10) == [
+        [(0, 0, 3), (1, 0, 4)], [(2, 0, 10)], [(2, 10, 20)], [(3, None, None)],
+        [(2, 20, 25), (4, 0, 0), (5, 0, 2)]]
+
+
+@pytest.mark.parametrize("info", [p for p in NEW if p.values[0].record.name != "adagrad"])
+def test_cpu_waves_are_bitwise_the_peer(info, monkeypatch):
+    """The foreach updates in waves (waves.py, here 256 elements a wave for buckets over 1000):
+    chunks of a large tensor, runs of small ones, a channels_last parameter whole, and a step
+    whose gradient is a transposed view (the whole lists that step): bitwise the peer, every
+    state, as in one wave."""
+    from fused_lrs.algorithms import waves
+
+    monkeypatch.setattr(waves, "WAVE", 256)
+    monkeypatch.setattr(waves, "WHOLE", 1000)
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(s, generator=gen) for s in ((40, 30), (7,), (3,), (5, 4, 3, 3), (0,))]
+    init[3] = init[3].to(memory_format=torch.channels_last)
+    ps, qs = ([p.clone().requires_grad_() for p in init] for _ in range(2))
+    options = dict(info.representative, **({"momentum": 0.9} if "momentum" in
+                                            info.record.names else {}))
+    ours = info.cls(ps, lr=0.01, impl="torch_fused", **options)
+    theirs = info.peer(qs, lr=0.01, **options)
+    for k in range(4):
+        for p, q in zip(ps, qs):
+            g = torch.randn(p.shape, generator=gen)
+            p.grad = g.t().contiguous().t() if k == 2 and g.dim() == 2 else g.clone()
+            q.grad = g.clone()
+        ours.step()
+        theirs.step()
+    # 1200 in five chunks of 256 (the last, 176, with 7, 3 and the empty one), 180 whole
+    assert len(ours._cache.backend._buckets[0].scratch["waves"][0]) == 6
+    assert_same_optimizer(ours, theirs, rtol=0.0, extra_state=info.extra_state)
+
+
 K, N = 6, 14          # a checkpoint after K steps, continued to N
 
 

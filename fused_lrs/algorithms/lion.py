@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from fused_lrs.algorithms import waves
 from fused_lrs.algorithms.arithmetic import add, applies, constants, scalar
 from fused_lrs.algorithms.record import Algorithm, CpuUpdate, Slot, check_lr, number
 from fused_lrs.optim.base import ScheduledOptimizer
@@ -65,26 +66,28 @@ def _cpu_options(hp) -> dict:
 
 def _cpu_run(b, grads, lr, amp) -> None:
     """torch's foreach ops, lion_pytorch's operations in its order (torch has no Lion
-    kernel), so the results are lion_pytorch's bit for bit. The lr is never a Python number
+    kernel), so the results are lion_pytorch's bit for bit, in cache-sized waves (waves.py).
+    The lr is never a Python number
     here: the decay factor is a 0-dim tensor operand, and the update takes the 0-dim tensor
     ``-lr`` as its ``alpha``, which torch's argument parser reads in C++ from the CPU tensor's
     memory (as torch's fused CPU kernels read a tensor lr; on CPU there is no device to wait
     for)."""
     o = b.options
     b.counts.add_(1)
-    params, m = b.weights, b.states[0]
-    dtype = params[0].dtype
+    dtype = b.weights[0].dtype
     k = o["constants"][dtype]                 # the betas as 0-dim tensors (arithmetic.py)
-    if o["maximize"]:
-        grads = torch._foreach_neg(grads)
-    if o["weight_decay"] != 0:
-        torch._foreach_mul_(params, (1 - lr * o["weight_decay"]).to(dtype))
-    c = torch._foreach_mul(m, k["beta1"])
-    torch._foreach_add_(c, grads, alpha=1 - o["beta1"])
-    torch._foreach_sign_(c)
-    torch._foreach_add_(params, c, alpha=-lr)
-    torch._foreach_mul_(m, k["beta2"])
-    torch._foreach_add_(m, grads, alpha=1 - o["beta2"])
+    decay = (1 - lr * o["weight_decay"]).to(dtype) if o["weight_decay"] != 0 else None
+    for params, g, m in waves.split(b, grads, (b.states[0],)):
+        if o["maximize"]:
+            g = torch._foreach_neg(g)
+        if decay is not None:
+            torch._foreach_mul_(params, decay)
+        c = torch._foreach_mul(m, k["beta1"])
+        torch._foreach_add_(c, g, alpha=1 - o["beta1"])
+        torch._foreach_sign_(c)
+        torch._foreach_add_(params, c, alpha=-lr)
+        torch._foreach_mul_(m, k["beta2"])
+        torch._foreach_add_(m, g, alpha=1 - o["beta2"])
 
 
 def _cpu_unsupported(dtypes) -> str | None:

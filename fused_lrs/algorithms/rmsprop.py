@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from fused_lrs.algorithms import waves
 from fused_lrs.algorithms.arithmetic import add, applies, constants, scalar
 from fused_lrs.algorithms.record import Algorithm, CpuUpdate, Slot, check_lr
 from fused_lrs.optim.base import ScheduledOptimizer
@@ -64,39 +65,40 @@ def _cpu_options(hp) -> dict:
 
 def _cpu_run(b, grads, lr, amp) -> None:
     """torch's ``_multi_tensor_rmsprop``, op for op (torch has no fused RMSprop), so the
-    results are torch's bit for bit. The lr is never a Python number here: the last op takes
-    the 0-dim tensor ``-lr`` as its ``value``/``alpha``, which torch's argument parser reads in
-    C++ from the CPU tensor's memory (as torch's fused CPU kernels read a tensor lr; on CPU
-    there is no device to wait for), so no pass is added to torch's."""
+    results are torch's bit for bit, in cache-sized waves (waves.py). The lr is never a Python
+    number here: the last op takes the 0-dim tensor ``-lr`` as its ``value``/``alpha``, which
+    torch's argument parser reads in C++ from the CPU tensor's memory (as torch's fused CPU
+    kernels read a tensor lr; on CPU there is no device to wait for), so no pass is added to
+    torch's."""
     o = b.options
     b.counts.add_(1)
-    params, (square_avgs, buffers, grad_avgs) = b.weights, b.states
-    k = o["constants"][params[0].dtype]    # alpha, eps, momentum as 0-dim tensors
-    if o["maximize"]:
-        grads = torch._foreach_neg(grads)
-    if o["weight_decay"] != 0:
+    k = o["constants"][b.weights[0].dtype]    # alpha, eps, momentum as 0-dim tensors
+    alpha, wd = o["alpha"], o["weight_decay"]
+    for params, g, square_avgs, buffers, grad_avgs in waves.split(b, grads, b.states):
         if o["maximize"]:
-            torch._foreach_add_(grads, params, alpha=o["weight_decay"])
+            g = torch._foreach_neg(g)
+        if wd != 0:
+            if o["maximize"]:
+                torch._foreach_add_(g, params, alpha=wd)
+            else:
+                g = torch._foreach_add(g, params, alpha=wd)
+        torch._foreach_mul_(square_avgs, k["alpha"])
+        torch._foreach_addcmul_(square_avgs, g, g, value=1 - alpha)
+        if grad_avgs:
+            torch._foreach_lerp_(grad_avgs, g, 1 - alpha)
+            avg = torch._foreach_addcmul(square_avgs, grad_avgs, grad_avgs, value=-1)
+            torch._foreach_sqrt_(avg)
         else:
-            grads = torch._foreach_add(grads, params, alpha=o["weight_decay"])
-    alpha = o["alpha"]
-    torch._foreach_mul_(square_avgs, k["alpha"])
-    torch._foreach_addcmul_(square_avgs, grads, grads, value=1 - alpha)
-    if grad_avgs:
-        torch._foreach_lerp_(grad_avgs, grads, 1 - alpha)
-        avg = torch._foreach_addcmul(square_avgs, grad_avgs, grad_avgs, value=-1)
-        torch._foreach_sqrt_(avg)
-    else:
-        avg = torch._foreach_sqrt(square_avgs)
-    # (a list of one 0-dim tensor: the List overload broadcasts it, 54 us at 76 tensors against
-    # 127 us for a number or a lone 0-dim tensor, torch 2.13, one thread)
-    torch._foreach_add_(avg, [k["eps"]] * len(avg))
-    if buffers:
-        torch._foreach_mul_(buffers, k["momentum"])
-        torch._foreach_addcdiv_(buffers, grads, avg)
-        torch._foreach_add_(params, buffers, alpha=-lr)
-    else:
-        torch._foreach_addcdiv_(params, grads, avg, value=-lr)
+            avg = torch._foreach_sqrt(square_avgs)
+        # (a list of one 0-dim tensor: the List overload broadcasts it, 54 us at 76 tensors
+        # against 127 us for a number or a lone 0-dim tensor, torch 2.13, one thread)
+        torch._foreach_add_(avg, [k["eps"]] * len(avg))
+        if buffers:
+            torch._foreach_mul_(buffers, k["momentum"])
+            torch._foreach_addcdiv_(buffers, g, avg)
+            torch._foreach_add_(params, buffers, alpha=-lr)
+        else:
+            torch._foreach_addcdiv_(params, g, avg, value=-lr)
 
 
 def _cpu_unsupported(dtypes) -> str | None:

@@ -25,7 +25,7 @@ rounded to nearest even, into the parameter: the apex recipe, in three foreach c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import attrgetter
 
 import torch
@@ -54,6 +54,8 @@ class Bucket:
     options: dict                           # the update's numbers (its record's ``options``)
     counts: torch.Tensor | None = None      # one buffer that ``steps`` are views of
     warm: bool = False                      # the update no longer tells first updates apart
+    # What the algorithm's CPU update derives once per plan and keeps (its waves' slices).
+    scratch: dict = field(default_factory=dict)
 
 
 def _one_buffer(steps: list[torch.Tensor]) -> torch.Tensor:
