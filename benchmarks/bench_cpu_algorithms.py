@@ -4,9 +4,9 @@
 
 For each algorithm of ``fused_lrs.algorithms`` (its options below, or its class's defaults):
 fused_lrs with ``impl="auto"`` (on CPU the "torch_fused" backend) against each implementation
-its peer has (``foreach=True``, ``fused=True`` with a tensor lr, or the peer's only step when it
-has neither), each plus torch's warmup-cosine scheduler (``SequentialLR(LinearLR,
-CosineAnnealingLR)``, fused_lrs's ``warmup(cosine)``), fp32, for
+its peer has (``foreach=True``, ``fused=True`` with a tensor lr, the peer's only step when it has
+neither, and lion_pytorch's foreach class), each plus torch's warmup-cosine scheduler
+(``SequentialLR(LinearLR, CosineAnnealingLR)``, fused_lrs's ``warmup(cosine)``), fp32, for
 
   <algorithm>-0.7M   76 tensors, 0.70M parameters (the GPT shapes of bench_cpu.py's adamw-0.7M)
   <algorithm>-7.1M   12 tensors, 7.1M (one GPT-2 small block)
@@ -72,10 +72,10 @@ def implementations(record) -> dict:
         found["foreach"] = (peer, dict(foreach=True), False)
     if "fused" in accepted:
         found["fused"] = (peer, dict(fused=True), True)
+    if not found:                       # the peer's only step (lion_pytorch.Lion's loop)
+        found["step"] = (peer, {}, False)
     for name, path in ALTERNATES.get(record.peer, {}).items():
         found[name] = (_class(path), {}, False)
-    if not found:
-        found["step"] = (peer, {}, False)
     return found
 
 
@@ -165,7 +165,7 @@ def environment() -> dict:
     except OSError:
         commit = None
     return {"device": f"CPU: {platform.processor() or platform.machine()}, "
-                      f"{torch.get_num_threads()} threads",
+                      f"{os.cpu_count()} cores",
             "device_type": "cpu", "torch": torch.__version__, "triton": triton.__version__,
             "python": platform.python_version(), "threads": torch.get_num_threads(),
             "cores": os.cpu_count(), "commit": commit or None,
