@@ -37,6 +37,7 @@ from fused_lrs.kernels import layout
 from fused_lrs.optim import backends, checkpoint, dtensor, validate
 from fused_lrs.optim.backends import IMPLS
 from fused_lrs.optim.op import forget as forget_owner
+from fused_lrs.optim.op import know as op_knows
 from fused_lrs.optim.op import step as step_op
 from fused_lrs.optim.schedule_state import ScheduleState, check_specs
 from fused_lrs.optim.step import StepDescription, to_flat
@@ -79,6 +80,11 @@ class ScheduledOptimizer(torch.optim.Optimizer):
     # GradScaler hands its scale and found_inf to step() (as torch's fused optimizers take
     # them): unscaling and the skip decision happen inside the launch, with no sync.
     _step_supports_amp_scaling = True
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "algorithm" in cls.__dict__:      # the compiled step's op runs it by name
+            op_knows(cls.algorithm)
 
     def __init__(self, params, defaults: dict[str, Any], *, schedule: Schedule | None,
                  impl: str, hold_schedule_on_skip: bool = False,
