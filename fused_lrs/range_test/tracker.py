@@ -1,0 +1,77 @@
+"""The range test's bookkeeping on the device: each step's loss, its smoothing and the
+divergence stop, with no value read back until the sweep ends.
+
+Per step (``update``), in fixed-shape tensor ops on the loss's device, so that the same code runs
+eagerly, under ``torch.compile`` (no Python value changes from step to step, nothing
+recompiles) and inside a captured CUDA graph:
+  * the loss, averaged over the ranks of a process group by an all-reduce of a device tensor;
+  * written into ``raw[i]`` (``i`` is a device counter);
+  * a bias-corrected exponential moving average, ``avg / (1 - beta ** (i + 1))``: Adam's
+    correction, so the first steps are not pulled towards the zero the average starts from
+    (Lightning-AI/pytorch-lightning#14167);
+  * ``diverged``: set once that average exceeds ``threshold`` times its lowest value so far,
+    or the loss is not finite. It is a float32 0-dim tensor, the ``found_inf`` of torch's
+    GradScaler protocol, so every later step of the optimizer updates nothing; ``stop`` keeps
+    the index of the first diverged step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class LossTracker:
+    """Device buffers for ``steps`` losses and the running state of the divergence stop.
+
+    Args:
+        steps: the number of steps the buffers hold.
+        device: where the losses are computed (the model's device).
+        beta: the moving average's decay (0.9: a window of about 10 steps).
+        threshold: the divergence factor over the lowest average (None: never stop).
+        group: a process group to average the loss over (None: no averaging).
+    """
+
+    def __init__(self, steps: int, device: torch.device, beta: float,
+                 threshold: float | None, group=None) -> None:
+        f64 = dict(dtype=torch.float64, device=device)
+        self.beta, self.threshold, self.group = beta, threshold, group
+        self.world = 1 if group is None else torch.distributed.get_world_size(group)
+        self.raw = torch.full((steps,), float("nan"), **f64)
+        self.smooth = torch.full((steps,), float("nan"), **f64)
+        self.i = torch.zeros((1,), dtype=torch.int64, device=device)
+        self.avg = torch.zeros((), **f64)            # beta-weighted sum, not yet corrected
+        self.decay = torch.ones((), **f64)           # beta ** (i + 1) after the update
+        self.best = torch.full((), float("inf"), **f64)
+        self.diverged = torch.zeros((), dtype=torch.float32, device=device)   # found_inf
+        self.stop = torch.full((), steps, dtype=torch.int64, device=device)
+
+    @torch.no_grad()
+    def update(self, loss: torch.Tensor) -> None:
+        """Record this step's loss (a 0-dim tensor) and update the divergence stop."""
+        x = loss.detach().reshape(()).to(torch.float64)
+        if self.group is not None:
+            x = x.clone()           # all_reduce writes in place; the caller's loss is its own
+            torch.distributed.all_reduce(x, group=self.group)
+            x = x / self.world
+        self.raw.index_copy_(0, self.i, x.reshape(1))
+        self.avg.mul_(self.beta).add_(x, alpha=1 - self.beta)
+        self.decay.mul_(self.beta)
+        smoothed = self.avg / (1 - self.decay)
+        self.smooth.index_copy_(0, self.i, smoothed.reshape(1))
+        torch.fmin(self.best, smoothed, out=self.best)       # fmin: a NaN never becomes best
+        bad = ~torch.isfinite(x)
+        if self.threshold is not None:
+            # "not <=" is also true for a NaN average.
+            bad |= ~(smoothed <= self.threshold * self.best)
+        first = bad & (self.diverged == 0)
+        torch.where(first, self.i.reshape(()), self.stop, out=self.stop)
+        self.diverged.copy_(torch.maximum(self.diverged, bad.to(torch.float32)))
+        self.i.add_(1)
+
+    def read(self) -> tuple[list[float], list[float], int]:
+        """The raw losses, their moving average and the first diverged step (``steps`` if
+        none): the one read of the sweep."""
+        n = self.raw.numel()
+        values = torch.cat([self.raw, self.smooth, self.stop.reshape(1).to(torch.float64)])
+        values = values.tolist()
+        return values[:n], values[n:2 * n], int(values[2 * n])
