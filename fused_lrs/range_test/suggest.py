@@ -5,4 +5,5 @@ def smooth_curve(raw):
     return list(raw)
 
 def suggest(lrs, losses):
+    if len(losses) < 3: return float("nan")
     l = np.array(losses); return float(lrs[int(np.gradient(l).argmin())])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import types
 from collections.abc import Callable, Iterable
 
 import torch
@@ -113,7 +114,8 @@ def lr_find(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         step = one_step
         if compile:
             optimizer.init_state()       # a compiled step finds its state made
-            step = torch.compile(one_step, **(compile if isinstance(compile, dict) else {}))
+            step = torch.compile(_own_code(one_step),
+                                 **(compile if isinstance(compile, dict) else {}))
         data = _cycle(batches)
         if capture:
             ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
@@ -131,6 +133,15 @@ def lr_find(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                         suggestion=suggest(lrs, losses),
                         diverged_at=stop if stop < steps else None,
                         start_lr=start_lr, end_lr=end_lr, steps=steps)
+
+
+def _own_code(fn):
+    """``fn`` with a code object of its own. Dynamo keeps its compiled graphs per code object
+    and guards the closure's model and optimizer by identity, so without this a second sweep
+    in one process would count as a recompile of the first's step (and the eighth would hit
+    dynamo's recompile limit)."""
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__,
+                              fn.__defaults__, fn.__closure__)
 
 
 def _captured(step, data, steps: int, warmup: int) -> None:

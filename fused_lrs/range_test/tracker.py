@@ -38,40 +38,47 @@ class LossTracker:
         self.world = 1 if group is None else torch.distributed.get_world_size(group)
         self.raw = torch.full((steps,), float("nan"), **f64)
         self.smooth = torch.full((steps,), float("nan"), **f64)
+        # Running values as 1-element tensors: torch.compile (aot_eager, torch 2.13) drops the
+        # in-place updates of 0-dim float64 CPU tensors held by an object.
         self.i = torch.zeros((1,), dtype=torch.int64, device=device)
-        self.avg = torch.zeros((), **f64)            # beta-weighted sum, not yet corrected
-        self.decay = torch.ones((), **f64)           # beta ** (i + 1) after the update
-        self.best = torch.full((), float("inf"), **f64)
+        self.avg = torch.zeros((1,), **f64)            # beta-weighted sum, not yet corrected
+        self.decay = torch.ones((1,), **f64)           # beta ** (i + 1) after the update
+        self.best = torch.full((1,), float("inf"), **f64)
+        self.stop = torch.full((1,), steps, dtype=torch.int64, device=device)
         self.diverged = torch.zeros((), dtype=torch.float32, device=device)   # found_inf
-        self.stop = torch.full((), steps, dtype=torch.int64, device=device)
 
     @torch.no_grad()
     def update(self, loss: torch.Tensor) -> None:
         """Record this step's loss (a 0-dim tensor) and update the divergence stop."""
-        x = loss.detach().reshape(()).to(torch.float64)
+        x = loss.detach().reshape(1).to(torch.float64)
         if self.group is not None:
             x = x.clone()           # all_reduce writes in place; the caller's loss is its own
             torch.distributed.all_reduce(x, group=self.group)
             x = x / self.world
-        self.raw.index_copy_(0, self.i, x.reshape(1))
-        self.avg.mul_(self.beta).add_(x, alpha=1 - self.beta)
-        self.decay.mul_(self.beta)
-        smoothed = self.avg / (1 - self.decay)
-        self.smooth.index_copy_(0, self.i, smoothed.reshape(1))
-        torch.fmin(self.best, smoothed, out=self.best)       # fmin: a NaN never becomes best
+        # New values first, then copies into the buffers: out= and chained in-place ops are
+        # what torch.compile's functionalization gets wrong (aot_eager: a NaN average).
+        i = self.i
+        avg = self.avg * self.beta + (1 - self.beta) * x
+        decay = self.decay * self.beta
+        smoothed = avg / (1 - decay)
+        best = torch.fmin(self.best, smoothed)          # fmin: a NaN never becomes the best
         bad = ~torch.isfinite(x)
         if self.threshold is not None:
-            # "not <=" is also true for a NaN average.
-            bad |= ~(smoothed <= self.threshold * self.best)
+            bad = bad | ~(smoothed <= self.threshold * best)   # "not <=": also a NaN average
         first = bad & (self.diverged == 0)
-        torch.where(first, self.i.reshape(()), self.stop, out=self.stop)
-        self.diverged.copy_(torch.maximum(self.diverged, bad.to(torch.float32)))
+        self.raw.index_copy_(0, i, x)
+        self.smooth.index_copy_(0, i, smoothed)
+        self.stop.copy_(torch.where(first, i, self.stop))
+        self.diverged.copy_(torch.maximum(self.diverged, bad.to(torch.float32).reshape(())))
+        self.avg.copy_(avg)
+        self.decay.copy_(decay)
+        self.best.copy_(best)
         self.i.add_(1)
 
     def read(self) -> tuple[list[float], list[float], int]:
         """The raw losses, their moving average and the first diverged step (``steps`` if
         none): the one read of the sweep."""
         n = self.raw.numel()
-        values = torch.cat([self.raw, self.smooth, self.stop.reshape(1).to(torch.float64)])
+        values = torch.cat([self.raw, self.smooth, self.stop.to(torch.float64)])
         values = values.tolist()
         return values[:n], values[n:2 * n], int(values[2 * n])
