@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 from fused_lrs import schedules  # noqa: E402
 from fused_lrs.migrate import from_torch  # noqa: E402
 from fused_lrs.optim import FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled  # noqa: E402
+from fused_lrs.range_test import LRFindResult, lr_find  # noqa: E402
 
 __all__ = ["schedules", "FusedAdamScheduled", "FusedAdamWScheduled", "FusedSGDScheduled",
-           "from_torch"]
+           "from_torch", "lr_find", "LRFindResult"]

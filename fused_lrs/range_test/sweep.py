@@ -86,7 +86,9 @@ def lr_find(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     """
     _check(optimizer, start_lr, end_lr, steps, diverge_threshold, beta)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    device = params[0].device if params else next(model.parameters()).device
+    if not {id(p) for p in model.parameters()} & {id(p) for p in params}:
+        raise ValueError("lr_find: the optimizer holds none of the model's parameters")
+    device = params[0].device
     if capture and device.type != "cuda":
         raise ValueError(f"lr_find: capture=True needs CUDA parameters, these are on {device}")
     group = _process_group(process_group)
