@@ -19,7 +19,7 @@ import torch.utils._pytree as pytree
 
 from fused_lrs.range_test.result import LRFindResult
 from fused_lrs.range_test.snapshot import Snapshot
-from fused_lrs.range_test.suggest import smooth_curve, suggest
+from fused_lrs.range_test.suggest import smooth, suggest
 from fused_lrs.range_test.tracker import LossTracker
 from fused_lrs.schedules import exponential
 
@@ -125,15 +125,15 @@ def lr_find(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         else:
             for batch in itertools.islice(data, steps):
                 step(batch)
-        raw, smooth, stop = tracker.read()
+        raw, stop = tracker.read()
     finally:
         snapshot.restore()
     n = min(stop + 1, steps)       # up to and with the first diverged step
+    diverged_at = stop if stop < steps else None
     lrs = spec.lr(torch.arange(n, dtype=torch.float64), start_lr).tolist()
-    losses = smooth_curve(raw[:n])
+    losses = smooth(lrs, raw[:n], diverged_at)
     return LRFindResult(lrs=lrs, losses=losses, raw_losses=raw[:n],
-                        suggestion=suggest(lrs, losses),
-                        diverged_at=stop if stop < steps else None,
+                        suggestion=suggest(lrs, losses, diverged_at), diverged_at=diverged_at,
                         start_lr=start_lr, end_lr=end_lr, steps=steps)
 
 

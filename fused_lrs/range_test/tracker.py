@@ -37,7 +37,6 @@ class LossTracker:
         self.beta, self.threshold, self.group = beta, threshold, group
         self.world = 1 if group is None else torch.distributed.get_world_size(group)
         self.raw = torch.full((steps,), float("nan"), **f64)
-        self.smooth = torch.full((steps,), float("nan"), **f64)
         # Running values as 1-element tensors: torch.compile (aot_eager, torch 2.13) drops the
         # in-place updates of 0-dim float64 CPU tensors held by an object.
         self.i = torch.zeros((1,), dtype=torch.int64, device=device)
@@ -67,7 +66,6 @@ class LossTracker:
             bad = bad | ~(smoothed <= self.threshold * best)   # "not <=": also a NaN average
         first = bad & (self.diverged == 0)
         self.raw.index_copy_(0, i, x)
-        self.smooth.index_copy_(0, i, smoothed)
         self.stop.copy_(torch.where(first, i, self.stop))
         self.diverged.copy_(torch.maximum(self.diverged, bad.to(torch.float32).reshape(())))
         self.avg.copy_(avg)
@@ -75,10 +73,7 @@ class LossTracker:
         self.best.copy_(best)
         self.i.add_(1)
 
-    def read(self) -> tuple[list[float], list[float], int]:
-        """The raw losses, their moving average and the first diverged step (``steps`` if
-        none): the one read of the sweep."""
-        n = self.raw.numel()
-        values = torch.cat([self.raw, self.smooth, self.stop.to(torch.float64)])
-        values = values.tolist()
-        return values[:n], values[n:2 * n], int(values[2 * n])
+    def read(self) -> tuple[list[float], int]:
+        """The losses and the first diverged step (``steps`` if none): the sweep's one read."""
+        values = torch.cat([self.raw, self.stop.to(torch.float64)]).tolist()
+        return values[:-1], int(values[-1])
