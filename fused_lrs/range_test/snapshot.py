@@ -19,8 +19,6 @@ Memory: one copy of the parameters, buffers, gradients and optimizer state, on t
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 _MISSING = object()
@@ -57,9 +55,9 @@ class Snapshot:
         self.optim = _clone(optimizer.state_dict())
         self.live_state = {p: dict(s) for p, s in optimizer.state.items()}
         self.amp = {a: optimizer.__dict__.get(a, _MISSING) for a in _AMP_ATTRS}
-        self.rng = contextlib.ExitStack()
-        devices = sorted({p.device.index or 0 for p, _ in self.params if p.device.type == "cuda"})
-        self.rng.enter_context(torch.random.fork_rng(devices=devices))
+        self.cpu_rng = torch.get_rng_state()
+        devices = {p.device for p, _ in self.params if p.device.type == "cuda"}
+        self.cuda_rng = {d: torch.cuda.get_rng_state(d) for d in devices}
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -80,7 +78,9 @@ class Snapshot:
             setattr(module, name, tensor)
         self.optimizer.load_state_dict(self.optim)
         self._reseat_state()
-        self.rng.close()
+        torch.set_rng_state(self.cpu_rng)
+        for device, state in self.cuda_rng.items():
+            torch.cuda.set_rng_state(state, device)
 
     def _reseat_state(self) -> None:
         """Refill the state tensors the optimizer held before the sweep with the loaded values
