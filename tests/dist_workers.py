@@ -353,5 +353,30 @@ def full_state_dict(setup, path):
     return _resume(make, save, load, path)
 
 
+def lr_find_ddp(impl, _):
+    """lr_find on a DDP model, each rank on its own batches: the curve, the suggestion, this
+    rank's own losses (recorded by loss_fn), and whether the model came back unchanged."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from fused_lrs import lr_find
+    model = DDP(mlp())
+    opt = ours(model.parameters(), impl)
+    before = [local(p) for p in model.parameters()]
+    data = [(x, x.sum(1, keepdim=True).tanh()) for x in (batch(k) for k in range(6))]
+    own = []
+
+    def loss_fn(m, b):
+        loss = (m(b[0]) - b[1]).pow(2).mean()
+        own.append(loss.detach().clone())
+        return loss
+
+    result = lr_find(model, opt, loss_fn, data, steps=40)
+    return {"lrs": result.lrs, "raw": result.raw_losses, "losses": result.losses,
+            "suggestion": result.suggestion, "diverged_at": result.diverged_at,
+            "own": torch.stack(own), "t": int(opt.schedule_step),
+            "restored": all(torch.equal(a, local(p)) for a, p in zip(before,
+                                                                     model.parameters()))}
+
+
 SCENARIOS = {"fsdp": fsdp_vs_torch, "ddp": ddp_vs_torch, "ddp_save": ddp_torch_save,
-             "zero": zero, "dcp": dcp, "full": full_state_dict}
+             "zero": zero, "dcp": dcp, "full": full_state_dict, "lr_find": lr_find_ddp}
