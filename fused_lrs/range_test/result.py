@@ -92,10 +92,12 @@ def draw(result: LRFindResult, ax) -> None:
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss")
     finite = [v for v in result.losses if math.isfinite(v)]
-    if finite:       # a diverged tail would squash the curve: clip at 4x the range's start
+    if finite:
+        # A diverged tail would squash the curve: the axis ends half the curve's descent
+        # above the highest of its first tenth.
         low, top = min(finite), max(finite[: max(1, len(finite) // 10)])
         ax.set_ylim(low - 0.05 * (top - low), top + 0.5 * (top - low) + 1e-12)
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     title = f"lr range test: {len(result.lrs)} of {result.steps} steps"
     if result.diverged_at is not None:
