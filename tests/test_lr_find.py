@@ -16,6 +16,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 from fused_lrs import FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled, lr_find
 from fused_lrs.range_test import LRFindResult
+from fused_lrs.range_test.suggest import smooth, suggest
 
 
 def regression(seed=0, n=96, batch=16):
@@ -46,8 +47,9 @@ def test_each_step_uses_the_ramp_and_every_group_the_same_lr():
         return mse(m, batch)
 
     start, end, steps = 1e-5, 1e-1, 12
-    result = lr_find(model, opt, loss_fn, regression(), start_lr=start, end_lr=end,
-                     steps=steps, diverge_threshold=None)
+    with pytest.warns(UserWarning, match="still falling at end_lr=0.1"):
+        result = lr_find(model, opt, loss_fn, regression(), start_lr=start, end_lr=end,
+                         steps=steps, diverge_threshold=None)
     want = [start * (end / start) ** (k / (steps - 1)) for k in range(steps)]
     assert_close(result.lrs, want, rtol=1e-13, what="lrs")
     assert result.lrs[0] == start and result.lrs[-1] == pytest.approx(end, rel=1e-13)
@@ -113,9 +115,43 @@ def test_a_nan_loss_is_a_divergence_not_an_error():
         loss = mse(m, batch)
         return loss * float("nan") if len(calls) == 5 else loss
 
-    result = lr_find(model, opt, loss_fn, regression(), steps=10)
+    with pytest.warns(UserWarning, match="4 steps before the loss diverged, too few"):
+        result = lr_find(model, opt, loss_fn, regression(), steps=10)
     assert result.diverged_at == 4 and len(calls) == 10
-    assert math.isnan(result.raw_losses[-1])
+    assert math.isnan(result.raw_losses[-1]) and math.isnan(result.suggestion)
+
+
+def ramp_lrs(n, start=1e-7, end=10.0):
+    return [start * (end / start) ** (k / (n - 1)) for k in range(n)]
+
+
+def test_the_smoothing_has_no_lag_and_leaves_the_diverged_step_out():
+    lrs = ramp_lrs(101)
+    x = [math.log10(lr) for lr in lrs]
+    # A parabola in log lr, lowest at step 60 (lr 1e-2.2), and a diverged last step.
+    raw = [1 + (v - x[60]) ** 2 for v in x]
+    raw[-1] = 1e6
+    smoothed = smooth(lrs, raw, diverged_at=100)
+    assert min(range(100), key=smoothed.__getitem__) == 60       # centred: no shift
+    # A Gaussian of 0.4 decade raises a parabola by sigma^2 = 0.16 where it is whole (less
+    # 1e-4: the kernel is sampled at the steps and cut at 4 sigma).
+    assert smoothed[60] == pytest.approx(1.16, abs=2e-4)
+    assert smoothed[-1] < 100                                     # the 1e6 left out
+    # (a moving average of the same curve, torch-lr-finder's, reaches its minimum 20 steps
+    # late: this is what the centred smoothing avoids)
+    ema = [raw[0]]
+    for v in raw[1:100]:
+        ema.append(0.05 * v + 0.95 * ema[-1])
+    assert min(range(100), key=ema.__getitem__) > 75
+    assert suggest(lrs, smoothed, 100) == pytest.approx(lrs[60] / math.sqrt(10), rel=1e-12)
+
+
+def test_a_range_that_misses_the_edge_warns():
+    lrs = ramp_lrs(50)
+    with pytest.warns(UserWarning, match="still falling"):
+        suggest(lrs, [50.0 - k for k in range(50)], None)
+    with pytest.warns(UserWarning, match="never fell"):
+        suggest(lrs, [1.0 + k for k in range(50)], 49)
 
 
 # Every way a tensor's value reaches Python.
