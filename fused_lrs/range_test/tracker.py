@@ -38,8 +38,9 @@ class LossTracker:
         self.world = 1 if group is None else torch.distributed.get_world_size(group)
         self.raw = torch.full((steps,), float("nan"), **f64)
         # The bias correction of step k, 1 / (1 - beta ** (k + 1)), as a table the device
-        # counter indexes: one op a step instead of a running power and a division.
-        self.debias = torch.tensor([1 / (1 - beta ** (k + 1)) for k in range(steps)], **f64)
+        # counter indexes: one op a step instead of a running power and a division. (Made on
+        # the device: a copy from pageable host memory would synchronise.)
+        self.debias = 1 / (1 - beta ** torch.arange(1, steps + 1, **f64))
         # Running values as 1-element tensors: torch.compile (aot_eager, torch 2.13) drops the
         # in-place updates of 0-dim float64 CPU tensors held by an object.
         self.i = torch.zeros((1,), dtype=torch.int64, device=device)
