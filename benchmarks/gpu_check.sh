@@ -9,9 +9,9 @@
 #   1. install: pip install --no-deps --no-build-isolation -e .
 #   2. tests (pytest-xdist with 8 workers where installed): every gpu-marked test
 #      (test_gpu.py, test_cuda_graphs.py, test_schedules_triton.py, test_lr_find_gpu.py) and
-#      the ahead-of-time resource checks; then the suites that run the compiled kernel on CUDA against the
-#      reference (kernel_vs_reference, master_weights, grad_scaler, scheduled_hyperparameters,
-#      per_group, compile, optim_vs_torch);
+#      the ahead-of-time resource checks; then the suites that run the compiled kernel on CUDA
+#      against the reference (kernel_vs_reference, master_weights, grad_scaler,
+#      scheduled_hyperparameters, per_group, compile, optim_vs_torch);
 #   3. bench_kernel.py: kernel-only time (do_bench_cudagraph), S1 10.8M/76, GPT-2 small, 1.36B
 #      fp32 and 256M bf16 + masters, each as % of a copy of the same bytes;
 #   4. bench_host.py: host us per eager step, launch stubbed, both gradient patterns vs torch;
