@@ -34,7 +34,7 @@ class LossTracker:
     def __init__(self, steps: int, device: torch.device, beta: float,
                  threshold: float | None, group=None) -> None:
         f64 = dict(dtype=torch.float64, device=device)
-        self.beta, self.threshold, self.steps, self.group = beta, threshold, steps, group
+        self.beta, self.threshold, self.group = beta, threshold, group
         self.world = 1 if group is None else torch.distributed.get_world_size(group)
         self.raw = torch.full((steps,), float("nan"), **f64)
         # The bias correction of step k, 1 / (1 - beta ** (k + 1)), as a table the device
@@ -47,6 +47,7 @@ class LossTracker:
         self.avg = torch.zeros((1,), **f64)            # beta-weighted sum, not yet corrected
         self.best = torch.full((1,), float("inf"), **f64)
         self.stop = torch.full((1,), steps, dtype=torch.int64, device=device)
+        self.never = self.stop.clone()     # where's other operand, a tensor (capture-safe)
         self.diverged = torch.zeros((), dtype=torch.float32, device=device)   # found_inf
 
     @torch.no_grad()
@@ -68,7 +69,7 @@ class LossTracker:
         else:
             # "not <=": also true for a NaN, and, by the abs, for an infinity of either sign.
             bad = torch.le(smoothed.abs(), self.best * self.threshold).logical_not_()
-        torch.minimum(self.stop, torch.where(bad, i, self.steps), out=self.stop)
+        torch.minimum(self.stop, torch.where(bad, i, self.never), out=self.stop)
         self.diverged.copy_(self.stop.le(i).reshape(()))
         self.i.add_(1)
 
