@@ -271,3 +271,54 @@ def test_result_saves_loads_and_plots(tmp_path):
     with pytest.raises(ValueError, match="not an lr_find result"):
         (tmp_path / "other.json").write_text('{"lrs": []}')
         LRFindResult.load(str(tmp_path / "other.json"))
+
+
+class FakeCuda:
+    """Stands in for CUDA streams and graphs on CPU: a stream and a stream context that do
+    nothing, and a graph whose capture records the Python step (running nothing, as a real
+    capture runs no kernel) and whose replay runs it again on the same, static, inputs."""
+
+    capturing = None
+
+    def __init__(self, graph=None):
+        self.graph, self.fn = graph, None
+
+    def wait_stream(self, other):
+        pass
+
+    def replay(self):
+        self.fn()
+
+    def __enter__(self):
+        FakeCuda.capturing = self.graph
+        return self
+
+    def __exit__(self, *exc):
+        FakeCuda.capturing = None
+        return False
+
+
+def test_the_capture_path_feeds_every_batch_in_order(monkeypatch):
+    # The CUDA path's control flow (the kernels are replayed for real in test_lr_find_gpu.py):
+    # warm-up steps, one capture, then replays, each after the next batch is copied into the
+    # captured inputs; another shape is refused.
+    from fused_lrs.range_test import sweep
+
+    monkeypatch.setattr(torch.cuda, "Stream", FakeCuda)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: FakeCuda())
+    monkeypatch.setattr(torch.cuda, "current_stream", FakeCuda)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeCuda)
+    monkeypatch.setattr(torch.cuda, "graph", lambda g: FakeCuda(g))
+    batches = [torch.full((2,), float(k)) for k in range(5)]
+    fed = []
+
+    def step(batch):
+        if FakeCuda.capturing is not None:
+            FakeCuda.capturing.fn = lambda: step(batch)       # recorded, not run
+        else:
+            fed.append(int(batch[0]))
+
+    sweep._captured(step, sweep._cycle(batches), 12, warmup=3)
+    assert fed == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]     # 3 warm-up steps, 9 replays
+    with pytest.raises(ValueError, match="batch 5 holds a torch.float32 tensor of shape \\(3,\\)"):
+        sweep._captured(step, sweep._cycle(batches + [torch.zeros(3)]), 12, warmup=3)
