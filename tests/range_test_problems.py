@@ -1,7 +1,7 @@
-"""Three small problems that differ in kind, for judging lr_find's suggestion against ground
-truth (test_lr_find_suggestion.py): each has a model builder (the same initialisation for
-every run), a loss_fn, training batches (cycled), held-out batches, and an optimizer pair of
-one kind, ours and torch's.
+"""Three small problems that differ in kind, and their ground truth, for judging lr_find's
+suggestion (test_lr_find_suggestion.py, benchmarks/bench_lr_suggestion.py). Each has a model
+builder (the same initialisation for every run), a loss_fn, training batches (cycled), held-out
+batches, and an optimizer pair of one kind, ours and torch's.
 
   * mlp-adamw: regression, a 16-64-64-1 GELU MLP fitting a random tanh teacher plus noise,
     AdamW (weight decay 0.01), batches of 64;
@@ -10,10 +10,17 @@ one kind, ours and torch's.
   * lm-adam: a one-layer pre-norm transformer character LM (d 32, 2 heads, context 16) on
     examples/data/lighthouse.txt, Adam, batches of 16.
 Each takes 1-3 ms a step on one CPU thread.
+
+Ground truth (``measure``): constant-lr trainings of ``STEPS`` steps from the same
+initialisation and batches, on ``GRID``; the final loss is the held-out loss; the best lr is
+the vertex of the parabola through the grid's lowest final loss and its two neighbours (in
+log10 lr), so distances are not rounded to the grid.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 from collections.abc import Callable
@@ -23,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fused_lrs import FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled
+from fused_lrs import FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled, lr_find
 
 TEXT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
                     "data", "lighthouse.txt")
@@ -136,3 +143,84 @@ def lm_adam(seed: int = 0, ctx: int = 16) -> Problem:
 
 
 PROBLEMS = {"mlp-adamw": mlp_adamw, "cnn-sgd": cnn_sgd, "lm-adam": lm_adam}
+
+
+# ---------------------------------------------------------------- ground truth
+
+STEPS = 100        # the sweep's length, and each ground-truth training's
+GRID = [10 ** (e / 2) for e in range(-8, 2)]       # 1e-4 .. 3.16, half a decade apart
+
+
+def held_out_loss(model, problem) -> float:
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        value = sum(float(problem.loss_fn(model, b)) for b in problem.held_out)
+    model.train(was)
+    value /= len(problem.held_out)
+    return value if math.isfinite(value) else math.inf
+
+
+def train_at(problem, lr: float) -> float:
+    """The held-out loss after STEPS steps of our optimizer at a constant ``lr``."""
+    model = problem.make()
+    opt = problem.ours(model.parameters(), lr)
+    for k in range(STEPS):
+        opt.zero_grad()
+        problem.loss_fn(model, problem.train[k % len(problem.train)]).backward()
+        opt.step()
+    return held_out_loss(model, problem)
+
+
+def best_lr(finals: list[float]) -> float:
+    """The vertex of the parabola through the lowest grid point and its neighbours."""
+    b = min(range(len(finals)), key=finals.__getitem__)
+    x = math.log10(GRID[b])
+    if 0 < b < len(GRID) - 1 and all(math.isfinite(v) for v in finals[b - 1:b + 2]):
+        left, mid, right = finals[b - 1:b + 2]
+        curvature = left - 2 * mid + right
+        if curvature > 0:
+            x += 0.5 * (left - right) / curvature * 0.5      # grid spacing: half a decade
+    return 10 ** x
+
+
+def torch_lr_finder_suggestion(problem) -> float:
+    """torch-lr-finder's range test with its defaults, and its suggestion (the steepest
+    gradient of its smoothed curve, ``plot(suggest_lr=True)``), on the torch peer."""
+    import torch_lr_finder
+    from matplotlib.figure import Figure
+    model = problem.make()
+    finder = torch_lr_finder.LRFinder(model, problem.torch(model.parameters(), 1e-7),
+                                      problem.criterion, device="cpu")
+    loader = torch.utils.data.DataLoader(problem.train, batch_size=None)
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        finder.range_test(loader, start_lr=1e-7, end_lr=10, num_iter=STEPS)
+        _, suggestion = finder.plot(ax=Figure().add_subplot(), suggest_lr=True)
+    return float(suggestion)
+
+
+def measure(problem) -> dict:
+    """Ground truth on GRID, lr_find's and torch-lr-finder's suggestions, their distances to
+    the best lr in decades, and the held-out loss of a training at each."""
+    finals = [train_at(problem, lr) for lr in GRID]
+    model = problem.make()
+    ours = lr_find(model, problem.ours(model.parameters(), 1e-3), problem.loss_fn,
+                   problem.train, steps=STEPS).suggestion
+    theirs = torch_lr_finder_suggestion(problem)
+    best = best_lr(finals)
+    r = dict(finals=finals, best=best, best_final=min(finals),
+             untrained=held_out_loss(problem.make(), problem),
+             ours=ours, ours_final=train_at(problem, ours),
+             theirs=theirs, theirs_final=train_at(problem, theirs),
+             ours_decades=abs(math.log10(ours / best)),
+             theirs_decades=abs(math.log10(theirs / best)))
+    r["ours_lost"], r["theirs_lost"] = lost(r, r["ours_final"]), lost(r, r["theirs_final"])
+    return r
+
+
+def lost(r, final: float) -> float:
+    """How far ``final`` is from the best final loss, as a fraction of the best run's gain
+    over the untrained model (0: as good as the best; 1: no better than untrained)."""
+    return (final - r["best_final"]) / (r["untrained"] - r["best_final"])
+
