@@ -59,6 +59,14 @@ def test_each_step_uses_the_ramp_and_every_group_the_same_lr():
     assert result.diverged_at is None and len(result.losses) == len(result.raw_losses) == steps
 
 
+def test_it_trains_also_when_called_under_no_grad():
+    model = mlp()
+    with torch.no_grad():
+        result = lr_find(model, FusedAdamWScheduled(model.parameters()), mse, regression(),
+                         steps=60)
+    assert result.diverged_at is not None        # the lr reached what the model cannot take
+
+
 def test_batches_are_cycled_in_order():
     batches = regression(n=48)                 # 3 batches for 8 steps
     fed = []

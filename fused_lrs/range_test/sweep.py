@@ -1,8 +1,8 @@
 """``lr_find``: the learning-rate range test as a schedule on the device.
 
 The sweep is one exponential ramp, ``exponential(gamma)`` from a group lr of ``start_lr``, so
-the optimizer evaluates each step's lr itself; the losses, their smoothing and the divergence
-stop stay on the device (``tracker.py``) and are read once, at the end. Nothing in a step
+the optimizer evaluates each step's lr itself; the losses, their moving average and the
+divergence stop stay on the device (``tracker.py``), and the losses are read once, at the end. Nothing in a step
 depends on a Python value that changes from step to step, so the same step runs eagerly, under
 ``torch.compile`` without recompiling, or captured once in a CUDA graph and replayed.
 """
@@ -119,12 +119,13 @@ def lr_find(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
             step = torch.compile(_own_code(one_step),
                                  **(compile if isinstance(compile, dict) else {}))
         data = _cycle(batches)
-        if capture:
-            ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
-            _captured(step, data, steps, CAPTURE_WARMUP_DDP if ddp else CAPTURE_WARMUP)
-        else:
-            for batch in itertools.islice(data, steps):
-                step(batch)
+        with torch.enable_grad():           # also when called under torch.no_grad()
+            if capture:
+                ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+                _captured(step, data, steps, CAPTURE_WARMUP_DDP if ddp else CAPTURE_WARMUP)
+            else:
+                for batch in itertools.islice(data, steps):
+                    step(batch)
         raw, stop = tracker.read()
     finally:
         snapshot.restore()
