@@ -62,7 +62,7 @@ class Snapshot:
     @torch.no_grad()
     def restore(self) -> None:
         """Put everything back. Reads nothing from the device but what the optimizer's
-        ``load_state_dict`` reads (the schedule counter, once)."""
+        ``load_state_dict`` reads (its checks read the saved schedule counter)."""
         for attr, value in self.amp.items():
             self.optimizer.__dict__.pop(attr, None)
             if value is not _MISSING:
