@@ -11,10 +11,14 @@ a parabola through the lowest held-out loss and its neighbours.
     best run gained over the untrained model (a quarter: it keeps three quarters of the best
     improvement; measured, the grid lrs that do span 1 decade around the CNN's best and 2 to
     2.5 around the others', and the CNN's lrs a decade off its best lose 35% and 78%).
-  * On average over the problems, its distance to the best lr, in decades, must be no larger
+  * On average over the problems and ``SEEDS``, its distance to the best lr, in decades, must be
+    no larger
     than that of torch-lr-finder's suggestion (``LRFinder.range_test`` with its defaults, and
     ``plot(suggest_lr=True)``'s steepest-gradient point) on a torch optimizer of the same kind,
-    with the same initialisation and batches. Both distances are printed.
+    with the same initialisation and batches. Both distances are printed. Two seeds (data,
+    batches, initialisation), as one seed's comparison is noisy: over 8 seeds
+    (benchmarks/bench_lr_suggestion.py) lr_find's mean over the problems is lower in 7, and the
+    8th's comparison alone would fail (0.34 against 0.29 decade).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ pytest.importorskip("torch_lr_finder")
 
 # Close to the best: a run at the suggestion keeps three quarters of the best improvement.
 CLOSE = 0.25
+SEEDS = (0, 1)
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +39,17 @@ def measured():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)        # see conftest.one_thread; a module fixture cannot use it
     try:
-        return {name: measure(build(0)) for name, build in PROBLEMS.items()}
+        return {(name, seed): measure(build(seed)) for name, build in PROBLEMS.items()
+                for seed in SEEDS}
     finally:
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("name", PROBLEMS)
-def test_the_suggestion_trains_close_to_the_best(measured, name):
-    r = measured[name]
-    print(f"\n{name}: best lr {r['best']:.3g} (final {r['best_final']:.4g}, untrained "
+def test_the_suggestion_trains_close_to_the_best(measured, name, seed):
+    r = measured[name, seed]
+    print(f"\n{name}, seed {seed}: best lr {r['best']:.3g} (final {r['best_final']:.4g}, untrained "
           f"{r['untrained']:.4g}); lr_find {r['ours']:.3g}, {r['ours_decades']:.2f} decades, "
           f"final {r['ours_final']:.4g} ({r['ours_lost']:.3f} of the gain lost); "
           f"torch-lr-finder {r['theirs']:.3g}, {r['theirs_decades']:.2f} decades, final "
