@@ -1,18 +1,20 @@
-"""lr_find under DDP on 2 gloo ranks (spawned by dist_workers.launch), each rank on its own
-batches: the loss is averaged across the ranks on the device (an all_reduce of a tensor, no
-host read), so both ranks record the same curve, stop at the same step and reach the same
-suggestion, and both come back with their model as it was."""
+"""lr_find under DDP and FSDP2 on 2 gloo ranks (spawned by dist_workers.launch), each rank on
+its own batches: the loss is averaged across the ranks on the device (an all_reduce of a
+tensor, no host read), so both ranks record the same curve, stop at the same step and reach
+the same suggestion, and both come back with their model (FSDP2: their shards) and optimizer
+state as they were, bitwise."""
 
 import pytest
 import torch
 import torch.distributed as dist
 from conftest import assert_close
 from dist_workers import WORLD, launch
+from test_distributed import assert_same
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="needs torch.distributed with gloo")
 
-SCENARIOS = ["lr_find:torch_fused", "lr_find:reference"]
+SCENARIOS = ["lr_find:ddp/torch_fused", "lr_find:ddp/reference", "lr_find:fsdp2/torch_fused"]
 TIMEOUT = 180      # seconds for both workers; ~10 s on a loaded 2-core machine
 
 
@@ -26,7 +28,8 @@ def test_every_rank_reaches_the_same_suggestion_from_the_averaged_loss(results, 
     runs = [results[rank][name] for rank in range(WORLD)]
     for rank, r in enumerate(runs):
         assert "error" not in r, f"rank {rank}:\n{r['error']}"
-        assert r["restored"] and r["t"] == 0
+        assert r["t"] == 2
+        assert_same(r["after"], r["before"], f"rank {rank}")        # bitwise
     first, second = runs
     assert first["suggestion"] == second["suggestion"] and first["suggestion"] > 0
     assert first["raw"] == second["raw"] and first["losses"] == second["losses"]
