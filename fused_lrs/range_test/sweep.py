@@ -2,9 +2,10 @@
 
 The sweep is one exponential ramp, ``exponential(gamma)`` from a group lr of ``start_lr``, so
 the optimizer evaluates each step's lr itself; the losses, their moving average and the
-divergence stop stay on the device (``tracker.py``), and the losses are read once, at the end. Nothing in a step
-depends on a Python value that changes from step to step, so the same step runs eagerly, under
-``torch.compile`` without recompiling, or captured once in a CUDA graph and replayed.
+divergence stop stay on the device (``tracker.py``), and the losses are read once, at the end.
+Nothing in a step depends on a Python value that changes from step to step, so the same step
+runs eagerly, under ``torch.compile`` without recompiling, or captured once in a CUDA graph and
+replayed.
 """
 
 from __future__ import annotations
