@@ -354,5 +354,32 @@ def full_state_dict(setup, path):
     return _resume(make, save, load, path)
 
 
+def lr_find_ranks(arg, _):
+    """lr_find on a DDP or FSDP2 model (``arg``: ddp/impl or fsdp2/impl), each rank on its own
+    batches: the curve, the suggestion, this rank's own losses (recorded by loss_fn), and
+    whether the model (this rank's shards) and the optimizer state came back unchanged."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from fused_lrs import lr_find
+    wrap, impl = arg.split("/")
+    model = DDP(mlp()) if wrap == "ddp" else shard(mlp())
+    opt = ours(model.parameters(), impl)
+    train(model, opt, None, 0, 2)               # some optimizer state to restore
+    before = snapshot(model, opt)
+    data = [(x, x.sum(1, keepdim=True).tanh()) for x in (batch(k) for k in range(6))]
+    own = []
+
+    def loss_fn(m, b):
+        loss = (m(b[0]) - b[1]).pow(2).mean()
+        own.append(loss.detach().clone())
+        return loss
+
+    result = lr_find(model, opt, loss_fn, data, steps=40)
+    return {"lrs": result.lrs, "raw": result.raw_losses, "losses": result.losses,
+            "suggestion": result.suggestion, "diverged_at": result.diverged_at,
+            "own": torch.stack(own), "t": int(opt.schedule_step),
+            "before": before, "after": snapshot(model, opt)}
+
+
 SCENARIOS = {"fsdp": fsdp_vs_torch, "ddp": ddp_vs_torch, "ddp_save": ddp_torch_save,
-             "zero": zero, "dcp": dcp, "full": full_state_dict}
+             "zero": zero, "dcp": dcp, "full": full_state_dict, "lr_find": lr_find_ranks}
