@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from optimizers import INFO
 from test_optim_vs_torch import (
     GROUPS,
     SCHEDULES,
@@ -51,8 +52,8 @@ K, N = 12, 30  # save after K steps, continue to N
 def pair(case, dtype):
     ours_cls, torch_cls, options, schedule = CASES[case]
     factory, spec = SCHEDULE[schedule]
-    return (*make_pair(ours_cls, torch_cls, options, dtype, spec, schedule_factory=factory),
-            spec)
+    return (*make_pair(INFO[ours_cls], options, dtype, spec, schedule_factory=factory,
+                       peer=lambda groups, fused=False, **kw: torch_cls(groups, **kw)), spec)
 
 
 def grad_at(k, i, p):
