@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import torch
 
+from fused_lrs import adapters
+from fused_lrs.optim import checkpoint
 from fused_lrs.optim.op import step as step_op
 from fused_lrs.optim.step import to_flat
 
@@ -57,7 +59,14 @@ def step(opt) -> None:
 def init_group(opt) -> None:
     """Make the state that the parameters with a gradient lack (``opt._init_group``, which
     dynamo runs eagerly while tracing). Run eagerly, it also marks the schedule's tensors as
-    static addresses, as ``init_state`` does; dynamo marks the parameters and their state."""
+    static addresses, as ``init_state`` does; dynamo marks the parameters and their state.
+
+    It does first what an eager step does first (``_describe``): adopt a counter, plateau and
+    states that a load wrote into the groups (ZeRO's: new state tensors fail dynamo's guards,
+    so the step is traced again after one), and warn of a torch scheduler's ``initial_lr``."""
+    checkpoint.sync(opt)
+    if any("initial_lr" in group for group in opt.param_groups):
+        adapters.warn_torch_scheduler(opt)      # once per optimizer
     work = opt._gather()
     if capturing(opt):
         require_state(opt, work)
