@@ -16,7 +16,9 @@ What each run checks:
   * at most one recompile after the first call (0 measured: the state is made while dynamo
     traces, as for torch's optimizers; the test that makes it in the graph measures 1);
   * the step is the one custom op ``fused_lrs::step`` in the graph, and dynamo never traces a
-    backend's body: a spy on every backend's ``step`` sees only runtime calls.
+    backend's body: a spy on every backend's ``step`` sees only runtime calls;
+  * the state and the schedule's tensors are marked as static addresses, as ``init_state()``
+    marks them (for ``mode="reduce-overhead"``, which test_cuda_graphs.py runs on a GPU).
 """
 
 from __future__ import annotations
@@ -108,6 +110,19 @@ def run_compiled(info, impl, backend="aot_eager"):
     return eager[1], tested[1], counter, counter.frame_count - first
 
 
+def assert_static(opt):
+    """Every tensor the step reads or writes is marked as a static address (dynamo's mark, read
+    from the attribute ``torch._dynamo.mark_static_address`` sets), as ``init_state()`` marks
+    them, so that ``mode="reduce-overhead"`` keeps the step in its CUDA graph."""
+    schedule = opt._schedule_state
+    tensors = [schedule.t, schedule.table, schedule.skipped]
+    tensors += [v for group in opt.param_groups for p in group["params"]
+                for v in (p, *opt.state[p].values())]
+    unmarked = [i for i, x in enumerate(tensors)
+                if getattr(x, "_dynamo_static_input_type", None) is None]
+    assert not unmarked, f"tensors {unmarked} of {len(tensors)} not marked static"
+
+
 def step_ops(counter) -> int:
     return sum(node.target is STEP_OP for g in counter.graphs for node in g.graph.nodes)
 
@@ -126,6 +141,7 @@ def test_a_compiled_train_step_works_from_its_first_call(info, impl, backend_cal
     assert step_ops(counter) == 1, "the step is not the one custom op of a graph"
     assert backend_calls == [False] * 2 * STEPS, "dynamo traced a backend's step"
     assert_same_run(eager, ours)
+    assert_static(ours)
 
 
 @pytest.mark.parametrize("info", infos())

@@ -71,7 +71,7 @@ def init_group(opt) -> None:
     if capturing(opt):
         require_state(opt, work)
     opt.prepare_state(work)
-    if not torch.compiler.is_compiling():
+    if not torch.compiler.is_dynamo_compiling():      # run, not traced (dynamo folds it True)
         for x in schedule_tensors(opt):
             torch._dynamo.mark_static_address(x)
 
