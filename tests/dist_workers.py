@@ -5,7 +5,9 @@ runs (DDP, FSDP2, ZeRO, torch.distributed.checkpoint), on CPU with gloo.
 imports torch costs seconds on a loaded 2-core machine, so one start serves them all), on a
 free port, and kills them after a deadline. Each rank runs each scenario, catches its error, and
 saves ``{scenario: result or {"error": traceback}}``; the tests compare in the parent, so a
-failing scenario fails its own test with the first mismatching entries.
+failing scenario fails its own test with the first mismatching entries. Every result also
+counts the torch-scheduler warnings (``fused_lrs.adapters``) its scenario raised: none of these
+flows attaches a torch scheduler to ours.
 
 A result holds this rank's tensors, local shards under FSDP2: an elementwise update is right
 everywhere if it is right on every rank's shard, and comparing locally needs no collective.
@@ -18,6 +20,7 @@ import os
 import socket
 import time
 import traceback
+import warnings
 from datetime import timedelta
 
 import torch
@@ -40,6 +43,19 @@ def spec():
 def torch_scheduler(opt):
     return tls.SequentialLR(opt, [tls.LinearLR(opt, start_factor=0.1, total_iters=3),
                                   tls.CosineAnnealingLR(opt, 20)], milestones=[3])
+
+
+def resume_spec():
+    """The resume scenarios' schedule: a warmup (the counter matters) then a plateau (its
+    state and scales must travel too), reported ``metric(k)`` after every step."""
+    from fused_lrs.schedules import plateau, warmup
+    return warmup(plateau(factor=0.5, patience=1, cooldown=1), 3)
+
+
+def metric(k: int) -> float:
+    """Step k's reported metric: a plateau from step 2, so the lr is halved after step 3 (the
+    last before the save) and the cooldown is running at the save."""
+    return (3.0, 2.0)[min(k, 1)] if k < 4 else 1.0
 
 
 # ---------------------------------------------------------------- launcher
@@ -81,10 +97,14 @@ def _worker(rank: int, port: int, scenarios: list[str], out: str) -> None:
     results = {}
     for name in scenarios:
         kind, _, arg = name.partition(":")
-        try:
-            results[name] = SCENARIOS[kind](arg, os.path.join(out, name.replace(":", "-")))
-        except Exception:
-            results[name] = {"error": traceback.format_exc()}
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            try:
+                results[name] = SCENARIOS[kind](arg, os.path.join(out, name.replace(":", "-")))
+            except Exception:
+                results[name] = {"error": traceback.format_exc()}
+        results[name]["scheduler_warnings"] = [
+            str(w.message) for w in seen if "torch LR scheduler" in str(w.message)]
         dist.barrier()
     torch.save(results, os.path.join(out, f"rank{rank}.pt"))
     dist.destroy_process_group()
@@ -119,15 +139,17 @@ def loss_of(model, k, micro=0):
     return model(batch(k, micro)).pow(2).mean()
 
 
-def ours(params, impl, **kw):
+def ours(params, impl, schedule=None, **kw):
     from fused_lrs.optim import FusedAdamWScheduled
-    return FusedAdamWScheduled(params, lr=LR, weight_decay=WD, schedule=spec(), impl=impl, **kw)
+    return FusedAdamWScheduled(params, lr=LR, weight_decay=WD, schedule=schedule or spec(),
+                               impl=impl, **kw)
 
 
-def train(model, opt, sched, start, stop, accumulate=1, clip=None, before=None):
+def train(model, opt, sched, start, stop, accumulate=1, clip=None, before=None, report=None):
     """Steps ``start..stop-1`` of torch's loop; ``accumulate`` micro-batches per step, all but
     the last under DDP's ``no_sync``; ``clip``: ``clip_grad_norm_`` before the step;
-    ``before(k)`` runs first in step k."""
+    ``before(k)`` runs first in step k; ``report``: the fused optimizer that gets
+    ``report(metric(k))`` after step k."""
     for k in range(start, stop):
         if before is not None:
             before(k)
@@ -141,6 +163,8 @@ def train(model, opt, sched, start, stop, accumulate=1, clip=None, before=None):
         opt.step()
         if sched is not None:
             sched.step()
+        if report is not None:
+            report.report(metric(k))
         opt.zero_grad()
 
 
@@ -229,23 +253,42 @@ def ddp_vs_torch(impl, _):
             "t": int(opt_a.schedule_step)}
 
 
+# What a user reads of the schedule without stepping: the counter, the lr (a device tensor, and
+# floats) and the plateau's state (through state_dict).
+READS = {"t": lambda opt: int(opt.schedule_step),
+         "last_lr": lambda opt: opt.last_lr.clone(),
+         "get_last_lr": lambda opt: opt.get_last_lr(),
+         "plateau": lambda opt: {k: v.clone() for k, v
+                                 in opt.state_dict()["fused_lrs"]["plateau"].items()}}
+
+
 def _resume(make, save, load, path, impl="torch_fused"):
     """The uninterrupted run and the run saved after SAVE_AT steps and resumed in fresh objects
-    (``make() -> (model, opt)``), both to STEPS."""
+    (``make() -> (model, opt)``), both to STEPS, with ``resume_spec()`` and a report after every
+    step; and each of ``READS`` on the saved optimizer at the save and on a freshly loaded one,
+    before any step (each on its own load: a read adopts what a load left in the groups, which
+    every read after it would then see)."""
+    def inner(opt):
+        return getattr(opt, "optim", opt)          # ZeRO's local optimizer: ours
+
     model, opt = make(impl)
-    train(model, opt, None, 0, STEPS)
+    train(model, opt, None, 0, STEPS, report=inner(opt))
     uninterrupted = snapshot(model, opt)
     model, opt = make(impl)
-    train(model, opt, None, 0, SAVE_AT)
+    train(model, opt, None, 0, SAVE_AT, report=inner(opt))
+    saved = {key: read(inner(opt)) for key, read in READS.items()}
     save(model, opt, path)
     dist.barrier()
     del model, opt
-    model, opt = make(impl)
-    info = load(model, opt, path)
-    train(model, opt, None, SAVE_AT, STEPS)
-    inner = getattr(opt, "optim", opt)
+    loaded = {}
+    for key, read in READS.items():
+        model, opt = make(impl)
+        info = load(model, opt, path)
+        loaded[key] = read(inner(opt))
+    train(model, opt, None, SAVE_AT, STEPS, report=inner(opt))
     return {"uninterrupted": uninterrupted, "resumed": snapshot(model, opt),
-            "t": int(inner.schedule_step), **(info or {})}
+            "t": int(inner(opt).schedule_step), "saved": saved, "loaded": loaded,
+            **(info or {})}
 
 
 def _load_saved(model, opt, path):
@@ -261,7 +304,7 @@ def ddp_torch_save(impl, path):
 
     def make(impl):
         model = DDP(mlp())
-        return model, ours(model.parameters(), impl)
+        return model, ours(model.parameters(), impl, resume_spec())
 
     def save(model, opt, path):
         if dist.get_rank() == 0:
@@ -282,7 +325,7 @@ def zero(impl, path):
         model = DDP(mlp())
         return model, ZeroRedundancyOptimizer(
             model.parameters(), optimizer_class=FusedAdamWScheduled, lr=LR, weight_decay=WD,
-            schedule=spec(), impl=impl)
+            schedule=resume_spec(), impl=impl)
 
     def save(model, opt, path):
         opt.consolidate_state_dict(to=0)
@@ -303,7 +346,7 @@ def dcp(setup, path):
 
     def make(impl):
         model = shard(mlp()) if setup.startswith("fsdp2") else DDP(mlp())
-        return model, ours(model.parameters(), impl)
+        return model, ours(model.parameters(), impl, resume_spec())
 
     def save(model, opt, path):
         DCP.save({"model": SD.get_model_state_dict(model),
@@ -336,7 +379,7 @@ def full_state_dict(setup, path):
 
     def make(impl):
         model = shard(mlp())
-        return model, ours(model.parameters(), impl)
+        return model, ours(model.parameters(), impl, resume_spec())
 
     def save(model, opt, path):
         sd = {"model": SD.get_model_state_dict(model, options=options),

@@ -1,7 +1,9 @@
 """torch.compile: opt.step() is one custom op, so a training step compiles with no graph break
-and never recompiles while the schedule moves the lr. On CPU the op runs the reference update
-(and the interpreted kernel with impl="triton"), so all of this runs in CI; the CUDA variants,
-mode="reduce-overhead" included, are in test_cuda_graphs.py under the gpu marker."""
+and never recompiles while the schedule moves the lr, from its first call on a fresh optimizer
+(the state is made while dynamo traces; ``fullgraph=True`` holds). On CPU the op runs the same
+backend as an eager step (and the interpreted kernel with impl="triton"), so all of this runs in
+CI; a whole train step compiled is in test_compile_train_step.py, and the CUDA variants,
+mode="reduce-overhead" included, in test_cuda_graphs.py under the gpu marker."""
 
 import pytest
 import torch
@@ -65,7 +67,7 @@ def test_200_steps_one_graph_no_recompile(cls, options, impl):
     def train_step():
         compiled[1].step()
 
-    compiled[1].init_state()
+    # No init_state(): the first call makes the state, and nothing recompiles after it.
     run(*eager, eager[1].step, 200)
     run(*compiled, train_step, 200)
     assert counter.frame_count == 1, "recompiled"
@@ -76,7 +78,8 @@ def test_200_steps_one_graph_no_recompile(cls, options, impl):
 
 
 def compare_compiled_step(backend, impl, steps, device="cpu"):
-    """A compiled ``opt.step`` against eager steps: one compile, the same result bitwise."""
+    """A compiled ``opt.step`` against eager steps: one compile, the same result bitwise.
+    With ``init_state()`` first, which CUDA-graph capture needs and compile accepts."""
     eager = make(FusedAdamWScheduled, impl, device=device)
     compiled = make(FusedAdamWScheduled, impl, device=device)
     counter = CompileCounterWithBackend(backend)
@@ -96,14 +99,6 @@ def test_inductor_compiles_the_step_once(impl):
 def test_the_kernel_path_compiles_too():
     # impl="triton": the op launches the kernel (interpreted on CPU, compiled on CUDA).
     compare_compiled_step("aot_eager", "triton", 12, device=KERNEL_DEVICE)
-
-
-def test_compiling_before_any_state_exists_says_what_to_do():
-    params, opt = make(FusedAdamWScheduled, "reference")
-    set_grads(params, 0)
-    step = torch.compile(opt.step, backend="eager", fullgraph=True)
-    with pytest.raises(Exception, match="init_state"):
-        step()
 
 
 def test_the_op_declares_exactly_what_it_mutates():

@@ -110,15 +110,19 @@ def test_capturing_only_the_optimizer_step():
     assert_same(opt, reference)
 
 
+@pytest.mark.parametrize("init_state", [True, False], ids=["init_state", "fresh"])
 @pytest.mark.parametrize("mode", [None, "reduce-overhead"])
-def test_compiled_step_on_cuda(mode):
+def test_compiled_step_on_cuda(mode, init_state):
+    # fresh: the first compiled call makes the state (dynamo runs _init_group while tracing)
+    # and marks it, and the schedule's tensors, as static addresses, as init_state() does.
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
     model, data = model_and_data()
     opt = FusedAdamWScheduled(model.parameters(), lr=1e-3, schedule=SCHEDULE)
-    opt.init_state()
+    if init_state:
+        opt.init_state()
 
     @torch.compile(fullgraph=True, mode=mode)
     def optimizer_step():
@@ -223,7 +227,8 @@ def test_capturing_a_step_that_would_create_state_is_refused():
     p.grad = torch.randn_like(p)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
-    with pytest.raises(RuntimeError, match="no optimizer state"):
+    with pytest.raises(RuntimeError, match="no optimizer state") as error:
         with torch.cuda.graph(graph):
             opt.step()
+    assert "opt.init_state()" in str(error.value).splitlines()[0]
     assert len(opt.state) == 0

@@ -10,11 +10,14 @@
   rtol 1e-5 / atol 1e-7, as test_optim_vs_torch.py, over 8 steps.
 * DDP with gradient_as_bucket_view, no_sync gradient accumulation and clip_grad_norm_: the same
   comparison.
-* The schedule counter survives torch.save in a DDP run, ZeroRedundancyOptimizer's
-  consolidate_state_dict / load_state_dict, torch.distributed.checkpoint with and without
-  FSDP2 (also with flatten_optimizer_state_dict), and FSDP2's full state dicts (cpu_offload,
-  torch.save on rank 0): the run saved after 4 steps and resumed in fresh objects equals the
-  uninterrupted run bitwise, every state tensor included.
+* The schedule counter and a plateau's state survive torch.save in a DDP run,
+  ZeroRedundancyOptimizer's consolidate_state_dict / load_state_dict,
+  torch.distributed.checkpoint with and without FSDP2 (also with flatten_optimizer_state_dict),
+  and FSDP2's full state dicts (cpu_offload, torch.save on rank 0): the run saved after 4 steps
+  and resumed in fresh objects equals the uninterrupted run bitwise, every state tensor
+  included; and right after the load, before any step, the counter, ``last_lr``,
+  ``get_last_lr()`` and the plateau's state read what the saved optimizer read.
+* None of these flows warns that a torch scheduler is attached (none is, to ours).
 * A shard FSDP2 reallocates mid-run (reset_sharded_param) makes a new description; otherwise
   the whole run uses one. DCP's state initialisation (a step at lr 0 of a fresh
   optimizer) moves neither the counter nor the weights.
@@ -27,7 +30,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from conftest import assert_close
-from dist_workers import STEPS, WORLD, launch
+from dist_workers import SAVE_AT, STEPS, WORLD, launch
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="needs torch.distributed with gloo")
@@ -81,6 +84,12 @@ def compare(x, y, what, **tol):
                                   f"{(x.double() - y.double()).abs().max().item():.3g})"
 
 
+def test_no_flow_warns_of_a_torch_scheduler(results):
+    for name in FSDP + DDP + RESUME:
+        for rank, r in on_each_rank(results, name):
+            assert r["scheduler_warnings"] == [], f"{name}, rank {rank}"
+
+
 @pytest.mark.parametrize("name", FSDP)
 def test_fsdp2_matches_torch_adamw(results, name):
     impl = name.split(":")[1].split("/")[0]
@@ -110,6 +119,17 @@ def test_resumed_run_is_bitwise_the_uninterrupted_one(results, name):
     for rank, r in on_each_rank(results, name):
         assert r["t"] == STEPS, f"rank {rank}: schedule counter {r['t']} after the resumed run"
         assert_same(r["resumed"], r["uninterrupted"], f"rank {rank}")
+        # Read after the load, before any step: what the saved optimizer read at the save.
+        saved, loaded = r["saved"], r["loaded"]
+        assert saved["t"] == SAVE_AT and loaded["t"] == SAVE_AT, (saved["t"], loaded["t"])
+        compare(loaded["last_lr"], saved["last_lr"], f"rank {rank}: last_lr")
+        assert loaded["get_last_lr"] == saved["get_last_lr"]
+        # The plateau moved before the save (dist_workers.metric: halved after step 3, its
+        # cooldown of 1 running), so a fresh plateau's [inf, 0, 0, 0] and scale 1 differ.
+        assert saved["plateau"]["scales"].tolist() == [0.5]
+        assert saved["plateau"]["state"][2] == 1.0
+        for key in ("state", "scales"):
+            compare(loaded["plateau"][key], saved["plateau"][key], f"rank {rank}: plateau {key}")
         if "fresh" in r:
             # get_optimizer_state_dict on the fresh optimizer: DCP stepped it at lr 0 to make
             # its state; the counter, the weights and the step counts stay where they were.
