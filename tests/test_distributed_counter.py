@@ -145,7 +145,7 @@ def _subclasses(cls):
 def test_torch_load_reads_every_schedule_spec(tmp_path):
     """ZeRO's checkpoint holds ``schedule=`` itself (its groups are its keyword arguments):
     torch.load's default weights_only=True must read every spec class."""
-    from test_optim_vs_torch import SCHEDULES
+    from schedule_table import SCHEDULES
 
     from fused_lrs.schedules import Schedule
     allowed = set(torch.serialization.get_safe_globals())
