@@ -1,15 +1,15 @@
 """The CPU backend (``impl="torch_fused"``: torch's fused CPU kernels) against the reference.
 
 Every optimizer of the table (``tests/optimizers.py``), on two optimizers built from clones of
-the same parameters and fed the same gradients, compared after every step: params, every state tensor, master copies, step
-counts and the schedule counter. Tolerances, by storage dtype, relative to each tensor's scale
-(its largest entry: SGD's momentum buffer is a running sum whose entries cancel to near zero,
-where an entry's own relative error means nothing): float64 1e-12, float32 1e-5 (torch's
-kernels compute the step size in double and the update in float32, in another order than the
-reference), and one unit in the last place for 16-bit storage, where the two may round a value
-that sits on a boundary differently (bf16 2^-8, fp16 2^-11). torch's own comparison with the
-reference is test_optim_vs_torch.py (every row's whole option grid on this backend, against
-the peer's fused kernel); here each row's representative and sample.
+the same parameters and fed the same gradients, compared after every step: params, every state
+tensor, master copies, step counts and the schedule counter. Tolerances, by storage dtype,
+relative to each tensor's scale (its largest entry: SGD's momentum buffer is a running sum whose
+entries cancel to near zero, where an entry's own relative error means nothing): float64 1e-12,
+float32 1e-5 (torch's kernels compute the step size in double and the update in float32, in
+another order than the reference), and one unit in the last place for 16-bit storage, where the
+two may round a value that sits on a boundary differently (bf16 2^-8, fp16 2^-11). torch's own
+comparison with the reference is test_optim_vs_torch.py (every row's whole option grid on this
+backend, against the peer's fused kernel); here each row's representative and sample.
 """
 
 import re
