@@ -21,6 +21,12 @@ holds the two equal). A row gives what the suites need to drive the class and it
   * ``fused_peer_on_dtensor`` (default False): that fused kernel also takes FSDP2's DTensor
     shards (torch 2.13's fused Adam does, its fused SGD has no sharding rule); where it does
     not, the distributed suite compares with the peer's foreach path;
+  * ``sixteen_bit`` (default: the representative): the configuration the interpreted kernel's
+    16-bit storage comparison runs, which must round as the reference does: the reference
+    rounds torch's ``add(alpha=)`` once (a fused multiply-add, e.g. SGD's ``g + wd p``), the
+    interpreter every operation, and with bf16 storage a float32 difference of one ulp can flip
+    a rounding, which that comparison (1e-6) reports (SGD's representative, weight decay 0.1:
+    3 bf16 ulps in one of 1025 momentum_buffer entries after 20 steps);
   * ``sweep`` (default False): the costly suites whose subject every algorithm shares (every
     schedule family through the interpreted kernel, torch.compile, CUDA graphs, the 2-rank
     distributed runs beyond one FSDP2 comparison per row) run this row; one or two rows carry
@@ -57,6 +63,7 @@ class OptimizerInfo:
     peer_options: dict = field(default_factory=dict)
     sample: tuple[tuple[str, dict], ...] = ()
     fused_peer_on_dtensor: bool = False
+    sixteen_bit: dict | None = None
     sweep: bool = False
 
     @property
@@ -146,6 +153,7 @@ OPTIMIZER_INFOS = [
                  ("dampening", 1.5, "dampening"), ("weight_decay", -0.1, "weight_decay"),
                  ("weight_decay", NAN, "weight_decay")),
         extra_state=frozenset({"step"}), fused_peer=True, sweep=True,
+        sixteen_bit=dict(momentum=0.9),
         sample=(("plain-maximize", dict(maximize=True)),
                 ("dampening", dict(momentum=0.5, dampening=0.3, weight_decay=0.02)))),
 ]
