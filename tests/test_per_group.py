@@ -1,8 +1,8 @@
 """Per-group values (OneCycleLR's max_lr, CyclicLR's base_lr and max_lr lists) on every backend,
 for every optimizer of the table (its representative), against torch's scheduler on the peer
-(its fused kernel for the CPU backend, which runs that kernel): the lr of every step to 1e-15 relative (both
-evaluate the same float64 closed form; the kernel's cos may differ by an ulp), the parameters
-and every state to 1e-5 relative (fp32 over 30 steps; atol 1e-7 near 0).
+(its fused kernel for the CPU backend, which runs that kernel): the lr of every step to 1e-15
+relative (both evaluate the same float64 closed form; the kernel's cos may differ by an ulp),
+the parameters and every state to 1e-5 relative (fp32 over 30 steps; atol 1e-7 near 0).
 """
 
 from __future__ import annotations
