@@ -4,6 +4,7 @@ Kernel tests without CUDA run under the Triton interpreter, which must be chosen
 ``@triton.jit`` runs its decorator, so it is set here, before fused_lrs is imported.
 """
 
+import copy
 import os
 
 import pytest
@@ -51,6 +52,36 @@ def assert_close(actual, expected, rtol, atol=0.0, what=""):
                 for i in idx]
         raise AssertionError(f"{what}: {int(bad.sum())} of {bad.numel()} entries differ "
                              f"(rtol={rtol}, atol={atol})\n" + "\n".join(rows))
+
+
+def snapshot(opt):
+    """A deep copy of everything a call that fails (a bad checkpoint, gradient, group, schedule)
+    must leave as it was: groups, state, parameters (named by position), the schedules, the
+    counter and the device."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    index = {id(p): i for i, p in enumerate(params)}
+    return {"groups": [{k: [index[id(p)] for p in v] if k == "params" else copy.deepcopy(v)
+                        for k, v in g.items()} for g in opt.param_groups],
+            "state": {index[id(p)]: copy.deepcopy(s) for p, s in opt.state.items()},
+            "schedule": repr(opt.schedule), "t": opt.schedule_step.clone(),
+            "params": [p.detach().clone() for p in params], "device": opt._device}
+
+
+def assert_identical(a, b, path="snapshot"):
+    """Equal structure, and bitwise-equal tensors of the same dtype (snapshots, checkpoints)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, path
+        assert torch.equal(a, b), f"{path}: {a} != {b}"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys {set(a)} != {set(b)}"
+        for key in a:
+            assert_identical(a[key], b[key], f"{path}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
 
 
 def _walk(opt):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_identical, snapshot
 from optimizers import OPTIMIZER_INFOS, few_options, representatives
 from schedule_table import SCHEDULES
 from test_optim_vs_torch import (
@@ -193,23 +194,6 @@ def checkpoint(opt):
             "optimizer": opt.state_dict()}
 
 
-def assert_identical(a, b, path="checkpoint"):
-    """Equal structure, and bitwise-equal tensors of the same dtype."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, path
-        assert torch.equal(a, b), f"{path}: {a} != {b}"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys {set(a)} != {set(b)}"
-        for key in a:
-            assert_identical(a[key], b[key], f"{path}[{key!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert type(a) is type(b) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_identical(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
-
-
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory):
     """Each case of RESUMED saved after K steps here, then loaded and run to N in one new
@@ -238,16 +222,6 @@ def test_resume_in_a_new_process_is_bitwise(case, resumed):
 
 
 # ---------------------------------------------------------------- validation
-
-def snapshot(opt):
-    """A deep copy of everything load_state_dict may touch, parameters named by position."""
-    index = {id(p): i for i, p in enumerate(flat_params(opt))}
-    return {"groups": [{k: [index[id(p)] for p in v] if k == "params" else copy.deepcopy(v)
-                        for k, v in g.items()} for g in opt.param_groups],
-            "state": {index[id(p)]: copy.deepcopy(s) for p, s in opt.state.items()},
-            "schedule": repr(opt.schedule), "t": opt.schedule_step.clone(),
-            "params": [p.detach().clone() for p in flat_params(opt)]}
-
 
 def param_groups():
     ps = [torch.randn(s, generator=torch.Generator().manual_seed(i), requires_grad=True)

@@ -1,9 +1,8 @@
 """Bad input: a clear exception that names the problem, and nothing modified."""
 
-import copy
-
 import pytest
 import torch
+from conftest import assert_identical, snapshot
 from optimizers import ANY, OPTIMIZER_INFOS, infos
 from torch.optim import lr_scheduler as tls
 
@@ -15,29 +14,6 @@ INFOS = infos()
 
 def params(*shapes, **kw):
     return [torch.randn(s, **kw).requires_grad_() for s in shapes]
-
-
-def snapshot(opt):
-    """Everything a failed call must leave as it was, parameters named by position."""
-    flat = [p for g in opt.param_groups for p in g["params"]]
-    index = {id(p): i for i, p in enumerate(flat)}
-    return {"groups": [{k: [index[id(p)] for p in v] if k == "params" else copy.deepcopy(v)
-                        for k, v in g.items()} for g in opt.param_groups],
-            "state": {index[id(p)]: {k: v.clone() for k, v in s.items()}
-                      for p, s in opt.state.items()},
-            "params": [p.detach().clone() for p in flat], "t": int(opt.schedule_step),
-            "device": opt._device}
-
-
-def assert_same(a, b):
-    assert a["groups"] == b["groups"]
-    assert a["t"] == b["t"] and a["device"] == b["device"]
-    assert a["state"].keys() == b["state"].keys()
-    for i in a["state"]:
-        assert a["state"][i].keys() == b["state"][i].keys()
-        for k in a["state"][i]:
-            assert torch.equal(a["state"][i][k], b["state"][i][k]), (i, k)
-    assert all(torch.equal(p, q) for p, q in zip(a["params"], b["params"]))
 
 
 def stepped(info):
@@ -72,7 +48,7 @@ def test_sparse_gradient_changes_nothing(info):
     p.grad = torch.sparse_coo_tensor([[0]], [1.0], p.shape, check_invariants=True)
     with pytest.raises(RuntimeError, match="sparse gradients"):
         opt.step()
-    assert_same(snapshot(opt), before)
+    assert_identical(snapshot(opt), before)
 
 
 @pytest.mark.parametrize("info", INFOS)
@@ -87,7 +63,7 @@ def test_gradient_of_the_wrong_dtype_changes_nothing(info):
         pytest.skip("this torch refuses a gradient of another dtype")
     with pytest.raises(RuntimeError, match="does not match its parameter"):
         opt.step()
-    assert_same(snapshot(opt), before)
+    assert_identical(snapshot(opt), before)
 
 
 # ---------------------------------------------------------------- parameters
@@ -145,7 +121,7 @@ def test_add_param_group_with_a_bad_group_changes_nothing(info, key, value, matc
     before = snapshot(opt)
     with pytest.raises(ValueError, match=match):
         opt.add_param_group({"params": params(2), key: value})
-    assert_same(snapshot(opt), before)
+    assert_identical(snapshot(opt), before)
 
 
 @pytest.mark.filterwarnings("ignore:optimizer contains a parameter group with duplicate")
@@ -157,7 +133,7 @@ def test_add_param_group_with_bad_parameters_changes_nothing(info, make, match):
     before = snapshot(opt)
     with pytest.raises(ValueError, match=match):
         opt.add_param_group({"params": make()})
-    assert_same(snapshot(opt), before)
+    assert_identical(snapshot(opt), before)
 
 
 @pytest.mark.parametrize("info", INFOS)
@@ -166,7 +142,7 @@ def test_add_param_group_with_a_parameter_of_another_group_changes_nothing(info)
     before = snapshot(opt)
     with pytest.raises(ValueError, match="more than one parameter group"):
         opt.add_param_group({"params": params(2) + opt.param_groups[0]["params"][:1]})
-    assert_same(snapshot(opt), before)
+    assert_identical(snapshot(opt), before)
 
 
 def test_nesterov_needs_momentum_and_no_dampening():
