@@ -9,9 +9,9 @@ holds the two equal). A row gives what the suites need to drive the class and it
   * ``sample`` (default: none): a few more configurations (ids and options) for the suites that
     cannot afford the grid (the interpreted kernel, the CPU backend against the reference,
     checkpoints): with the representative they take every value each option takes in the grid
-    and every compiled variant of the kernel (``test_optimizer_table.py`` holds both); give
-    hyperparameters besides the grid's options values other than their defaults here (betas,
-    eps), so that a value passed to the wrong place shows;
+    and every compiled variant of the kernel (``test_optimizer_table.py`` holds both); give the
+    hyperparameters the grid leaves at their defaults (betas, eps) other values there, so that
+    a value passed to the wrong place shows;
   * ``changes``: hyperparameter changes made to every group between steps;
   * ``invalid``: hyperparameter values the peer refuses, and the message it refuses them with;
   * ``extra_state``: state keys ours keeps that the peer does not (torch's SGD keeps no
@@ -35,6 +35,15 @@ holds the two equal). A row gives what the suites need to drive the class and it
     tables, hooks, the choice of backend).
 The peer is the record's (``Algorithm.peer``); ``peer_options`` are passed to it besides the
 row's options.
+
+What a row costs, by tier (the suites choose the tier, so a new row needs no suite edited):
+  * the grid (``every_option``): the reference and the CPU backend against the peer
+    (test_optim_vs_torch), from_torch mid-run (test_migrate): cheap steps on tiny tensors;
+  * the few (``few_options``: representative and sample): the CPU backend against the
+    reference, the interpreted kernel's options, checkpoints;
+  * the representative (``representatives``): every other suite that concerns an algorithm
+    (groups, GradScaler, masters, schedules on the reference, errors, lifecycle, FSDP2, GPU);
+  * the sweep rows (``swept``) and ``ANY``: what every algorithm shares, once or twice.
 """
 
 from __future__ import annotations
