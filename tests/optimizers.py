@@ -13,7 +13,8 @@ holds the two equal). A row gives what the suites need to drive the class and it
     hyperparameters the grid leaves at their defaults (betas, eps) other values there, so that
     a value passed to the wrong place shows;
   * ``changes``: hyperparameter changes made to every group between steps;
-  * ``invalid``: hyperparameter values the peer refuses, and the message it refuses them with;
+  * ``invalid``: hyperparameter values ours refuses (with the peer's checks and messages where
+    the peer has them: torch does not check every one), and the message it refuses them with;
   * ``extra_state``: state keys ours keeps that the peer does not (torch's SGD keeps no
     ``step``; our SGD counts its updates to tell the first, which copies the gradient);
   * ``fused_peer``: the peer has a fused CPU kernel (``fused=True``): the CPU backend, which

@@ -1,11 +1,13 @@
 """Checkpoints: torch's optimizers to ours and back, resuming in a new process, and validation.
 
-* A checkpoint of torch.optim.Adam/AdamW/SGD loads into the matching class here, which then
-  continues as torch would have (the torch scheduler's position taken over with
+* A checkpoint of each row's peer (``tests/optimizers.py``: its representative and sample,
+  each under the next schedule of ``tests/schedule_table.py``) loads into the row's class,
+  which then continues as the peer would have (the torch scheduler's position taken over with
   ``set_schedule(spec, t)``, by hand or with ``from_torch`` and ``torch_position``).
-* torch loads a checkpoint saved here and continues as we do.
+* The peer loads a checkpoint saved here and continues as we do.
 * Saved at step k and resumed in a new Python process, a run is bitwise the uninterrupted one.
-* A bad checkpoint raises a clear error and leaves the optimizer exactly as it was.
+* A bad checkpoint (each row's own state keys and invalid values, another kind's checkpoint)
+  raises a clear error and leaves the optimizer exactly as it was.
 """
 
 import copy
