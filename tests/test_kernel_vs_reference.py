@@ -23,8 +23,6 @@ from optimizers import ANY, few_options, representatives, swept
 
 from fused_lrs import schedules as S
 
-# Spec-only, as the interpreter's budget asks: every edge within the 20 steps run here (the
-# schedule table the suites against torch share, tests/schedule_table.py, spreads them over 60).
 # Odd sizes around the 1024-element block: one element, a ragged block, a full block plus one,
 # an empty tensor. ODD_SIZES adds 65537 (64 full blocks and a tail, several programs) for the
 # tests that need it; the interpreter walks every block in Python, so the wide matrix below
@@ -34,6 +32,8 @@ ODD_SIZES = [1, 3, 1023, 0, 1025, 65537]
 STEPS = 20
 RTOL = 1e-6
 
+# Spec-only, as the interpreter's budget asks: every edge within the 20 steps run here (the
+# schedule table the suites against torch share, tests/schedule_table.py, spreads them over 60).
 SCHEDULES = {
     "constant": S.constant(),
     "step": S.step(4, 0.5),
