@@ -11,6 +11,11 @@ flows attaches a torch scheduler to ours.
 
 A result holds this rank's tensors, local shards under FSDP2: an elementwise update is right
 everywhere if it is right on every rank's shard, and comparing locally needs no collective.
+
+The optimizers are rows of the table (``tests/optimizers.py``), named by class in the
+scenario (``fsdp:impl/setup/Class``), each with its representative configuration; the
+scenarios every algorithm shares (DDP, the checkpoint formats) run ``ANY``. The schedule is
+the table's warmup then cosine (``tests/schedule_table.py``).
 """
 
 from __future__ import annotations
@@ -27,22 +32,27 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
-from torch.optim import lr_scheduler as tls
 
 WORLD = 2
-LR, WD = 0.01, 0.1
+LR = 0.01
 STEPS, SAVE_AT = 8, 4   # resume scenarios: save after SAVE_AT steps, run to STEPS
+
+
+def row(name: str):
+    """The table's row of class ``name``."""
+    from optimizers import OPTIMIZER_INFOS
+    return next(info for info in OPTIMIZER_INFOS if info.name == name)
 
 
 def spec():
     """Warmup then cosine, ours; ``torch_scheduler`` is torch's equivalent."""
-    from fused_lrs.schedules import cosine, linear, sequential
-    return sequential([linear(0.1, 1.0, 3), cosine(20)], [3])
+    from schedule_table import BY_NAME
+    return BY_NAME["warmup+cosine"][1]
 
 
 def torch_scheduler(opt):
-    return tls.SequentialLR(opt, [tls.LinearLR(opt, start_factor=0.1, total_iters=3),
-                                  tls.CosineAnnealingLR(opt, 20)], milestones=[3])
+    from schedule_table import BY_NAME
+    return BY_NAME["warmup+cosine"][0](opt)
 
 
 def resume_spec():
@@ -139,10 +149,22 @@ def loss_of(model, k, micro=0):
     return model(batch(k, micro)).pow(2).mean()
 
 
-def ours(params, impl, schedule=None, **kw):
-    from fused_lrs.optim import FusedAdamWScheduled
-    return FusedAdamWScheduled(params, lr=LR, weight_decay=WD, schedule=schedule or spec(),
-                               impl=impl, **kw)
+def ours(params, impl, info=None, schedule=None):
+    """Ours of ``info``'s representative (ANY's by default), with ``schedule`` (``spec()``'s
+    warmup-cosine by default)."""
+    from optimizers import ANY
+    info = info or ANY
+    return info.cls(params, lr=LR, schedule=schedule or spec(), impl=impl,
+                    **info.representative)
+
+
+def peer(params, info=None, dtensor=False):
+    """The peer of ``info``'s representative (ANY's by default), with its fused kernel; on
+    DTensor shards, its foreach path where the fused kernel has no sharding rule."""
+    from optimizers import ANY
+    info = info or ANY
+    path = {"fused": True} if not dtensor or info.fused_peer_on_dtensor else {"foreach": True}
+    return info.peer(params, lr=LR, **path, **info.representative)
 
 
 def train(model, opt, sched, start, stop, accumulate=1, clip=None, before=None, report=None):
@@ -201,25 +223,19 @@ def reallocate(model) -> None:
 
 
 def fsdp_vs_torch(arg, _):
-    """FSDP2 ours (impl from ``arg``) against torch AdamW (fused) + scheduler, same model and
-    data. ``arg``: impl/setup, setup one of fp32, bf16 (MixedPrecisionPolicy), keep
-    (reshard_after_forward=False), realloc (fp32, every shard reallocated before step
-    SAVE_AT)."""
+    """FSDP2 ours (impl and row from ``arg``) against the peer (fused where its fused kernel
+    takes DTensors) + scheduler, same model and data. ``arg``: impl/setup/Class, setup one of
+    fp32, bf16 (MixedPrecisionPolicy), keep (reshard_after_forward=False), realloc (fp32,
+    every shard reallocated before step SAVE_AT)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy
-    impl, setup = arg.split("/")
-    options = {"fp32": {}, "realloc": {}, "sgd": {}, "keep": dict(reshard_after_forward=False),
+    impl, setup, name = arg.split("/")
+    info = row(name)
+    options = {"fp32": {}, "realloc": {}, "keep": dict(reshard_after_forward=False),
                "bf16": dict(mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16,
                                                            reduce_dtype=torch.float32))}[setup]
     a, b = shard(mlp(), **options), shard(mlp(), **options)
-    if setup == "sgd":       # momentum buffers as DTensors; the first update copies the grad
-        from fused_lrs.optim import FusedSGDScheduled
-        sgd = dict(lr=LR, momentum=0.9, weight_decay=WD)
-        opt_a = FusedSGDScheduled(a.parameters(), **sgd, schedule=spec(), impl=impl)
-        # (torch 2.13's fused SGD has no DTensor sharding rule: its foreach path instead)
-        opt_b = torch.optim.SGD(b.parameters(), **sgd, foreach=True)
-    else:
-        opt_a = ours(a.parameters(), impl)
-        opt_b = torch.optim.AdamW(b.parameters(), lr=LR, weight_decay=WD, fused=True)
+    opt_a = ours(a.parameters(), impl, info)
+    opt_b = peer(b.parameters(), info, dtensor=True)
     descriptions = []
 
     def before(model, opt):
@@ -232,21 +248,18 @@ def fsdp_vs_torch(arg, _):
     train(b, opt_b, torch_scheduler(opt_b), 0, STEPS, before=before(b, opt_b))
     # Descriptions ours built: the first step's, and one more after a reallocation.
     built = len({id(x) for x in descriptions[1:STEPS]} | {id(opt_a._cache.description)})
-    mine = snapshot(a, opt_a)
-    if setup == "sgd":       # our SGD counts its updates (the first copies); torch's keeps none
-        mine["state"] = [{k: v for k, v in st.items() if k != "step"} for st in mine["state"]]
-    return {"ours": mine, "torch": snapshot(b, opt_b), "built": built,
+    return {"ours": snapshot(a, opt_a), "torch": snapshot(b, opt_b), "built": built,
             "t": int(opt_a.schedule_step),
             "described": opt_a._cache.description.wrappers is not None}
 
 
 def ddp_vs_torch(impl, _):
     """DDP with gradient_as_bucket_view, 2 micro-batches (no_sync on the first) and
-    clip_grad_norm_: ours against torch AdamW (fused) + scheduler."""
+    clip_grad_norm_: ours against the peer (fused) + scheduler."""
     from torch.nn.parallel import DistributedDataParallel as DDP
     a, b = (DDP(mlp(), gradient_as_bucket_view=True) for _ in range(2))
     opt_a = ours(a.parameters(), impl)
-    opt_b = torch.optim.AdamW(b.parameters(), lr=LR, weight_decay=WD, fused=True)
+    opt_b = peer(b.parameters())
     train(a, opt_a, None, 0, STEPS, accumulate=2, clip=0.5)
     train(b, opt_b, torch_scheduler(opt_b), 0, STEPS, accumulate=2, clip=0.5)
     return {"ours": snapshot(a, opt_a), "torch": snapshot(b, opt_b),
@@ -304,7 +317,7 @@ def ddp_torch_save(impl, path):
 
     def make(impl):
         model = DDP(mlp())
-        return model, ours(model.parameters(), impl, resume_spec())
+        return model, ours(model.parameters(), impl, schedule=resume_spec())
 
     def save(model, opt, path):
         if dist.get_rank() == 0:
@@ -316,16 +329,15 @@ def ddp_torch_save(impl, path):
 def zero(impl, path):
     """ZeroRedundancyOptimizer around ours under DDP: consolidate_state_dict on rank 0,
     torch.save, and every rank's load_state_dict."""
+    from optimizers import ANY
     from torch.distributed.optim import ZeroRedundancyOptimizer
     from torch.nn.parallel import DistributedDataParallel as DDP
-
-    from fused_lrs.optim import FusedAdamWScheduled
 
     def make(impl):
         model = DDP(mlp())
         return model, ZeroRedundancyOptimizer(
-            model.parameters(), optimizer_class=FusedAdamWScheduled, lr=LR, weight_decay=WD,
-            schedule=resume_spec(), impl=impl)
+            model.parameters(), optimizer_class=ANY.cls, lr=LR, schedule=resume_spec(),
+            impl=impl, **ANY.representative)
 
     def save(model, opt, path):
         opt.consolidate_state_dict(to=0)
@@ -346,7 +358,7 @@ def dcp(setup, path):
 
     def make(impl):
         model = shard(mlp()) if setup.startswith("fsdp2") else DDP(mlp())
-        return model, ours(model.parameters(), impl, resume_spec())
+        return model, ours(model.parameters(), impl, schedule=resume_spec())
 
     def save(model, opt, path):
         DCP.save({"model": SD.get_model_state_dict(model),
@@ -379,7 +391,7 @@ def full_state_dict(setup, path):
 
     def make(impl):
         model = shard(mlp())
-        return model, ours(model.parameters(), impl, resume_spec())
+        return model, ours(model.parameters(), impl, schedule=resume_spec())
 
     def save(model, opt, path):
         sd = {"model": SD.get_model_state_dict(model, options=options),

@@ -27,9 +27,10 @@ import warnings
 
 import pytest
 import torch
+from optimizers import ANY, representatives
 from torch.optim import lr_scheduler as tlr
 
-from fused_lrs import FusedAdamWScheduled, FusedSGDScheduled
+from fused_lrs import FusedAdamWScheduled
 from fused_lrs.adapters import as_lr_scheduler
 from fused_lrs.schedules import cosine, step, warmup
 
@@ -63,10 +64,11 @@ class Watch:
         return [str(w.message) for w in self._seen if "torch LR scheduler" in str(w.message)]
 
 
-def test_adapter_changes_nothing_and_reports_the_used_lr():
+@pytest.mark.parametrize("info, options", representatives())
+def test_adapter_changes_nothing_and_reports_the_used_lr(info, options):
     p = torch.zeros(3, requires_grad=True)
-    opt = FusedSGDScheduled([{"params": [p]}, {"params": [], "lr": 0.5}], lr=1.0,
-                            schedule=step(2, 0.5))
+    opt = info.cls([{"params": [p]}, {"params": [], "lr": 0.5}], lr=1.0, schedule=step(2, 0.5),
+                   **options)
     groups = [dict(g) for g in opt.param_groups]
     sched = opt.as_lr_scheduler()
     assert isinstance(sched, tlr.LRScheduler)
@@ -84,23 +86,23 @@ def test_adapter_changes_nothing_and_reports_the_used_lr():
     fresh.load_state_dict(saved)
     assert fresh.state_dict() == saved == {"last_epoch": 5, "_step_count": 6}
     with pytest.raises(TypeError, match="expected a fused optimizer"):
-        as_lr_scheduler(torch.optim.SGD([p], lr=0.1))
+        as_lr_scheduler(info.peer([p], lr=0.1))
 
 
 def test_attaching_a_torch_scheduler_warns_once():
-    opt = FusedAdamWScheduled([torch.zeros(2, requires_grad=True)], schedule=cosine(10))
-    with pytest.warns(UserWarning, match="torch LR scheduler was attached to "
-                                         "FusedAdamWScheduled.*opt.as_lr_scheduler\\(\\)"
+    opt = ANY.cls([torch.zeros(2, requires_grad=True)], schedule=cosine(10))
+    with pytest.warns(UserWarning, match=f"torch LR scheduler was attached to "
+                                         f"{ANY.name}.*opt.as_lr_scheduler\\(\\)"
                        ) as seen:
         tlr.LambdaLR(opt, lambda t: 1.0)
     assert seen[0].filename == __file__  # points at the line that built the scheduler
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tlr.StepLR(opt, 3)  # once per optimizer
-        as_lr_scheduler(FusedAdamWScheduled([torch.zeros(2, requires_grad=True)]))
+        as_lr_scheduler(ANY.cls([torch.zeros(2, requires_grad=True)]))
     # HF Trainer with optimizers=(opt, None) builds its LambdaLR on the fused optimizer.
     transformers, _, _ = transformers_trainer()
-    opt = FusedAdamWScheduled([torch.zeros(2, requires_grad=True)])
+    opt = ANY.cls([torch.zeros(2, requires_grad=True)])
     with pytest.warns(UserWarning, match="torch LR scheduler was attached"):
         transformers.get_scheduler("cosine", opt, num_warmup_steps=2, num_training_steps=10)
 
@@ -167,6 +169,7 @@ def train(out, fused, resume=None, save=False, adapter=True, watch=None):
         remove_unused_columns=False, dataloader_num_workers=0)
     optimizers = (None, None)
     if fused:
+        # AdamW itself: the peer is Trainer's own optimizer (optim="adamw_torch").
         # Trainer's own grouping: weight decay on the weights, none on the biases.
         decay = [p for n, p in model.named_parameters() if not n.endswith("bias")]
         rest = [p for n, p in model.named_parameters() if n.endswith("bias")]
@@ -252,8 +255,8 @@ def fit(out, scheduler, watch):
             return self.model(**batch)["loss"]
 
         def configure_optimizers(self):
-            opt = FusedAdamWScheduled(self.parameters(), lr=LR, impl="reference",
-                                      schedule=warmup(cosine(T_max=STEPS - WARMUP), WARMUP))
+            opt = ANY.cls(self.parameters(), lr=LR, impl="reference",
+                          schedule=warmup(cosine(T_max=STEPS - WARMUP), WARMUP))
             watch.attach(opt)
             return {"optimizer": opt,
                     "lr_scheduler": {"scheduler": scheduler(opt), "interval": "step"}}

@@ -17,15 +17,16 @@ import copy
 
 import pytest
 import torch
+from conftest import assert_same_optimizer
+from optimizers import ANY
 
 if not torch.distributed.is_available():
     pytest.skip("needs torch.distributed", allow_module_level=True)
 
 from torch.distributed.checkpoint.state_dict import _init_optim_state  # noqa: E402
 
-from fused_lrs.optim import FusedAdamWScheduled
-from fused_lrs.optim.checkpoint import COUNTER
-from fused_lrs.schedules import cosine
+from fused_lrs.optim.checkpoint import COUNTER  # noqa: E402
+from fused_lrs.schedules import cosine  # noqa: E402
 
 SPEC = cosine(20, 1e-3)          # lr(t, base 0) = eta_min-ish > 0: lr 0 does not mean no step
 K, N = 3, 7
@@ -34,7 +35,7 @@ K, N = 3, 7
 def make(seed=0):
     gen = torch.Generator().manual_seed(seed)
     params = [torch.randn(s, generator=gen).requires_grad_() for s in ((4, 3), (5,))]
-    return FusedAdamWScheduled(params, lr=0.01, weight_decay=0.1, schedule=SPEC)
+    return ANY.cls(params, lr=0.01, schedule=SPEC, **ANY.representative)
 
 
 def params_of(opt):
@@ -58,12 +59,7 @@ def train(opt, start, stop, step=None):
 
 
 def assert_identical(a, b):
-    assert int(a.schedule_step) == int(b.schedule_step)
-    for p, q in zip(params_of(a), params_of(b)):
-        assert torch.equal(p, q)
-        assert a.state[p].keys() == b.state[q].keys()
-        for key in a.state[p]:
-            assert torch.equal(a.state[p][key], b.state[q][key]), key
+    assert_same_optimizer(a, b, rtol=0, atol=0)
 
 
 def test_dcp_state_initialisation_moves_nothing():
@@ -159,7 +155,7 @@ def test_a_bad_group_counter_raises_and_changes_nothing(value, match):
 def test_torch_keeps_the_group_counter_both_ways():
     opt = make()
     train(opt, 0, K)
-    theirs = torch.optim.AdamW([p.detach().clone().requires_grad_() for p in params_of(opt)])
+    theirs = ANY.peer([p.detach().clone().requires_grad_() for p in params_of(opt)])
     theirs.load_state_dict(opt.state_dict())
     back = make()
     back.load_state_dict(theirs.state_dict())       # no "fused_lrs" entry: torch drops it
@@ -175,7 +171,7 @@ def _subclasses(cls):
 def test_torch_load_reads_every_schedule_spec(tmp_path):
     """ZeRO's checkpoint holds ``schedule=`` itself (its groups are its keyword arguments):
     torch.load's default weights_only=True must read every spec class."""
-    from test_optim_vs_torch import SCHEDULES
+    from schedule_table import SCHEDULES
 
     from fused_lrs.schedules import Schedule
     allowed = set(torch.serialization.get_safe_globals())
