@@ -8,17 +8,19 @@
 # limit, never the rest):
 #   1. install: pip install --no-deps --no-build-isolation -e .
 #   2. tests (pytest-xdist with 8 workers where installed): every gpu-marked test
-#      (test_gpu.py, test_cuda_graphs.py, test_schedules_triton.py, and test_new_optimizers.py's
-#      for RMSprop, Adagrad and Lion, which reads the table of optimizers) and the ahead-of-time
-#      resource checks; then the suites that run the compiled kernel on CUDA against the
-#      reference (kernel_vs_reference, master_weights, grad_scaler, scheduled_hyperparameters,
-#      per_group, compile, optim_vs_torch);
+#      (test_gpu.py, test_cuda_graphs.py, test_schedules_triton.py, test_lr_find_gpu.py) and
+#      the ahead-of-time resource checks; then the suites that run the compiled kernel on CUDA
+#      against the reference (kernel_vs_reference, master_weights, grad_scaler,
+#      scheduled_hyperparameters, per_group, compile, optim_vs_torch);
 #   3. bench_kernel.py: kernel-only time (do_bench_cudagraph), S1 10.8M/76, GPT-2 small, 1.36B
 #      fp32 and 256M bf16 + masters, each as % of a copy of the same bytes;
 #   4. bench_host.py: host us per eager step, launch stubbed, both gradient patterns vs torch;
-#   5. bench_compile.py: compile cost; 6. `fused-lrs bench` S1-S4 with short loops.
-# Files written to $OUT (8, at most 2 folders down): gpu_check.log, env.txt, tests.xml,
-# bench_kernel.json, bench_host.json, bench_compile.json, suite/bench.json, suite/bench.png.
+#   5. bench_compile.py: compile cost; 6. bench_lr_find.py: lr_find's sweep, eager and captured
+#      in a CUDA graph, ms per step against a plain training loop; 7. `fused-lrs bench` S1-S4
+#      with short loops.
+# Files written to $OUT (9, at most 2 folders down): gpu_check.log, env.txt, tests.xml,
+# bench_kernel.json, bench_host.json, bench_compile.json, bench_lr_find.json, suite/bench.json,
+# suite/bench.png.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
@@ -60,8 +62,7 @@ per_test=(); python3 -c "import pytest_timeout" 2>/dev/null && per_test=(--timeo
 run tests_gpu 120 python3 -m pytest -q -rs -p no:cacheprovider "${par[@]}" "${per_test[@]}" \
     --junitxml="$OUT/tests.xml" \
     tests/test_gpu.py tests/test_cuda_graphs.py tests/test_schedules_triton.py \
-    tests/test_new_optimizers.py::test_on_cuda_one_launch_per_step_no_sync_and_the_reference \
-    tests/test_kernels_aot.py
+    tests/test_lr_find_gpu.py tests/test_kernels_aot.py
 run tests_compiled 120 python3 -m pytest -q -rs -p no:cacheprovider "${par[@]}" "${per_test[@]}" \
     tests/test_kernel_vs_reference.py tests/test_master_weights.py tests/test_grad_scaler.py \
     tests/test_scheduled_hyperparameters.py tests/test_per_group.py tests/test_compile.py \
@@ -70,6 +71,9 @@ run bench_kernel 70 python3 benchmarks/bench_kernel.py --rep 100 --out "$OUT/ben
 run bench_host 40 python3 benchmarks/bench_host.py --rounds 5 --steps 100 \
     --out "$OUT/bench_host.json"
 run bench_compile 50 python3 benchmarks/bench_compile.py --out "$OUT/bench_compile.json"
+# 3 models x 3 sides (plain loop, eager sweep, captured sweep) x 6 runs (1 warm-up) of 200 steps.
+run bench_lr_find 40 python3 benchmarks/bench_lr_find.py --device cuda --capture --rounds 5 \
+    --steps 200 --json "$OUT/bench_lr_find.json"
 run suite 80 python3 -m fused_lrs bench --scenarios S1,S2,S3,S4 --steps 20 --out "$OUT/suite"
 echo "=== done at $(( $(date +%s) - START ))s" | tee -a "$LOG"
 grep -E "^(FAILED|ERROR)|passed|failed" "$LOG" | tail -20

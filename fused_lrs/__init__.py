@@ -14,8 +14,10 @@ __version__ = "0.1.0"
 
 from fused_lrs import algorithms, schedules  # noqa: E402
 from fused_lrs.migrate import from_torch  # noqa: E402
+from fused_lrs.range_test import LRFindResult, lr_find  # noqa: E402
 
 # Every optimizer class the registry lists, as fused_lrs.<ClassName>.
 globals().update({cls.__name__: cls for cls in algorithms.OPTIMIZERS})
 
-__all__ = ["schedules", "from_torch", *(cls.__name__ for cls in algorithms.OPTIMIZERS)]
+__all__ = ["schedules", "from_torch", "lr_find", "LRFindResult",
+           *(cls.__name__ for cls in algorithms.OPTIMIZERS)]

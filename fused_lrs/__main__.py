@@ -2,4 +2,5 @@
 
 from fused_lrs.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":      # (a tool that imports every module must not run the command)
+    raise SystemExit(main())

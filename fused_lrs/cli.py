@@ -2,9 +2,13 @@
 
     fused-lrs bench --quick
     fused-lrs plot "warmup(cosine(T_max=900), steps=100)" --steps 1000 -o lr.png
+    fused-lrs plot "warmup(cosine(T_max=900), steps=100)" --steps 1000 --base-lr 3e-3 \
+        --range-test lr_find.json -o lr.png
 
 ``plot`` prints a table of the schedule (or, with ``-o``, draws it) for ``t = 0 .. steps - 1``,
-the lrs the first ``steps`` optimizer steps use. ``bench`` times the optimizer step on real
+the lrs the first ``steps`` optimizer steps use; with ``--range-test`` (a file that
+``LRFindResult.save`` wrote) it also says where the schedule's peak lr sits on that range test,
+or draws the schedule over its curve. ``bench`` times the optimizer step on real
 models' parameter lists against torch's optimizers and schedulers (see fused_lrs/bench).
 
 Every error is one line on stderr and exit code 2, never a traceback: the expression comes from
@@ -22,6 +26,7 @@ import textwrap
 import torch
 
 from fused_lrs import bench as bench_command
+from fused_lrs.range_test import LRFindResult, overlay
 from fused_lrs.schedules import parse
 
 MAX_STEPS = 10**7  # 80 MB of float64 per evaluation: plenty for a plot, and bounded
@@ -48,6 +53,9 @@ def _build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--steps", type=int, required=True, help="number of optimizer steps")
     plot.add_argument("--base-lr", type=float, default=1.0, help="group lr (default 1.0)")
     plot.add_argument("-o", "--output", help="write a plot here (PNG) instead of a table")
+    plot.add_argument("--range-test", metavar="JSON",
+                      help="an lr_find result (LRFindResult.save): place the schedule's peak "
+                           "on it, or with -o draw the schedule over its curve")
     plot.add_argument("--triton", action="store_true",
                       help="evaluate with the Triton twin and report its difference to the "
                            "float64 reference")
@@ -102,11 +110,18 @@ def _plot(args) -> int:
         note = (f"triton ({device}) vs float64 reference: max relative difference "
                 f"{float(rel[at]):.3g} at t={at}")
         lr = twin
+    range_test = _range_test(args.range_test) if args.range_test else None
     if args.output:
-        _draw(args.output, expr, t, lr, args.base_lr, args.triton)
+        if range_test is not None:
+            _matplotlib()
+            overlay.draw_overlay(args.output, range_test, expr, t, lr, args.base_lr)
+        else:
+            _draw(args.output, expr, t, lr, args.base_lr, args.triton)
         print(f"wrote {args.output}")
     else:
         print(_table(expr, lr, args.base_lr))
+    if range_test is not None:
+        print("\n".join(overlay.describe(range_test, args.range_test, lr.tolist())))
     if note:
         print(note)
     return 0
@@ -121,6 +136,20 @@ def _table(expr: str, lr: torch.Tensor, base_lr: float) -> str:
     lines += [f"{'min':>10}  {float(lr[lo]):.8g}  at t={lo}",
               f"{'max':>10}  {float(lr[hi]):.8g}  at t={hi}"]
     return "\n".join(lines)
+
+
+def _range_test(path: str):
+    try:
+        return LRFindResult.load(path)
+    except (KeyError, TypeError, ValueError) as e:   # json's errors are ValueErrors
+        raise CommandError(f"--range-test {path}: not an lr_find result ({e})") from None
+
+
+def _matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise CommandError("-o needs matplotlib: pip install 'fused-lrs[plot]'") from None
 
 
 def _draw(path: str, expr: str, t, lr, base_lr: float, triton: bool) -> None:

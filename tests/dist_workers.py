@@ -5,10 +5,17 @@ runs (DDP, FSDP2, ZeRO, torch.distributed.checkpoint), on CPU with gloo.
 imports torch costs seconds on a loaded 2-core machine, so one start serves them all), on a
 free port, and kills them after a deadline. Each rank runs each scenario, catches its error, and
 saves ``{scenario: result or {"error": traceback}}``; the tests compare in the parent, so a
-failing scenario fails its own test with the first mismatching entries.
+failing scenario fails its own test with the first mismatching entries. Every result also
+counts the torch-scheduler warnings (``fused_lrs.adapters``) its scenario raised: none of these
+flows attaches a torch scheduler to ours.
 
 A result holds this rank's tensors, local shards under FSDP2: an elementwise update is right
 everywhere if it is right on every rank's shard, and comparing locally needs no collective.
+
+The optimizers are rows of the table (``tests/optimizers.py``), named by class in the
+scenario (``fsdp:impl/setup/Class``), each with its representative configuration; the
+scenarios every algorithm shares (DDP, the checkpoint formats) run ``ANY``. The schedule is
+the table's warmup then cosine (``tests/schedule_table.py``).
 """
 
 from __future__ import annotations
@@ -18,28 +25,47 @@ import os
 import socket
 import time
 import traceback
+import warnings
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
-from torch.optim import lr_scheduler as tls
 
 WORLD = 2
-LR, WD = 0.01, 0.1
+LR = 0.01
 STEPS, SAVE_AT = 8, 4   # resume scenarios: save after SAVE_AT steps, run to STEPS
+
+
+def row(name: str):
+    """The table's row of class ``name``."""
+    from optimizers import OPTIMIZER_INFOS
+    return next(info for info in OPTIMIZER_INFOS if info.name == name)
 
 
 def spec():
     """Warmup then cosine, ours; ``torch_scheduler`` is torch's equivalent."""
-    from fused_lrs.schedules import cosine, linear, sequential
-    return sequential([linear(0.1, 1.0, 3), cosine(20)], [3])
+    from schedule_table import BY_NAME
+    return BY_NAME["warmup+cosine"][1]
 
 
 def torch_scheduler(opt):
-    return tls.SequentialLR(opt, [tls.LinearLR(opt, start_factor=0.1, total_iters=3),
-                                  tls.CosineAnnealingLR(opt, 20)], milestones=[3])
+    from schedule_table import BY_NAME
+    return BY_NAME["warmup+cosine"][0](opt)
+
+
+def resume_spec():
+    """The resume scenarios' schedule: a warmup (the counter matters) then a plateau (its
+    state and scales must travel too), reported ``metric(k)`` after every step."""
+    from fused_lrs.schedules import plateau, warmup
+    return warmup(plateau(factor=0.5, patience=1, cooldown=1), 3)
+
+
+def metric(k: int) -> float:
+    """Step k's reported metric: a plateau from step 2, so the lr is halved after step 3 (the
+    last before the save) and the cooldown is running at the save."""
+    return (3.0, 2.0)[min(k, 1)] if k < 4 else 1.0
 
 
 # ---------------------------------------------------------------- launcher
@@ -81,10 +107,14 @@ def _worker(rank: int, port: int, scenarios: list[str], out: str) -> None:
     results = {}
     for name in scenarios:
         kind, _, arg = name.partition(":")
-        try:
-            results[name] = SCENARIOS[kind](arg, os.path.join(out, name.replace(":", "-")))
-        except Exception:
-            results[name] = {"error": traceback.format_exc()}
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            try:
+                results[name] = SCENARIOS[kind](arg, os.path.join(out, name.replace(":", "-")))
+            except Exception:
+                results[name] = {"error": traceback.format_exc()}
+        results[name]["scheduler_warnings"] = [
+            str(w.message) for w in seen if "torch LR scheduler" in str(w.message)]
         dist.barrier()
     torch.save(results, os.path.join(out, f"rank{rank}.pt"))
     dist.destroy_process_group()
@@ -119,15 +149,29 @@ def loss_of(model, k, micro=0):
     return model(batch(k, micro)).pow(2).mean()
 
 
-def ours(params, impl, **kw):
-    from fused_lrs.optim import FusedAdamWScheduled
-    return FusedAdamWScheduled(params, lr=LR, weight_decay=WD, schedule=spec(), impl=impl, **kw)
+def ours(params, impl, info=None, schedule=None):
+    """Ours of ``info``'s representative (ANY's by default), with ``schedule`` (``spec()``'s
+    warmup-cosine by default)."""
+    from optimizers import ANY
+    info = info or ANY
+    return info.cls(params, lr=LR, schedule=schedule or spec(), impl=impl,
+                    **info.representative)
 
 
-def train(model, opt, sched, start, stop, accumulate=1, clip=None, before=None):
+def peer(params, info=None, dtensor=False):
+    """The peer of ``info``'s representative (ANY's by default), with its fused kernel; on
+    DTensor shards, its foreach path where the fused kernel has no sharding rule."""
+    from optimizers import ANY
+    info = info or ANY
+    path = {"fused": True} if not dtensor or info.fused_peer_on_dtensor else {"foreach": True}
+    return info.peer(params, lr=LR, **path, **info.representative)
+
+
+def train(model, opt, sched, start, stop, accumulate=1, clip=None, before=None, report=None):
     """Steps ``start..stop-1`` of torch's loop; ``accumulate`` micro-batches per step, all but
     the last under DDP's ``no_sync``; ``clip``: ``clip_grad_norm_`` before the step;
-    ``before(k)`` runs first in step k."""
+    ``before(k)`` runs first in step k; ``report``: the fused optimizer that gets
+    ``report(metric(k))`` after step k."""
     for k in range(start, stop):
         if before is not None:
             before(k)
@@ -141,6 +185,8 @@ def train(model, opt, sched, start, stop, accumulate=1, clip=None, before=None):
         opt.step()
         if sched is not None:
             sched.step()
+        if report is not None:
+            report.report(metric(k))
         opt.zero_grad()
 
 
@@ -177,25 +223,19 @@ def reallocate(model) -> None:
 
 
 def fsdp_vs_torch(arg, _):
-    """FSDP2 ours (impl from ``arg``) against torch AdamW (fused) + scheduler, same model and
-    data. ``arg``: impl/setup, setup one of fp32, bf16 (MixedPrecisionPolicy), keep
-    (reshard_after_forward=False), realloc (fp32, every shard reallocated before step
-    SAVE_AT)."""
+    """FSDP2 ours (impl and row from ``arg``) against the peer (fused where its fused kernel
+    takes DTensors) + scheduler, same model and data. ``arg``: impl/setup/Class, setup one of
+    fp32, bf16 (MixedPrecisionPolicy), keep (reshard_after_forward=False), realloc (fp32,
+    every shard reallocated before step SAVE_AT)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy
-    impl, setup = arg.split("/")
-    options = {"fp32": {}, "realloc": {}, "sgd": {}, "keep": dict(reshard_after_forward=False),
+    impl, setup, name = arg.split("/")
+    info = row(name)
+    options = {"fp32": {}, "realloc": {}, "keep": dict(reshard_after_forward=False),
                "bf16": dict(mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16,
                                                            reduce_dtype=torch.float32))}[setup]
     a, b = shard(mlp(), **options), shard(mlp(), **options)
-    if setup == "sgd":       # momentum buffers as DTensors; the first update copies the grad
-        from fused_lrs.optim import FusedSGDScheduled
-        sgd = dict(lr=LR, momentum=0.9, weight_decay=WD)
-        opt_a = FusedSGDScheduled(a.parameters(), **sgd, schedule=spec(), impl=impl)
-        # (torch 2.13's fused SGD has no DTensor sharding rule: its foreach path instead)
-        opt_b = torch.optim.SGD(b.parameters(), **sgd, foreach=True)
-    else:
-        opt_a = ours(a.parameters(), impl)
-        opt_b = torch.optim.AdamW(b.parameters(), lr=LR, weight_decay=WD, fused=True)
+    opt_a = ours(a.parameters(), impl, info)
+    opt_b = peer(b.parameters(), info, dtensor=True)
     descriptions = []
 
     def before(model, opt):
@@ -208,44 +248,60 @@ def fsdp_vs_torch(arg, _):
     train(b, opt_b, torch_scheduler(opt_b), 0, STEPS, before=before(b, opt_b))
     # Descriptions ours built: the first step's, and one more after a reallocation.
     built = len({id(x) for x in descriptions[1:STEPS]} | {id(opt_a._cache.description)})
-    mine = snapshot(a, opt_a)
-    if setup == "sgd":       # our SGD counts its updates (the first copies); torch's keeps none
-        mine["state"] = [{k: v for k, v in st.items() if k != "step"} for st in mine["state"]]
-    return {"ours": mine, "torch": snapshot(b, opt_b), "built": built,
+    return {"ours": snapshot(a, opt_a), "torch": snapshot(b, opt_b), "built": built,
             "t": int(opt_a.schedule_step),
             "described": opt_a._cache.description.wrappers is not None}
 
 
 def ddp_vs_torch(impl, _):
     """DDP with gradient_as_bucket_view, 2 micro-batches (no_sync on the first) and
-    clip_grad_norm_: ours against torch AdamW (fused) + scheduler."""
+    clip_grad_norm_: ours against the peer (fused) + scheduler."""
     from torch.nn.parallel import DistributedDataParallel as DDP
     a, b = (DDP(mlp(), gradient_as_bucket_view=True) for _ in range(2))
     opt_a = ours(a.parameters(), impl)
-    opt_b = torch.optim.AdamW(b.parameters(), lr=LR, weight_decay=WD, fused=True)
+    opt_b = peer(b.parameters())
     train(a, opt_a, None, 0, STEPS, accumulate=2, clip=0.5)
     train(b, opt_b, torch_scheduler(opt_b), 0, STEPS, accumulate=2, clip=0.5)
     return {"ours": snapshot(a, opt_a), "torch": snapshot(b, opt_b),
             "t": int(opt_a.schedule_step)}
 
 
+# What a user reads of the schedule without stepping: the counter, the lr (a device tensor, and
+# floats) and the plateau's state (through state_dict).
+READS = {"t": lambda opt: int(opt.schedule_step),
+         "last_lr": lambda opt: opt.last_lr.clone(),
+         "get_last_lr": lambda opt: opt.get_last_lr(),
+         "plateau": lambda opt: {k: v.clone() for k, v
+                                 in opt.state_dict()["fused_lrs"]["plateau"].items()}}
+
+
 def _resume(make, save, load, path, impl="torch_fused"):
     """The uninterrupted run and the run saved after SAVE_AT steps and resumed in fresh objects
-    (``make() -> (model, opt)``), both to STEPS."""
+    (``make() -> (model, opt)``), both to STEPS, with ``resume_spec()`` and a report after every
+    step; and each of ``READS`` on the saved optimizer at the save and on a freshly loaded one,
+    before any step (each on its own load: a read adopts what a load left in the groups, which
+    every read after it would then see)."""
+    def inner(opt):
+        return getattr(opt, "optim", opt)          # ZeRO's local optimizer: ours
+
     model, opt = make(impl)
-    train(model, opt, None, 0, STEPS)
+    train(model, opt, None, 0, STEPS, report=inner(opt))
     uninterrupted = snapshot(model, opt)
     model, opt = make(impl)
-    train(model, opt, None, 0, SAVE_AT)
+    train(model, opt, None, 0, SAVE_AT, report=inner(opt))
+    saved = {key: read(inner(opt)) for key, read in READS.items()}
     save(model, opt, path)
     dist.barrier()
     del model, opt
-    model, opt = make(impl)
-    info = load(model, opt, path)
-    train(model, opt, None, SAVE_AT, STEPS)
-    inner = getattr(opt, "optim", opt)
+    loaded = {}
+    for key, read in READS.items():
+        model, opt = make(impl)
+        info = load(model, opt, path)
+        loaded[key] = read(inner(opt))
+    train(model, opt, None, SAVE_AT, STEPS, report=inner(opt))
     return {"uninterrupted": uninterrupted, "resumed": snapshot(model, opt),
-            "t": int(inner.schedule_step), **(info or {})}
+            "t": int(inner(opt).schedule_step), "saved": saved, "loaded": loaded,
+            **(info or {})}
 
 
 def _load_saved(model, opt, path):
@@ -261,7 +317,7 @@ def ddp_torch_save(impl, path):
 
     def make(impl):
         model = DDP(mlp())
-        return model, ours(model.parameters(), impl)
+        return model, ours(model.parameters(), impl, schedule=resume_spec())
 
     def save(model, opt, path):
         if dist.get_rank() == 0:
@@ -273,16 +329,15 @@ def ddp_torch_save(impl, path):
 def zero(impl, path):
     """ZeroRedundancyOptimizer around ours under DDP: consolidate_state_dict on rank 0,
     torch.save, and every rank's load_state_dict."""
+    from optimizers import ANY
     from torch.distributed.optim import ZeroRedundancyOptimizer
     from torch.nn.parallel import DistributedDataParallel as DDP
-
-    from fused_lrs.optim import FusedAdamWScheduled
 
     def make(impl):
         model = DDP(mlp())
         return model, ZeroRedundancyOptimizer(
-            model.parameters(), optimizer_class=FusedAdamWScheduled, lr=LR, weight_decay=WD,
-            schedule=spec(), impl=impl)
+            model.parameters(), optimizer_class=ANY.cls, lr=LR, schedule=resume_spec(),
+            impl=impl, **ANY.representative)
 
     def save(model, opt, path):
         opt.consolidate_state_dict(to=0)
@@ -303,7 +358,7 @@ def dcp(setup, path):
 
     def make(impl):
         model = shard(mlp()) if setup.startswith("fsdp2") else DDP(mlp())
-        return model, ours(model.parameters(), impl)
+        return model, ours(model.parameters(), impl, schedule=resume_spec())
 
     def save(model, opt, path):
         DCP.save({"model": SD.get_model_state_dict(model),
@@ -336,7 +391,7 @@ def full_state_dict(setup, path):
 
     def make(impl):
         model = shard(mlp())
-        return model, ours(model.parameters(), impl)
+        return model, ours(model.parameters(), impl, schedule=resume_spec())
 
     def save(model, opt, path):
         sd = {"model": SD.get_model_state_dict(model, options=options),
@@ -354,23 +409,32 @@ def full_state_dict(setup, path):
     return _resume(make, save, load, path)
 
 
-def fsdp_table(name, _):
-    """FSDP2 (fp32): the table's optimizer ``name`` (impl="auto": the CPU backend on the local
-    shards) with its representative options against its peer on DTensors, torch's scheduler
-    driving the peer (``tests/optimizers.py``)."""
-    from optimizers import OPTIMIZER_INFOS
-    info = next(i for i in OPTIMIZER_INFOS if i.name == name)
-    a, b = shard(mlp()), shard(mlp())
-    opt_a = info.cls(a.parameters(), lr=LR, schedule=spec(), **info.representative)
-    opt_b = info.peer(list(b.parameters()), lr=LR, **info.representative)
-    train(a, opt_a, None, 0, STEPS)
-    train(b, opt_b, torch_scheduler(opt_b), 0, STEPS)
-    mine = snapshot(a, opt_a)      # less what ours keeps besides the peer's state
-    mine["state"] = [{k: v for k, v in st.items() if k not in info.extra_state}
-                     for st in mine["state"]]
-    return {"ours": mine, "torch": snapshot(b, opt_b), "impl": opt_a.impl,
-            "t": int(opt_a.schedule_step)}
+def lr_find_ranks(arg, _):
+    """lr_find on a DDP or FSDP2 model (``arg``: ddp/impl or fsdp2/impl), each rank on its own
+    batches: the curve, the suggestion, this rank's own losses (recorded by loss_fn), and
+    whether the model (this rank's shards) and the optimizer state came back unchanged."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from fused_lrs import lr_find
+    wrap, impl = arg.split("/")
+    model = DDP(mlp()) if wrap == "ddp" else shard(mlp())
+    opt = ours(model.parameters(), impl)
+    train(model, opt, None, 0, 2)               # some optimizer state to restore
+    before = snapshot(model, opt)
+    data = [(x, x.sum(1, keepdim=True).tanh()) for x in (batch(k) for k in range(6))]
+    own = []
+
+    def loss_fn(m, b):
+        loss = (m(b[0]) - b[1]).pow(2).mean()
+        own.append(loss.detach().clone())
+        return loss
+
+    result = lr_find(model, opt, loss_fn, data, steps=40)
+    return {"lrs": result.lrs, "raw": result.raw_losses, "losses": result.losses,
+            "suggestion": result.suggestion, "diverged_at": result.diverged_at,
+            "own": torch.stack(own), "t": int(opt.schedule_step),
+            "before": before, "after": snapshot(model, opt)}
 
 
 SCENARIOS = {"fsdp": fsdp_vs_torch, "ddp": ddp_vs_torch, "ddp_save": ddp_torch_save,
-             "zero": zero, "dcp": dcp, "full": full_state_dict, "fsdp_table": fsdp_table}
+             "zero": zero, "dcp": dcp, "full": full_state_dict, "lr_find": lr_find_ranks}

@@ -6,8 +6,15 @@ holds the two equal). A row gives what the suites need to drive the class and it
     arguments, with an id), which the equivalence suites run in full;
   * ``representative``: one configuration with every option that changes the update on, for
     suites that run one configuration per class (schedules, groups, lifecycle, devices);
+  * ``sample`` (default: none): a few more configurations (ids and options) for the suites that
+    cannot afford the grid (the interpreted kernel, the CPU backend against the reference,
+    checkpoints): with the representative they take every value each option takes in the grid
+    and every compiled variant of the kernel (``test_optimizer_table.py`` holds both); give the
+    hyperparameters the grid leaves at their defaults (betas, eps) other values there, so that
+    a value passed to the wrong place shows;
   * ``changes``: hyperparameter changes made to every group between steps;
-  * ``invalid``: hyperparameter values the peer refuses, and the message it refuses them with;
+  * ``invalid``: hyperparameter values ours refuses (with the peer's checks and messages where
+    the peer has them: torch does not check every one), and the message it refuses them with;
   * ``extra_state``: state keys ours keeps that the peer does not (torch's SGD keeps no
     ``step``; our SGD counts its updates to tell the first, which copies the gradient);
   * ``fused_peer``: the peer has a fused CPU kernel (``fused=True``): the CPU backend, which
@@ -15,9 +22,33 @@ holds the two equal). A row gives what the suites need to drive the class and it
   * ``peer_maximize``: the peer takes ``maximize=``. Where it does not (lion_pytorch), ``peer``
     builds it through ``_maximizing``, which takes ``maximize=`` (also per group, also changed
     between steps) and negates those groups' gradients around each step, so every suite drives
-    both optimizers with the same options.
+    both optimizers with the same options;
+  * ``fused_peer_on_dtensor`` (default False): that fused kernel also takes FSDP2's DTensor
+    shards (torch 2.13's fused Adam does, its fused SGD has no sharding rule); where it does
+    not, the distributed suite compares with the peer's foreach path;
+  * ``sixteen_bit`` (default: the representative): the configuration the interpreted kernel's
+    16-bit storage comparison runs, which must round as the reference does: the reference
+    rounds torch's ``add(alpha=)`` once (a fused multiply-add, e.g. SGD's ``g + wd p``), the
+    interpreter every operation, and with bf16 storage a float32 difference of one ulp can flip
+    a rounding, which that comparison (1e-6) reports (SGD's representative, weight decay 0.1:
+    3 bf16 ulps in one of 1025 momentum_buffer entries after 20 steps);
+  * ``sweep`` (default False): the costly suites whose subject every algorithm shares (every
+    schedule family through the interpreted kernel, torch.compile, CUDA graphs, the 2-rank
+    distributed runs beyond one FSDP2 comparison per row) run this row; one or two rows carry
+    them, so that a new row costs those suites nothing. ``ANY`` is the first such row, for
+    tests that need one optimizer for something every algorithm shares (the launcher's
+    tables, hooks, the choice of backend).
 The peer is the record's (``Algorithm.peer``); ``peer_options`` are passed to it besides the
 row's options.
+
+What a row costs, by tier (the suites choose the tier, so a new row needs no suite edited):
+  * the grid (``every_option``): the reference and the CPU backend against the peer
+    (test_optim_vs_torch), from_torch mid-run (test_migrate): cheap steps on tiny tensors;
+  * the few (``few_options``: representative and sample): the CPU backend against the
+    reference, the interpreted kernel's options, checkpoints;
+  * the representative (``representatives``): every other suite that concerns an algorithm
+    (groups, GradScaler, masters, schedules on the reference, errors, lifecycle, FSDP2, GPU);
+  * the sweep rows (``swept``) and ``ANY``: what every algorithm shares, once or twice.
 """
 
 from __future__ import annotations
@@ -52,6 +83,10 @@ class OptimizerInfo:
     extra_state: frozenset = frozenset()
     fused_peer: bool = False
     peer_options: dict = field(default_factory=dict)
+    sample: tuple[tuple[str, dict], ...] = ()
+    fused_peer_on_dtensor: bool = False
+    sixteen_bit: dict | None = None
+    sweep: bool = False
     peer_maximize: bool = True
 
     @property
@@ -77,6 +112,11 @@ class OptimizerInfo:
         """``options`` as pytest params, ids ``Class-option-id``."""
         return [pytest.param(self, options, id=f"{self.name}-{name}")
                 for name, options in self.options]
+
+    @property
+    def few(self) -> tuple[tuple[str, dict], ...]:
+        """The representative, then the sample: ``(id, options)`` pairs."""
+        return (("representative", self.representative), *self.sample)
 
 
 @functools.cache
@@ -136,13 +176,19 @@ OPTIMIZER_INFOS = [
         representative=dict(amsgrad=True, weight_decay=0.1),
         changes={10: dict(weight_decay=0.2), 20: dict(betas=(0.8, 0.99)), 30: dict(eps=1e-3),
                  40: dict(maximize=True)},
-        invalid=_ADAM_INVALID, fused_peer=True),
+        invalid=_ADAM_INVALID, fused_peer=True, fused_peer_on_dtensor=True,
+        sample=(("maximize-betas-eps", dict(maximize=True, betas=(0.8, 0.99), eps=1e-6)),
+                ("decoupled-maximize", dict(decoupled_weight_decay=True, weight_decay=0.1,
+                                            maximize=True)))),
     OptimizerInfo(
         cls=FusedAdamWScheduled,
         options=_flags(amsgrad=(False, True), maximize=(False, True), weight_decay=(0.0, 0.1)),
         representative=dict(weight_decay=0.1),
         changes={10: dict(weight_decay=0.3), 25: dict(betas=(0.5, 0.9))},
-        invalid=_ADAM_INVALID, fused_peer=True),
+        invalid=_ADAM_INVALID, fused_peer=True, fused_peer_on_dtensor=True, sweep=True,
+        sample=(("amsgrad-maximize-betas-eps", dict(amsgrad=True, maximize=True,
+                                                    weight_decay=0.0, betas=(0.8, 0.99),
+                                                    eps=1e-6)),)),
     OptimizerInfo(
         cls=FusedSGDScheduled,
         options=tuple((f"{m}-maximize={x}-weight_decay={wd}",
@@ -158,7 +204,10 @@ OPTIMIZER_INFOS = [
                  ("dampening", -0.1, "dampening"), ("dampening", NAN, "dampening"),
                  ("dampening", 1.5, "dampening"), ("weight_decay", -0.1, "weight_decay"),
                  ("weight_decay", NAN, "weight_decay")),
-        extra_state=frozenset({"step"}), fused_peer=True),
+        extra_state=frozenset({"step"}), fused_peer=True, sweep=True,
+        sixteen_bit=dict(momentum=0.9),
+        sample=(("plain-maximize", dict(maximize=True)),
+                ("dampening", dict(momentum=0.5, dampening=0.3, weight_decay=0.02)))),
     OptimizerInfo(
         cls=FusedRMSpropScheduled,
         options=_flags(momentum=(0.0, 0.9), centered=(False, True), maximize=(False, True),
@@ -173,7 +222,8 @@ OPTIMIZER_INFOS = [
                  ("eps", NAN, "epsilon"), ("momentum", -0.9, "momentum"),
                  ("momentum", NAN, "momentum"), ("weight_decay", -0.1, "weight_decay"),
                  ("weight_decay", NAN, "weight_decay"), ("alpha", -0.1, "alpha"),
-                 ("alpha", NAN, "alpha"))),
+                 ("alpha", NAN, "alpha")),
+        sample=(("plain-maximize-alpha-eps", dict(maximize=True, alpha=0.9, eps=1e-6)),)),
     OptimizerInfo(
         cls=FusedAdagradScheduled,
         options=_flags(lr_decay=(0.0, 0.05), weight_decay=(0.0, 0.1), maximize=(False, True))
@@ -190,7 +240,9 @@ OPTIMIZER_INFOS = [
                  ("initial_accumulator_value", -0.1, "initial_accumulator_value"),
                  ("initial_accumulator_value", NAN, "initial_accumulator_value"),
                  ("eps", -1e-10, "epsilon"), ("eps", NAN, "epsilon")),
-        fused_peer=True),
+        fused_peer=True,
+        sample=(("plain", {}), ("maximize-eps", dict(maximize=True, eps=1e-3, lr_decay=0.1,
+                                                     initial_accumulator_value=0.5)))),
     OptimizerInfo(
         cls=FusedLionScheduled,
         # Decoupled decay divides by the constructor's lr (1e-4 by default): 1e-5 is 0.1.
@@ -212,7 +264,10 @@ OPTIMIZER_INFOS = [
                  ("lr", torch.tensor([1e-3, 1e-3]), "lr"), ("betas", (-0.1, 0.99), "beta"),
                  ("betas", (0.9, 1.5), "beta"), ("betas", (NAN, 0.99), "beta"),
                  ("betas", (0.9, NAN), "beta")),
-        extra_state=frozenset({"step"}), peer_maximize=False),
+        extra_state=frozenset({"step"}), peer_maximize=False,
+        sample=(("decoupled-maximize", dict(weight_decay=1e-5, decoupled_weight_decay=True,
+                                            maximize=True)),
+                ("plain-betas", dict(betas=(0.5, 0.9))))),
 ]
 INFO = {info.cls: info for info in OPTIMIZER_INFOS}
 
@@ -229,6 +284,25 @@ def every_option():
     return [param for info in OPTIMIZER_INFOS for param in info.grid()]
 
 
-def representatives():
-    """Each row's representative configuration, as pytest params ``(info, options)``."""
-    return [pytest.param(info, info.representative, id=info.name) for info in OPTIMIZER_INFOS]
+def representatives(**filters):
+    """Each row's representative configuration, as pytest params ``(info, options)``
+    (``filters`` as for ``infos``)."""
+    return [pytest.param(info, info.representative, id=info.name) for info in OPTIMIZER_INFOS
+            if all(getattr(info, k) == v for k, v in filters.items())]
+
+
+def few_options():
+    """Each row's representative and sample, as pytest params ``(info, options)``, ids
+    ``Class-id``: for the suites that cannot afford every row's whole grid."""
+    return [pytest.param(info, options, id=f"{info.name}-{name}")
+            for info in OPTIMIZER_INFOS for name, options in info.few]
+
+
+def swept():
+    """The rows that carry the costly suites (``sweep``), as pytest params ``(info, options)``
+    with their representative."""
+    return representatives(sweep=True)
+
+
+#: The row for tests that need one optimizer and check what every algorithm shares.
+ANY = next(info for info in OPTIMIZER_INFOS if info.sweep)

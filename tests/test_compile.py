@@ -1,15 +1,17 @@
 """torch.compile: opt.step() is one custom op, so a training step compiles with no graph break
-and never recompiles while the schedule moves the lr. On CPU the op runs the reference update
-(and the interpreted kernel with impl="triton"), so all of this runs in CI; the CUDA variants,
-mode="reduce-overhead" included, are in test_cuda_graphs.py under the gpu marker."""
+and never recompiles while the schedule moves the lr, from its first call on a fresh optimizer
+(the state is made while dynamo traces; ``fullgraph=True`` holds). On CPU the op runs the same
+backend as an eager step (and the interpreted kernel with impl="triton"), so all of this runs in
+CI; a whole train step compiled is in test_compile_train_step.py, and the CUDA variants,
+mode="reduce-overhead" included, in test_cuda_graphs.py under the gpu marker."""
 
 import pytest
 import torch
 import torch._dynamo
-from conftest import KERNEL_DEVICE, assert_close
+from conftest import KERNEL_DEVICE, assert_close, assert_same_optimizer
+from optimizers import ANY, swept
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from fused_lrs import FusedAdamWScheduled, FusedSGDScheduled
 from fused_lrs import schedules as S
 
 SCHEDULE = S.warmup(S.cosine(T_max=150), steps=50)    # a new lr at every one of 200 steps
@@ -22,12 +24,12 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def make(cls, impl, device="cpu", **options):
+def make(info, impl, device="cpu", **options):
     gen = torch.Generator().manual_seed(0)
     params = [torch.randn(shape, generator=gen).to(device).requires_grad_()
               for shape in [(7, 5), (5,), (33,), (0,)]]
     groups = [{"params": params[:2]}, {"params": params[2:], "lr": 0.03}]
-    return params, cls(groups, lr=0.1, schedule=SCHEDULE, impl=impl, **options)
+    return params, info.cls(groups, lr=0.1, schedule=SCHEDULE, impl=impl, **options)
 
 
 def set_grads(params, k):
@@ -43,29 +45,22 @@ def run(params, opt, step_fn, steps):
 
 
 def assert_same(eager, compiled):
-    (ep, eo), (cp, co) = eager, compiled
-    assert int(eo.schedule_step) == int(co.schedule_step)
-    for a, b in zip(ep, cp):
-        assert torch.equal(a, b)
-        for key, value in eo.state[a].items():
-            assert torch.equal(value, co.state[b][key]), key
+    assert_same_optimizer(compiled[1], eager[1], rtol=0, atol=0, what="compiled")
 
 
+# The compiled step is the custom op every algorithm shares: the sweep rows carry it.
 @pytest.mark.parametrize("impl", ["reference", "torch_fused"])
-@pytest.mark.parametrize("cls, options", [
-    (FusedAdamWScheduled, dict(amsgrad=True)),
-    (FusedSGDScheduled, dict(momentum=0.9, nesterov=True, weight_decay=1e-3)),
-], ids=["adamw-amsgrad", "sgd-nesterov"])
-def test_200_steps_one_graph_no_recompile(cls, options, impl):
-    eager = make(cls, impl, **options)
-    compiled = make(cls, impl, **options)
+@pytest.mark.parametrize("info, options", swept())
+def test_200_steps_one_graph_no_recompile(info, options, impl):
+    eager = make(info, impl, **options)
+    compiled = make(info, impl, **options)
     counter = CompileCounterWithBackend("aot_eager")
 
     @torch.compile(backend=counter, fullgraph=True)     # fullgraph: a graph break would raise
     def train_step():
         compiled[1].step()
 
-    compiled[1].init_state()
+    # No init_state(): the first call makes the state, and nothing recompiles after it.
     run(*eager, eager[1].step, 200)
     run(*compiled, train_step, 200)
     assert counter.frame_count == 1, "recompiled"
@@ -76,9 +71,10 @@ def test_200_steps_one_graph_no_recompile(cls, options, impl):
 
 
 def compare_compiled_step(backend, impl, steps, device="cpu"):
-    """A compiled ``opt.step`` against eager steps: one compile, the same result bitwise."""
-    eager = make(FusedAdamWScheduled, impl, device=device)
-    compiled = make(FusedAdamWScheduled, impl, device=device)
+    """A compiled ``opt.step`` against eager steps: one compile, the same result bitwise.
+    With ``init_state()`` first, which CUDA-graph capture needs and compile accepts."""
+    eager = make(ANY, impl, device=device, **ANY.representative)
+    compiled = make(ANY, impl, device=device, **ANY.representative)
     counter = CompileCounterWithBackend(backend)
     step = torch.compile(compiled[1].step, backend=counter, fullgraph=True)
     compiled[1].init_state()
@@ -96,14 +92,6 @@ def test_inductor_compiles_the_step_once(impl):
 def test_the_kernel_path_compiles_too():
     # impl="triton": the op launches the kernel (interpreted on CPU, compiled on CUDA).
     compare_compiled_step("aot_eager", "triton", 12, device=KERNEL_DEVICE)
-
-
-def test_compiling_before_any_state_exists_says_what_to_do():
-    params, opt = make(FusedAdamWScheduled, "reference")
-    set_grads(params, 0)
-    step = torch.compile(opt.step, backend="eager", fullgraph=True)
-    with pytest.raises(Exception, match="init_state"):
-        step()
 
 
 def test_the_op_declares_exactly_what_it_mutates():

@@ -11,11 +11,14 @@ are rebuilt during capture from pinned host memory, which the graph copies again
 import pytest
 import torch
 import torch._dynamo
+from conftest import assert_same_optimizer
+from optimizers import ANY, representatives, swept
 
-from fused_lrs import FusedAdamWScheduled, FusedSGDScheduled
 from fused_lrs import schedules as S
 
 pytestmark = pytest.mark.gpu
+# Capture and replay are what every algorithm shares: the sweep rows carry them.
+SWEPT = swept()
 
 SCHEDULE = S.warmup(S.cosine(T_max=40), steps=10)
 
@@ -34,19 +37,13 @@ def loss_of(model, x, y):
 
 
 def assert_same(opt_a, opt_b, rtol=0.0, atol=0.0):
-    assert int(opt_a.schedule_step) == int(opt_b.schedule_step)
     assert opt_a.get_last_lr() == opt_b.get_last_lr()
-    pa = [p for g in opt_a.param_groups for p in g["params"]]
-    pb = [p for g in opt_b.param_groups for p in g["params"]]
-    for a, b in zip(pa, pb):
-        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
-        for key, value in opt_a.state[a].items():
-            torch.testing.assert_close(value, opt_b.state[b][key], rtol=rtol, atol=atol)
+    assert_same_optimizer(opt_a, opt_b, rtol, atol)
 
 
-def eager_run(steps, warmup=3):
+def eager_run(info, options, steps, warmup=3):
     model, data = model_and_data()
-    opt = FusedAdamWScheduled(model.parameters(), lr=1e-3, schedule=SCHEDULE)
+    opt = info.cls(model.parameters(), lr=1e-3, schedule=SCHEDULE, **options)
     for x, y in data[:warmup + steps]:
         opt.zero_grad(set_to_none=True)
         loss_of(model, x, y).backward()
@@ -54,10 +51,11 @@ def eager_run(steps, warmup=3):
     return opt
 
 
-def test_whole_training_step_captured_once_and_replayed():
+@pytest.mark.parametrize("info, options", SWEPT)
+def test_whole_training_step_captured_once_and_replayed(info, options):
     steps, warmup = 40, 3
     model, data = model_and_data()
-    opt = FusedAdamWScheduled(model.parameters(), lr=1e-3, schedule=SCHEDULE)
+    opt = info.cls(model.parameters(), lr=1e-3, schedule=SCHEDULE, **options)
     static_x, static_y = data[0][0].clone(), data[0][1].clone()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -79,15 +77,15 @@ def test_whole_training_step_captured_once_and_replayed():
         static_y.copy_(y)
         graph.replay()
     # The same kernels on the same inputs; cuBLAS may choose another algorithm under capture.
-    assert_same(opt, eager_run(steps, warmup), rtol=1e-5, atol=1e-7)
+    assert_same(opt, eager_run(info, options, steps, warmup), rtol=1e-5, atol=1e-7)
 
 
-def test_capturing_only_the_optimizer_step():
+@pytest.mark.parametrize("info, options", SWEPT)
+def test_capturing_only_the_optimizer_step(info, options):
     model, data = model_and_data()
-    reference = FusedSGDScheduled(model_and_data()[0].parameters(), lr=0.1, momentum=0.9,
-                                  schedule=S.multistep([5, 9]))
-    opt = FusedSGDScheduled(model.parameters(), lr=0.1, momentum=0.9,
-                            schedule=S.multistep([5, 9]))
+    reference = info.cls(model_and_data()[0].parameters(), lr=0.1,
+                         schedule=S.multistep([5, 9]), **options)
+    opt = info.cls(model.parameters(), lr=0.1, schedule=S.multistep([5, 9]), **options)
     params = [p for p in model.parameters()]
     for p in params:                                   # static gradients, written each step
         p.grad = torch.zeros_like(p)
@@ -110,15 +108,19 @@ def test_capturing_only_the_optimizer_step():
     assert_same(opt, reference)
 
 
+@pytest.mark.parametrize("init_state", [True, False], ids=["init_state", "fresh"])
 @pytest.mark.parametrize("mode", [None, "reduce-overhead"])
-def test_compiled_step_on_cuda(mode):
+def test_compiled_step_on_cuda(mode, init_state):
+    # fresh: the first compiled call makes the state (dynamo runs _init_group while tracing)
+    # and marks it, and the schedule's tensors, as static addresses, as init_state() does.
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
     model, data = model_and_data()
-    opt = FusedAdamWScheduled(model.parameters(), lr=1e-3, schedule=SCHEDULE)
-    opt.init_state()
+    opt = ANY.cls(model.parameters(), lr=1e-3, schedule=SCHEDULE, **ANY.representative)
+    if init_state:
+        opt.init_state()
 
     @torch.compile(fullgraph=True, mode=mode)
     def optimizer_step():
@@ -129,7 +131,7 @@ def test_compiled_step_on_cuda(mode):
         loss_of(model, x, y).backward()
         optimizer_step()
     assert counters["stats"]["unique_graphs"] == 1, "recompiled"
-    assert_same(opt, eager_run(40, 3), rtol=1e-5, atol=1e-7)
+    assert_same(opt, eager_run(ANY, ANY.representative, 40, 3), rtol=1e-5, atol=1e-7)
 
 
 def pair(make):
@@ -147,12 +149,12 @@ def set_grads(params, grads):
         p.grad.copy_(g)
 
 
-def test_capture_then_an_eager_rebuild_then_replay():
+@pytest.mark.parametrize("info, options", SWEPT)
+def test_capture_then_an_eager_rebuild_then_replay(info, options):
     # The graph holds the launcher's tables; an eager step with other gradient tensors makes
     # new ones. Replays must still read the captured tables (still alive, never rewritten).
     (params, opt), (ref_params, ref) = pair(
-        lambda ps, impl: FusedAdamWScheduled(ps, lr=1e-3, weight_decay=0.1,
-                                             schedule=SCHEDULE, impl=impl))
+        lambda ps, impl: info.cls(ps, lr=1e-3, schedule=SCHEDULE, impl=impl, **options))
     gen = torch.Generator(device="cuda").manual_seed(0)
     for p in params + ref_params:
         p.grad = torch.zeros_like(p)
@@ -185,12 +187,13 @@ def test_capture_then_an_eager_rebuild_then_replay():
     torch.cuda.synchronize()
 
 
-def test_found_inf_toggling_across_replays():
+@pytest.mark.parametrize("info, options", SWEPT)
+def test_found_inf_toggling_across_replays(info, options):
     # GradScaler's tensors are read by pointer inside the captured launch: each replay skips
     # or steps according to found_inf at that moment; skipped replays hold the step counts.
     (params, opt), (ref_params, ref) = pair(
-        lambda ps, impl: FusedSGDScheduled(ps, lr=0.1, momentum=0.9,
-                                           schedule=S.multistep([3, 6]), impl=impl))
+        lambda ps, impl: info.cls(ps, lr=0.1, schedule=S.multistep([3, 6]), impl=impl,
+                                  **options))
     scale = torch.full((), 4.0, device="cuda")
     found_inf = torch.zeros((), device="cuda")
     gen = torch.Generator(device="cuda").manual_seed(1)
@@ -215,15 +218,16 @@ def test_found_inf_toggling_across_replays():
     assert_same(opt, ref, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.gpu
-def test_capturing_a_step_that_would_create_state_is_refused():
+@pytest.mark.parametrize("info, options", representatives())
+def test_capturing_a_step_that_would_create_state_is_refused(info, options):
     # State made inside a capture is only recorded: every replay would zero it again.
     p = torch.nn.Parameter(torch.randn(1024, device="cuda"))
-    opt = FusedAdamWScheduled([p], lr=1e-3)
+    opt = info.cls([p], lr=1e-3, **options)
     p.grad = torch.randn_like(p)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
-    with pytest.raises(RuntimeError, match="no optimizer state"):
+    with pytest.raises(RuntimeError, match="no optimizer state") as error:
         with torch.cuda.graph(graph):
             opt.step()
+    assert "opt.init_state()" in str(error.value).splitlines()[0]
     assert len(opt.state) == 0

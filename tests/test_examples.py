@@ -66,3 +66,17 @@ def test_train_gpt_leaves_determinism_as_it_was(train_gpt, tmp_path, one_thread)
     train_gpt.main(["--steps", "3", "--warmup", "1", "--batch", "2", "--ctx", "8", "--d", "16",
                     "--layers", "1", "--heads", "2", "--device", "cpu", "--out", str(tmp_path)])
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_lr_find_prints_the_suggestion_and_writes_the_plot(tmp_path, capsys, one_thread):
+    example = load("lr_find")
+    argv = ["--sweep-steps", "40", "--train-steps", "20", "--batch", "32", "--device", "cpu",
+            "--out", str(tmp_path)]
+    assert example.main(argv) == 0
+    out = capsys.readouterr().out
+    suggestion = float(out.split("suggested lr: ")[1].split()[0])
+    from fused_lrs.range_test import LRFindResult
+    result = LRFindResult.load(str(tmp_path / "lr_find.json"))
+    assert f"{result.suggestion:.3g}" == f"{suggestion:.3g}" and 1e-6 < suggestion < 10
+    assert (tmp_path / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "--range-test" in out.splitlines()[-1]

@@ -16,6 +16,8 @@ import torch
 from conftest import KERNEL_DEVICE, assert_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from optimizers import ANY
+from schedule_table import SCHEDULES
 from torch.optim import lr_scheduler as tlr
 
 from fused_lrs.schedules import (
@@ -40,9 +42,11 @@ STEPS = 60
 SETTINGS = settings(max_examples=20, deadline=None, derandomize=True, database=None)
 
 
-def sgd(groups=1):
+def carrier(groups=1):
+    """A torch optimizer for the schedulers to drive (ANY's peer: it has a momentum-like
+    coefficient, which OneCycleLR and CyclicLR cycle by default)."""
     params = [{"params": [torch.nn.Parameter(torch.zeros(1))]} for _ in range(groups)]
-    return torch.optim.SGD(params, lr=BASE, momentum=0.9)
+    return ANY.peer(params, lr=BASE)
 
 
 def record(opt, sched, steps, every=1):
@@ -144,7 +148,7 @@ CHAINS = st.tuples(st.just(tlr.ChainedScheduler),
 @SETTINGS
 @given(data=st.data())
 def test_matches_torch(cls, data):
-    opt = sgd()
+    opt = carrier()
     sched = build(opt, (cls, data.draw(LEAVES[cls], label="kwargs")))
     spec = from_torch(sched)
     assert torch_position(sched) == 0
@@ -155,7 +159,7 @@ def test_matches_torch(cls, data):
 @SETTINGS
 @given(made=sequentials())
 def test_sequential_matches_torch(made):
-    opt = sgd()
+    opt = carrier()
     sched = build(opt, made)
     spec = from_torch(sched)
     check(spec, opt, record(opt, sched, STEPS))
@@ -164,7 +168,7 @@ def test_sequential_matches_torch(made):
 @SETTINGS
 @given(made=CHAINS)
 def test_chained_matches_torch(made):
-    opt = sgd()
+    opt = carrier()
     sched = build(opt, made)
     spec = from_torch(sched)
     check(spec, opt, record(opt, sched, STEPS))
@@ -173,7 +177,7 @@ def test_chained_matches_torch(made):
 @SETTINGS
 @given(made=made(LEAVES), n=st.integers(2, 5))
 def test_every_matches_a_per_epoch_scheduler(made, n):
-    opt = sgd()
+    opt = carrier()
     sched = build(opt, made)
     spec = from_torch(sched, every=n)
     assert spec == every(from_torch(sched), n)
@@ -181,30 +185,15 @@ def test_every_matches_a_per_epoch_scheduler(made, n):
     assert torch_position(sched, every=n) == sched.last_epoch * n
 
 
-# Mid-run: a scheduler stepped 17 times converts to the same spec, at position 17.
-MID_RUN = [
-    lambda o: tlr.StepLR(o, 5, 0.5),
-    lambda o: tlr.MultiStepLR(o, [10, 20, 20, 30], 0.5),
-    lambda o: tlr.ConstantLR(o, 0.25, 20),
-    lambda o: tlr.ExponentialLR(o, 0.95),
-    lambda o: tlr.CosineAnnealingLR(o, 25, 0.01),
-    lambda o: tlr.CosineAnnealingWarmRestarts(o, 4, 2, 0.001),
-    lambda o: tlr.CyclicLR(o, 0.01, 0.2, 6, 4, "triangular2"),
-    lambda o: tlr.OneCycleLR(o, 0.5, 50, three_phase=True),
-    lambda o: tlr.LinearLR(o, 0.2, 0.9, 25),
-    lambda o: tlr.PolynomialLR(o, 30, 2.0),
-    lambda o: tlr.SequentialLR(o, [tlr.LinearLR(o, 0.1, 1.0, 10), tlr.CosineAnnealingLR(o, 30)],
-                               [10]),
-    lambda o: tlr.ChainedScheduler([tlr.StepLR(o, 7, 0.5), tlr.LinearLR(o, 0.5, 1.0, 20)]),
-]
-MID_IDS = ["step", "multistep", "constant", "exponential", "cosine", "restarts", "cyclic",
-           "one_cycle", "linear", "polynomial", "sequential", "chained"]
+# Mid-run: a scheduler of the table stepped 17 times converts to the same spec, at position 17.
+MID_RUN = [factory for _, factory, _ in SCHEDULES]
+MID_IDS = [name for name, _, _ in SCHEDULES]
 
 
 @pytest.mark.parametrize("make", MID_RUN, ids=MID_IDS)
 def test_mid_run(make):
-    fresh = from_torch(make(sgd()))
-    opt = sgd()
+    fresh = from_torch(make(carrier()))
+    opt = carrier()
     sched = make(opt)
     record(opt, sched, 17)
     record(opt, sched, 1, every=2)  # one more opt.step() without a scheduler step: 17 done
@@ -216,11 +205,11 @@ def test_mid_run(make):
 
 @pytest.mark.parametrize("make", MID_RUN, ids=MID_IDS)
 def test_restored_from_state_dict(make):
-    opt = sgd()
+    opt = carrier()
     sched = make(opt)
     record(opt, sched, 17)
     record(opt, sched, 1, every=2)
-    opt2 = sgd()
+    opt2 = carrier()
     opt2.load_state_dict(opt.state_dict())
     restored = make(opt2)
     restored.load_state_dict(sched.state_dict())
@@ -231,28 +220,28 @@ def test_restored_from_state_dict(make):
 @pytest.mark.parametrize("n", [1, 3])
 @pytest.mark.parametrize("make", MID_RUN, ids=MID_IDS)
 def test_triton_twin_of_converted(make, n):
-    spec = from_torch(make(sgd()), every=n)
+    spec = from_torch(make(carrier()), every=n)
     t = torch.arange(0, 200, dtype=torch.int64, device=KERNEL_DEVICE)
     assert_close(spec.lr_triton(t, BASE), spec.lr(t, BASE), rtol=1e-9, atol=1e-12 * BASE,
                  what=repr(spec))
 
 
 def test_fresh_spec_examples():
-    opt = sgd()
+    opt = carrier()
     seq = tlr.SequentialLR(opt, [tlr.LinearLR(opt, 0.1, 1.0, 5), tlr.CosineAnnealingLR(opt, 20)],
                            [5])
     assert from_torch(seq) == sequential([linear(0.1, 1.0, 5), cosine(20)], [5])
-    one = tlr.OneCycleLR(sgd(), max_lr=0.01, total_steps=100)  # decimals recovered exactly
+    one = tlr.OneCycleLR(carrier(), max_lr=0.01, total_steps=100)  # decimals recovered exactly
     assert repr(from_torch(one)).startswith("one_cycle(max_lr=0.01, total_steps=100, "
                                             "pct_start=0.3, anneal_strategy='cos', "
                                             "div_factor=25.0, final_div_factor=10000.0")
-    opt = sgd()
+    opt = carrier()
     chain = tlr.ChainedScheduler([tlr.StepLR(opt, 3), tlr.ConstantLR(opt, 0.5, 4)])
     assert from_torch(chain) == chained([step(3), constant(0.5, 4)])
 
 
 def test_every_position_and_validation():
-    opt = sgd()
+    opt = carrier()
     sched = tlr.StepLR(opt, 2)
     record(opt, sched, 3)
     assert torch_position(sched, every=10) == 30
@@ -261,15 +250,15 @@ def test_every_position_and_validation():
 
 
 def test_multiple_groups():
-    opt = sgd(groups=2)
+    opt = carrier(groups=2)
     spec = from_torch(tlr.CyclicLR(opt, [0.01, 0.01], [0.1, 0.1], 5))  # equal values are fine
     assert spec.base_lr == 0.01 and spec.max_lr == 0.1
     # values that differ become one per group (their runs: test_migrate.py, test_per_group.py)
-    spec = from_torch(tlr.CyclicLR(sgd(groups=2), [0.01, 0.02], 0.1, 5, cycle_momentum=False))
+    spec = from_torch(tlr.CyclicLR(carrier(groups=2), [0.01, 0.02], 0.1, 5, cycle_momentum=False))
     assert spec.base_lr == (0.01, 0.02) and spec.max_lr == 0.1 and spec.groups == 2
-    spec = from_torch(tlr.OneCycleLR(sgd(groups=2), [0.1, 0.2], 50, cycle_momentum=False))
+    spec = from_torch(tlr.OneCycleLR(carrier(groups=2), [0.1, 0.2], 50, cycle_momentum=False))
     assert spec.max_lr == (0.1, 0.2) and spec.groups == 2
-    spec = from_torch(tlr.ReduceLROnPlateau(sgd(groups=2), "max", min_lr=[0.0, 1e-3]))
+    spec = from_torch(tlr.ReduceLROnPlateau(carrier(groups=2), "max", min_lr=[0.0, 1e-3]))
     assert spec == plateau("max", min_lr=[0.0, 1e-3])
 
 
@@ -279,38 +268,38 @@ def test_multiple_groups():
 ])
 def test_python_functions_are_refused(name, make):
     with pytest.raises(TypeError, match=f"{name} holds an arbitrary Python function") as e:
-        from_torch(make(sgd()))
+        from_torch(make(carrier()))
     assert "GPU kernel" in str(e.value) and "warmup(" in str(e.value) and "wsd(" in str(e.value)
 
 
 def test_refused_schedulers():
     with pytest.raises(TypeError, match="custom scale_fn"):
-        from_torch(tlr.CyclicLR(sgd(), 0.01, 0.1, scale_fn=lambda x: 1.0))
+        from_torch(tlr.CyclicLR(carrier(), 0.01, 0.1, scale_fn=lambda x: 1.0))
 
     class MyStep(tlr.StepLR):
         pass
 
     with pytest.raises(TypeError, match="cannot convert .*MyStep"):
-        from_torch(MyStep(sgd(), 3))
+        from_torch(MyStep(carrier(), 3))
     with pytest.raises(TypeError, match="cannot convert builtins.int"):
         from_torch(3)
 
 
 def test_refused_compositions():
-    opt = sgd()
+    opt = carrier()
     chain = tlr.ChainedScheduler([tlr.StepLR(opt, 3), tlr.CyclicLR(opt, 0.01, 0.1, 5)])
     with pytest.raises(ValueError, match="member 1 is a CyclicLR, which does not just multiply"):
         from_torch(chain)
-    opt = sgd()
+    opt = carrier()
     inner = tlr.ChainedScheduler([tlr.StepLR(opt, 3), tlr.ExponentialLR(opt, 0.9)])
     seq = tlr.SequentialLR(opt, [tlr.ConstantLR(opt, 0.5, 2), inner], [4])
     with pytest.raises(ValueError, match="member 1 is a ChainedScheduler"):
         from_torch(seq)
-    opt = sgd()
+    opt = carrier()
     seq = tlr.SequentialLR(opt, [tlr.StepLR(opt, 3), tlr.OneCycleLR(opt, 0.1, 20)], [4])
     with pytest.raises(ValueError, match="initial_lr"):  # OneCycleLR rewrote the StepLR's base
         from_torch(seq)
-    opt = sgd()
+    opt = carrier()
     first = tlr.StepLR(opt, 3)
     record(opt, first, 2)
     with pytest.raises(ValueError, match="different positions"):

@@ -4,8 +4,10 @@ on CUDA too: tests/test_kernel_vs_reference.py uses the device when there is one
 
 import pytest
 import torch
+from conftest import assert_same_optimizer
+from optimizers import ANY, representatives, swept
 
-from fused_lrs import FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled
+from fused_lrs import FusedSGDScheduled
 from fused_lrs import schedules as S
 
 pytestmark = pytest.mark.gpu
@@ -54,12 +56,15 @@ def mixed_model():
     return [{"params": params[:10]}, {"params": params[10:], "lr": 1e-4, "weight_decay": 0.0}]
 
 
+# Every row on the mixed model (its kernel, its variants and dtypes in one launch); ANY on all
+# 148 tensors of GPT-2 small.
 @pytest.mark.parametrize("make", [
-    lambda: FusedAdamWScheduled(mixed_model(), lr=3e-4, schedule=SCHEDULE, amsgrad=True),
-    lambda: FusedAdamScheduled(with_grads(gpt2_small_params()), lr=3e-4, schedule=SCHEDULE),
-    lambda: FusedSGDScheduled(mixed_model(), lr=0.1, momentum=0.9, nesterov=True,
-                              schedule=S.multistep([10, 20])),
-], ids=["adamw-mixed-dtypes-groups", "adam-gpt2-small", "sgd-mixed"])
+    *(pytest.param(lambda info=info, options=options: info.cls(
+        mixed_model(), lr=3e-4, schedule=SCHEDULE, **options), id=f"{p.id}-mixed-dtypes-groups")
+      for p in representatives() for info, options in [p.values]),
+    pytest.param(lambda: ANY.cls(with_grads(gpt2_small_params()), lr=3e-4, schedule=SCHEDULE,
+                                 **ANY.representative), id=f"{ANY.name}-gpt2-small"),
+])
 def test_exactly_one_kernel_per_step(make):
     opt = make()
     assert opt.impl == "triton"
@@ -70,9 +75,9 @@ def test_exactly_one_kernel_per_step(make):
 
 @pytest.mark.parametrize("impl", ["triton", "reference"])
 def test_step_never_synchronises(impl):
-    opt = FusedAdamWScheduled(mixed_model() if impl == "triton" else
-                              with_grads(gpt2_small_params()[:6]),
-                              lr=3e-4, schedule=S.warmup(S.multistep([3, 5]), 2), impl=impl)
+    opt = ANY.cls(mixed_model() if impl == "triton" else with_grads(gpt2_small_params()[:6]),
+                  lr=3e-4, schedule=S.warmup(S.multistep([3, 5]), 2), impl=impl,
+                  **ANY.representative)
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(3):                       # the first step (tables, compile) included
@@ -85,6 +90,7 @@ def test_step_never_synchronises(impl):
 
 
 def test_a_tensor_past_2_pow_31_elements():
+    # Plain SGD: each entry's expected value follows from its gradient alone (p - lr g).
     n = 2**31 + 3 * 1024 + 5                     # int32 offsets would wrap in the last blocks
     p = torch.zeros(n, dtype=torch.float16, device="cuda", requires_grad=True)
     p.grad = torch.ones_like(p)
@@ -100,6 +106,7 @@ def test_a_tensor_past_2_pow_31_elements():
 def test_the_kernel_runs_on_the_current_stream():
     # On a side stream, a long sleep precedes the write of the gradient. A step issued on that
     # stream must see the new gradient; on any other stream it would race ahead and see zeros.
+    # Plain SGD: the expected value follows from the gradient alone (p - lr g).
     p = torch.zeros(1 << 20, device="cuda", requires_grad=True)
     p.grad = torch.zeros_like(p)
     opt = FusedSGDScheduled([p], lr=1.0)
@@ -121,10 +128,12 @@ def test_no_recompile_when_schedule_values_change():
         return len(K.fused_step_kernel.device_caches[torch.cuda.current_device()][0])
 
     p = with_grads([torch.randn(4096, device="cuda")])
-    FusedAdamScheduled(p, lr=1e-3, schedule=S.warmup(S.cosine(100), 10)).step()
+    ANY.cls(p, lr=1e-3, schedule=S.warmup(S.cosine(100), 10), **ANY.representative).step()
     before = compiled()
+    changed = {k: v for change in ANY.changes.values() for k, v in change.items()}
     for T, lr in ((200, 3e-4), (300, 1e-2)):     # new numbers, same structure
-        opt = FusedAdamScheduled(p, lr=lr, betas=(0.8, 0.9), schedule=S.warmup(S.cosine(T), 7))
+        opt = ANY.cls(p, lr=lr, schedule=S.warmup(S.cosine(T), 7),
+                      **dict(ANY.representative, **changed))
         for _ in range(3):
             opt.step()
     assert compiled() == before
@@ -132,7 +141,7 @@ def test_no_recompile_when_schedule_values_change():
 
 def test_grad_scaler_step_never_synchronises():
     params = with_grads(gpt2_small_params()[:6])
-    opt = FusedAdamWScheduled(params, lr=3e-4, schedule=SCHEDULE)
+    opt = ANY.cls(params, lr=3e-4, schedule=SCHEDULE, **ANY.representative)
     scaler = torch.amp.GradScaler("cuda")
     for p in params:
         p.grad.mul_(scaler.get_scale())
@@ -170,33 +179,22 @@ def reference_pair(make, params, steps, grads_for):
 
 def assert_runs_match(runs, rtol=1e-6):
     # As tests/test_kernel_vs_reference.py: relative to each tensor's own scale.
-    from conftest import assert_close
-
-    (ref_ps, ref), (tri_ps, tri) = runs
-    assert int(ref.schedule_step) == int(tri.schedule_step)
-    for i, (a, b) in enumerate(zip(ref_ps, tri_ps)):
-        assert_close(b, a, rtol=rtol, atol=rtol * a.detach().abs().max().item(), what=f"p{i}")
-        assert set(ref.state[a]) == set(tri.state[b])
-        for key, v in ref.state[a].items():
-            scale = v.abs().max().item() if v.numel() else 0.0
-            assert_close(tri.state[b][key], v, rtol=rtol, atol=rtol * scale,
-                         what=f"p{i} {key}")
+    (_, ref), (_, tri) = runs
+    assert_same_optimizer(tri, ref, rtol=rtol, scaled=True)
 
 
-@pytest.mark.parametrize("kind", ["adamw-amsgrad", "sgd-nesterov", "adam-bf16-masters"])
-def test_multi_block_programs_on_10m_elements_match_the_reference(kind):
+# Every row's representative in fp32; ANY's with bf16 parameters and fp32 masters.
+@pytest.mark.parametrize("info, options, dtype", [
+    *(pytest.param(*p.values, torch.float32, id=p.id) for p in representatives()),
+    pytest.param(ANY, ANY.representative, torch.bfloat16, id=f"{ANY.name}-bf16-masters")])
+def test_multi_block_programs_on_10m_elements_match_the_reference(info, options, dtype):
     gen = torch.Generator(device="cuda").manual_seed(0)
     sizes = [10_500_001, 4097, 1, 1_048_576]          # many programs per tensor, ragged ends
-    dtype = torch.bfloat16 if kind == "adam-bf16-masters" else torch.float32
     params = [torch.randn(n, device="cuda", generator=gen).to(dtype) for n in sizes]
 
     def make(ps, impl):
-        if kind == "sgd-nesterov":
-            return FusedSGDScheduled(ps, lr=0.05, momentum=0.9, nesterov=True,
-                                     weight_decay=0.01, schedule=S.multistep([2, 4]), impl=impl)
-        return FusedAdamWScheduled(ps, lr=1e-3, weight_decay=0.1, amsgrad=kind != "adam-bf16-"
-                                   "masters", master_weights=dtype != torch.float32,
-                                   schedule=SCHEDULE, impl=impl)
+        return info.cls(ps, lr=1e-3, master_weights=dtype != torch.float32, schedule=SCHEDULE,
+                        impl=impl, **options)
 
     def grads_for(k):
         return [None if (i + k) % 4 == 3 else
@@ -221,7 +219,7 @@ def test_misaligned_and_channels_last_parameters_in_one_launch():
     gen = torch.Generator(device="cuda").manual_seed(2)
 
     def make(ps, impl):
-        return FusedAdamWScheduled(ps, lr=1e-3, weight_decay=0.1, schedule=SCHEDULE, impl=impl)
+        return ANY.cls(ps, lr=1e-3, schedule=SCHEDULE, impl=impl, **ANY.representative)
 
     def grads_for(k):
         return [torch.randn(p.shape, device="cuda", generator=gen).to(p.dtype) for p in params]
@@ -239,7 +237,7 @@ def test_ticket_stress_20k_programs_200_steps_counts_exact():
     sizes = [102_400] * 240 + [1, 3, 1025]      # 8 in 9 of them per step: ~21,800 programs
     params = [torch.zeros(n, device="cuda", requires_grad=True) for n in sizes]
     grads = [torch.full((n,), 1e-3, device="cuda") for n in sizes]
-    opt = FusedAdamWScheduled(params, lr=1e-4, schedule=SCHEDULE)
+    opt = ANY.cls(params, lr=1e-4, schedule=SCHEDULE, **ANY.representative)
     expected = [0] * len(params)
 
     def step(k):
@@ -264,6 +262,7 @@ def test_ticket_stress_20k_programs_200_steps_counts_exact():
 
 def test_two_optimizers_on_two_streams_and_one_optimizer_moving_streams():
     gen = torch.Generator(device="cuda").manual_seed(2)
+    (info_a, options_a), (info_b, options_b) = [p.values for p in swept()][:2]
 
     def model():
         return [torch.randn(2_000_000, device="cuda", generator=gen) for _ in range(3)]
@@ -273,8 +272,8 @@ def test_two_optimizers_on_two_streams_and_one_optimizer_moving_streams():
     for impl in ("reference", "triton"):
         a = [torch.nn.Parameter(p.clone()) for p in pa]
         b = [torch.nn.Parameter(p.clone()) for p in pb]
-        runs[impl] = (a, b, FusedAdamWScheduled(a, lr=1e-3, schedule=SCHEDULE, impl=impl),
-                      FusedSGDScheduled(b, lr=0.1, momentum=0.9, impl=impl))
+        runs[impl] = (a, b, info_a.cls(a, lr=1e-3, schedule=SCHEDULE, impl=impl, **options_a),
+                      info_b.cls(b, lr=0.1, impl=impl, **options_b))
     s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
     for _ in range(4):
         ga = [torch.randn(p.shape, device="cuda", generator=gen) for p in pa]
@@ -322,7 +321,7 @@ def test_two_optimizers_on_two_streams_and_one_optimizer_moving_streams():
 
 def test_step_never_synchronises_with_new_gradients_every_step():
     params = with_grads(gpt2_small_params()[:20])
-    opt = FusedAdamWScheduled(params, lr=3e-4, schedule=SCHEDULE)
+    opt = ANY.cls(params, lr=3e-4, schedule=SCHEDULE, **ANY.representative)
     opt.step()
     new = [[torch.randn_like(p) for p in params] for _ in range(2)]
     torch.cuda.set_sync_debug_mode("error")
@@ -337,12 +336,13 @@ def test_step_never_synchronises_with_new_gradients_every_step():
     assert int(opt.schedule_step) == 7
 
 
-def test_the_grid_follows_the_compiled_kernels_occupancy():
+@pytest.mark.parametrize("info, options", representatives())
+def test_the_grid_follows_the_compiled_kernels_occupancy(info, options):
     from fused_lrs.optim.backends.triton import programs_per_sm
 
     p = torch.zeros(64 << 20, device="cuda", requires_grad=True)
     p.grad = torch.ones_like(p)
-    opt = FusedAdamWScheduled([p], lr=1e-3)
+    opt = info.cls([p], lr=1e-3, **options)
     opt.step()
     backend = opt._cache.backend
     compiled = backend.compiled
@@ -358,8 +358,8 @@ def test_the_grid_follows_the_compiled_kernels_occupancy():
 def test_parameters_on_the_second_gpu_with_the_first_current():
     p = torch.randn(1 << 20, device="cuda:1", requires_grad=True)
     q = p.detach().clone().requires_grad_()
-    ref = FusedAdamWScheduled([q], lr=1e-3, impl="reference")
-    opt = FusedAdamWScheduled([p], lr=1e-3)
+    ref = ANY.cls([q], lr=1e-3, impl="reference", **ANY.representative)
+    opt = ANY.cls([p], lr=1e-3, **ANY.representative)
     torch.cuda.set_device(0)
     for _ in range(3):
         g = torch.randn_like(p)
@@ -369,7 +369,7 @@ def test_parameters_on_the_second_gpu_with_the_first_current():
     assert_runs_match([([q], ref), ([p], opt)])
 
 
-def test_fsdp2_world_size_1_matches_torch_adamw(tmp_path):
+def test_fsdp2_world_size_1_matches_the_peer(tmp_path):
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
@@ -385,10 +385,9 @@ def test_fsdp2_world_size_1_matches_torch_adamw(tmp_path):
             fully_shard(m[0])
             fully_shard(m)
             models.append(m)
-        ours = FusedAdamWScheduled(models[0].parameters(), lr=1e-3, weight_decay=0.1)
+        ours = ANY.cls(models[0].parameters(), lr=1e-3, **ANY.representative)
         assert ours.impl == "triton"
-        theirs = torch.optim.AdamW(models[1].parameters(), lr=1e-3, weight_decay=0.1,
-                                   fused=True)
+        theirs = ANY.peer(models[1].parameters(), lr=1e-3, fused=True, **ANY.representative)
         for k in range(5):
             x = torch.randn(16, 64, device="cuda", generator=torch.Generator(
                 device="cuda").manual_seed(k))
@@ -398,7 +397,7 @@ def test_fsdp2_world_size_1_matches_torch_adamw(tmp_path):
                 opt.step()
         for a, b in zip(models[0].parameters(), models[1].parameters()):
             torch.testing.assert_close(a.to_local(), b.to_local(), rtol=1e-5, atol=1e-7)
-            for key in ("exp_avg", "exp_avg_sq"):
+            for key in set(theirs.state[b]) - {"step"}:     # the step counts: plain tensors
                 torch.testing.assert_close(ours.state[a][key].to_local(),
                                            theirs.state[b][key].to_local(), rtol=1e-5,
                                            atol=1e-7)

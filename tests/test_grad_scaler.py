@@ -1,19 +1,21 @@
 """torch.amp.GradScaler drives the step through `_step_supports_amp_scaling`, as it drives
 torch's fused optimizers: the gradients are unscaled and an inf/NaN step is skipped inside the
-step, with no host sync. Compared with torch's fused Adam and SGD under the same GradScaler
-loop, with inf gradients injected on some steps."""
+step, with no host sync. Every optimizer of the table (its representative) against its peer
+(fused where the peer has a fused kernel) under the same GradScaler loop, with inf gradients
+injected on some steps."""
 
 import pytest
 import torch
-from conftest import KERNEL_DEVICE, assert_close
-from torch.optim import lr_scheduler as tls
+from conftest import KERNEL_DEVICE, assert_same_optimizer
+from optimizers import representatives, swept
+from schedule_table import BY_NAME
 
-from fused_lrs import FusedAdamScheduled, FusedSGDScheduled
 from fused_lrs import schedules as S
 
 STEPS = 24
 INF_STEPS = {3, 9, 10, 17}          # a lone skip, two in a row, one late
 SHAPES = [(6, 5), (7,), (1,)]
+TORCH_SCHEDULER, SPEC = BY_NAME["step"]
 
 
 def loop(make_opt, torch_sched=None, hold_torch_sched=False, device="cpu", seed=0):
@@ -41,62 +43,49 @@ def loop(make_opt, torch_sched=None, hold_torch_sched=False, device="cpu", seed=
     return params, opt, lrs, skipped, scaler
 
 
-def compare(ours, theirs, rtol=1e-5, atol=1e-7):
-    (ps, opt, _, _, scaler), (qs, topt, _, _, tscaler) = ours, theirs
+def compare(ours, theirs, extra_state, rtol=1e-5, atol=1e-7):
+    (_, opt, _, _, scaler), (_, topt, _, _, tscaler) = ours, theirs
     assert scaler.get_scale() == tscaler.get_scale()
-    for p, q in zip(ps, qs):
-        assert_close(p, q, rtol=rtol, atol=atol, what="param")
-        for key, value in topt.state[q].items():
-            assert_close(opt.state[p][key], value, rtol=rtol, atol=atol, what=key)
+    assert_same_optimizer(opt, topt, rtol, atol, extra_state=extra_state)
 
 
-CASES = {
-    "adam": (lambda ps: FusedAdamScheduled(ps, lr=0.01, weight_decay=0.01,
-                                           schedule=S.step(5, 0.5), impl="reference"),
-             lambda ps: torch.optim.Adam(ps, lr=0.01, weight_decay=0.01, fused=True),
-             lambda o: tls.StepLR(o, 5, 0.5)),
-    "sgd": (lambda ps: FusedSGDScheduled(ps, lr=0.1, momentum=0.9, schedule=S.exponential(0.9),
-                                         impl="reference"),
-            lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, fused=True),
-            lambda o: tls.ExponentialLR(o, 0.9)),
-}
+def ours_and_peer(info, options, hold=False):
+    """Factories of ours (the reference, under SPEC) and of the peer (fused where it has a
+    fused kernel), for ``loop``."""
+    return (lambda ps: info.cls(ps, lr=0.01, schedule=SPEC, impl="reference",
+                                hold_schedule_on_skip=hold, **options),
+            lambda ps: info.peer(ps, lr=0.01, fused=True, **options))
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_matches_torch_fused_under_grad_scaler(name):
-    ours_opt, torch_opt, torch_sched = CASES[name]
+@pytest.mark.parametrize("info, options", representatives())
+def test_matches_torch_fused_under_grad_scaler(info, options):
+    ours_opt, torch_opt = ours_and_peer(info, options)
     ours = loop(ours_opt)
-    theirs = loop(torch_opt, torch_sched)
+    theirs = loop(torch_opt, TORCH_SCHEDULER)
     assert ours[3] == [k in INF_STEPS for k in range(STEPS)]
     # Skipped steps leave the per-parameter counts; the schedule moved on every step.
     assert int(ours[1].schedule_step) == STEPS
-    if name == "adam":
-        assert float(ours[1].state[ours[0][0]]["step"]) == STEPS - len(INF_STEPS)
-    compare(ours, theirs)
+    assert float(ours[1].state[ours[0][0]]["step"]) == STEPS - len(INF_STEPS)
+    compare(ours, theirs, info.extra_state)
 
 
-def test_hold_schedule_on_skip():
-    ours_opt, torch_opt, torch_sched = CASES["adam"]
-    ours = loop(lambda ps: FusedAdamScheduled(ps, lr=0.01, weight_decay=0.01,
-                                              schedule=S.step(5, 0.5), impl="reference",
-                                              hold_schedule_on_skip=True))
-    theirs = loop(torch_opt, torch_sched, hold_torch_sched=True)
+@pytest.mark.parametrize("info, options", representatives())
+def test_hold_schedule_on_skip(info, options):
+    ours_opt, torch_opt = ours_and_peer(info, options, hold=True)
+    ours = loop(ours_opt)
+    theirs = loop(torch_opt, TORCH_SCHEDULER, hold_torch_sched=True)
     assert int(ours[1].schedule_step) == STEPS - len(INF_STEPS)
-    compare(ours, theirs)
+    compare(ours, theirs, info.extra_state)
 
 
-@pytest.mark.parametrize("hold", [False, True])
-def test_kernel_matches_reference_under_grad_scaler(hold):
-    runs = [loop(lambda ps, impl=impl: FusedAdamScheduled(
-                ps, lr=0.01, amsgrad=True, schedule=S.warmup(S.cosine(20), 4), impl=impl,
-                hold_schedule_on_skip=hold), device=KERNEL_DEVICE)
+# Every row skips on the kernel; holding the counter is the generic kernel's (the sweep rows).
+@pytest.mark.parametrize("info, options, hold", [
+    pytest.param(*p.values, hold, id=f"{p.id}-{hold}")
+    for hold, params in ((False, representatives()), (True, swept())) for p in params])
+def test_kernel_matches_reference_under_grad_scaler(info, options, hold):
+    runs = [loop(lambda ps, impl=impl: info.cls(
+                ps, lr=0.01, schedule=S.warmup(S.cosine(20), 4), impl=impl,
+                hold_schedule_on_skip=hold, **options), device=KERNEL_DEVICE)
             for impl in ("reference", "triton")]
     assert runs[0][3] == runs[1][3] == [k in INF_STEPS for k in range(STEPS)]
-    assert int(runs[0][1].schedule_step) == int(runs[1][1].schedule_step)
-    (ps, opt, *_), (qs, topt, *_) = runs
-    for p, q in zip(ps, qs):
-        scale = p.detach().abs().max().item()
-        assert_close(q, p, rtol=1e-6, atol=1e-6 * scale, what="param")
-        for key, value in opt.state[p].items():
-            scale = value.abs().max().item()
-            assert_close(topt.state[q][key], value, rtol=1e-6, atol=1e-6 * scale, what=key)
+    assert_same_optimizer(runs[1][1], runs[0][1], rtol=1e-6, scaled=True)

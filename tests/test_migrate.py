@@ -13,65 +13,46 @@ import warnings
 
 import pytest
 import torch
-from conftest import KERNEL_DEVICE, assert_close
+from conftest import KERNEL_DEVICE, assert_close, assert_same_optimizer
+from optimizers import ANY, OPTIMIZER_INFOS, every_option, representatives
+from schedule_table import SCHEDULES
 from torch.optim import lr_scheduler as tlr
 
 import fused_lrs
-from fused_lrs import FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled
 from fused_lrs import schedules as S
 
 SHAPES = [(5, 4), (7,), (1,)]
 TOTAL = 60  # OneCycleLR's total_steps: K + N stay inside it
+# The rows whose record has a momentum-like coefficient, which torch's schedulers can cycle.
+WITH_MOMENTUM = [p for p in representatives() if p.values[0].record.momentum is not None]
 
 
-def torch_optimizer(kind, params):
-    """Two groups with their own lr and weight decay (torch's base_lrs differ per group)."""
+def torch_optimizer(info, options, params):
+    """The peer with two groups of their own lr and weight decay (torch's base_lrs differ per
+    group)."""
     groups = [{"params": params[:2]}, {"params": params[2:], "lr": 0.02, "weight_decay": 0.05}]
-    if kind == "adam":
-        return torch.optim.Adam(groups, lr=0.01, betas=(0.9, 0.99), weight_decay=0.01)
-    if kind == "adam-amsgrad":
-        return torch.optim.Adam(groups, lr=0.01, amsgrad=True)
-    if kind == "adamw":
-        return torch.optim.AdamW(groups, lr=0.01, betas=(0.85, 0.98), weight_decay=0.1)
-    if kind == "sgd":
-        return torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=1e-3)
-    assert kind == "sgd-nesterov"
-    return torch.optim.SGD(groups, lr=0.1, momentum=0.9, nesterov=True, dampening=0.0)
+    return info.peer(groups, lr=0.01, **options)
 
 
-SCHEDULERS = {
-    "ConstantLR": lambda o: tlr.ConstantLR(o, 0.5, 12),
-    "StepLR": lambda o: tlr.StepLR(o, 5, 0.7),
-    "MultiStepLR": lambda o: tlr.MultiStepLR(o, [4, 9, 9, 20], 0.6),
-    "ExponentialLR": lambda o: tlr.ExponentialLR(o, 0.95),
-    "CosineAnnealingLR": lambda o: tlr.CosineAnnealingLR(o, 25, eta_min=1e-4),
-    "CosineAnnealingWarmRestarts": lambda o: tlr.CosineAnnealingWarmRestarts(o, 6, 2, 1e-4),
-    "LinearLR": lambda o: tlr.LinearLR(o, 0.1, 1.0, 15),
-    "PolynomialLR": lambda o: tlr.PolynomialLR(o, 30, 2.0),
-    "SequentialLR": lambda o: tlr.SequentialLR(
-        o, [tlr.LinearLR(o, 0.1, 1.0, 8), tlr.CosineAnnealingLR(o, 30)], [8]),
-    "ChainedScheduler": lambda o: tlr.ChainedScheduler(
-        [tlr.StepLR(o, 7, 0.5), tlr.ExponentialLR(o, 0.97)]),
-    "CyclicLR": lambda o: tlr.CyclicLR(o, 0.005, 0.05, 4, 6, "triangular2",
-                                       cycle_momentum=False),
+# The table's schedulers, and what only a migration meets: the momentum cycled by OneCycleLR
+# and CyclicLR, and values per group.
+SCHEDULERS = {name: factory for name, factory, _ in SCHEDULES} | {
     "CyclicLR-momentum": lambda o: tlr.CyclicLR(o, 0.005, 0.05, 4, 6, "exp_range", gamma=0.97,
                                                 base_momentum=0.8, max_momentum=0.95),
-    "OneCycleLR": lambda o: tlr.OneCycleLR(o, 0.05, TOTAL, cycle_momentum=False),
     "OneCycleLR-momentum": lambda o: tlr.OneCycleLR(o, 0.05, TOTAL, pct_start=0.25,
                                                     three_phase=True, anneal_strategy="linear"),
     "OneCycleLR-per-group": lambda o: tlr.OneCycleLR(o, [0.05, 0.1], TOTAL),
     "CyclicLR-per-group": lambda o: tlr.CyclicLR(o, [0.005, 0.01], [0.05, 0.03], 5),
 }
-OPTIMIZERS = ["adam", "adam-amsgrad", "adamw", "sgd", "sgd-nesterov"]
 
 
 def grads(gen):
     return [torch.randn(s, generator=gen) for s in SHAPES]
 
 
-def pair(kind, make_scheduler, init):
+def pair(info, options, make_scheduler, init):
     params = [x.clone().requires_grad_() for x in init]
-    opt = torch_optimizer(kind, params)
+    opt = torch_optimizer(info, options, params)
     return params, opt, make_scheduler(opt)
 
 
@@ -83,18 +64,19 @@ def step_torch(params, opt, sched, g, k, every):
         sched.step()
 
 
-def continue_run(kind, make_scheduler, before, after, every=1, check_groups=None):
+def continue_run(info, options, make_scheduler, before, after, every=1, check_groups=None):
     """Run two torch pairs ``before`` steps, convert one, run it and the other ``after`` more;
     compare params and every state tensor. Returns the fused optimizer."""
     gen = torch.Generator().manual_seed(0)
     init = [torch.randn(s, generator=gen) for s in SHAPES]
-    ps, opt, sched = pair(kind, make_scheduler, init)
-    qs, twin, twin_sched = pair(kind, make_scheduler, init)
+    ps, opt, sched = pair(info, options, make_scheduler, init)
+    qs, twin, twin_sched = pair(info, options, make_scheduler, init)
     for k in range(before):
         g = grads(gen)
         step_torch(ps, opt, sched, g, k, every)
         step_torch(qs, twin, twin_sched, g, k, every)
     fused = fused_lrs.from_torch(opt, sched, every=every, impl="reference")
+    assert type(fused) is info.cls
     if check_groups:
         check_groups(fused, opt)
     for k in range(before, before + after):
@@ -103,33 +85,43 @@ def continue_run(kind, make_scheduler, before, after, every=1, check_groups=None
             p.grad = x.clone()
         fused.step()
         step_torch(qs, twin, twin_sched, g, k, every)
-    for i, (p, q) in enumerate(zip(ps, qs)):
-        assert_close(p, q, rtol=1e-5, atol=1e-7, what=f"param {i}")
-        assert set(fused.state[p]) >= set(twin.state[q]), (fused.state[p].keys(),
-                                                           twin.state[q].keys())
-        for key, value in twin.state[q].items():
-            assert_close(fused.state[p][key], value, rtol=1e-5, atol=1e-7, what=f"{i} {key}")
+    assert_same_optimizer(fused, twin, rtol=1e-5, atol=1e-7, extra_state=info.extra_state)
     return fused
 
 
-@pytest.mark.parametrize("kind", OPTIMIZERS)
 @pytest.mark.parametrize("name", SCHEDULERS)
-def test_continues_torch_mid_run(name, kind):
-    continue_run(kind, SCHEDULERS[name], before=11, after=25)
+@pytest.mark.parametrize("info, options", representatives())
+def test_continues_torch_mid_run(info, options, name):
+    """Every scheduler, under each row's representative."""
+    continue_run(info, options, SCHEDULERS[name], before=11, after=25)
 
 
-@pytest.mark.parametrize("name", ["OneCycleLR-momentum", "StepLR", "CyclicLR-momentum"])
-def test_fresh_and_every(name):
-    continue_run("adamw", SCHEDULERS[name], before=0, after=12)
-    continue_run("sgd", SCHEDULERS[name], before=9, after=9, every=3)  # scheduler per 3 steps
+@pytest.mark.parametrize("info, options, name", [
+    pytest.param(*param.values, list(SCHEDULERS)[i % len(SCHEDULERS)],
+                 id=f"{param.id}-{list(SCHEDULERS)[i % len(SCHEDULERS)]}")
+    for i, param in enumerate(every_option())])
+def test_every_option_continues_torch_mid_run(info, options, name):
+    """Each row's whole option grid, each with the next scheduler in turn: every state the
+    peer keeps is taken over."""
+    continue_run(info, options, SCHEDULERS[name], before=11, after=25)
 
 
-def test_groups_hold_base_values():
+@pytest.mark.parametrize("name", ["OneCycleLR-momentum", "step", "CyclicLR-momentum"])
+@pytest.mark.parametrize("info, options", representatives())
+def test_fresh_and_every(info, options, name):
+    continue_run(info, options, SCHEDULERS[name], before=0, after=12)
+    continue_run(info, options, SCHEDULERS[name], before=9, after=9, every=3)  # per 3 steps
+
+
+@pytest.mark.parametrize("info, options", WITH_MOMENTUM)
+def test_groups_hold_base_values(info, options):
     def check(fused, opt):
-        assert type(fused) is FusedAdamScheduled
         for ours, theirs in zip(fused.param_groups, opt.param_groups):
             assert ours["lr"] == theirs["initial_lr"] != theirs["lr"]
-            assert ours["betas"] == (theirs["max_momentum"], theirs["betas"][1])
+            # The momentum-like coefficient is its base (torch's max_momentum), the rest kept.
+            assert info.record.read_momentum(ours) == theirs["max_momentum"]
+            if "betas" in theirs:
+                assert ours["betas"][1] == theirs["betas"][1]
             assert not {"initial_lr", "max_lr", "min_lr", "max_momentum",
                         "base_momentum"} & set(ours)
             assert ours["weight_decay"] == theirs["weight_decay"]
@@ -137,28 +129,27 @@ def test_groups_hold_base_values():
                                                                three_phase=True)
         assert int(fused.schedule_step) == 11
 
-    continue_run("adam", SCHEDULERS["OneCycleLR-momentum"], 11, 3, check_groups=check)
+    continue_run(info, options, SCHEDULERS["OneCycleLR-momentum"], 11, 3, check_groups=check)
 
 
-def test_classes_defaults_and_copy():
+@pytest.mark.parametrize("info, options", representatives())
+def test_classes_defaults_and_copy(info, options):
     p = torch.zeros(3, requires_grad=True)
-    for opt, cls in [(torch.optim.Adam([p], lr=0.3, eps=1e-6), FusedAdamScheduled),
-                     (torch.optim.AdamW([p], weight_decay=0.2), FusedAdamWScheduled),
-                     (torch.optim.SGD([p], lr=0.2, dampening=0.1), FusedSGDScheduled)]:
-        p.grad = torch.ones(3)
-        opt.step()
-        fused = fused_lrs.from_torch(opt)
-        assert type(fused) is cls and fused.defaults["lr"] == opt.defaults["lr"]
-        assert fused.schedule == S.constant() and int(fused.schedule_step) == 0
-        before = {k: v.clone() for k, v in opt.state[p].items() if v is not None}
-        fused.step()  # steps its own copy of the state
-        for k, v in before.items():
-            assert torch.equal(opt.state[p][k], v), k
+    opt = info.peer([p], lr=0.3, **options)
+    p.grad = torch.ones(3)
+    opt.step()
+    fused = fused_lrs.from_torch(opt)
+    assert type(fused) is info.cls and fused.defaults["lr"] == opt.defaults["lr"]
+    assert fused.schedule == S.constant() and int(fused.schedule_step) == 0
+    before = {k: v.clone() for k, v in opt.state[p].items() if v is not None}
+    fused.step()  # steps its own copy of the state
+    for k, v in before.items():
+        assert torch.equal(opt.state[p][k], v), k
 
 
 def test_without_the_scheduler_holds_the_current_lr():
     p = torch.zeros(2, requires_grad=True)
-    opt = torch.optim.SGD([p], lr=1.0)
+    opt = ANY.peer([p], lr=1.0)
     sched = tlr.StepLR(opt, 1, 0.5)
     opt.step()
     sched.step()
@@ -176,20 +167,20 @@ def test_without_the_scheduler_holds_the_current_lr():
     dict(anneal_strategy="linear", three_phase=True, cycle_momentum=False),
     dict(pct_start=0.25, div_factor=10.0, final_div_factor=100.0),
 ], ids=["cos", "cos-three-phase", "linear", "linear-three-phase", "custom-factors"])
-@pytest.mark.parametrize("kind", ["adam", "sgd"])
-def test_one_cycle_max_lr_per_group(kind, config):
+@pytest.mark.parametrize("info, options", representatives())
+def test_one_cycle_max_lr_per_group(info, options, config):
     def make(o):
         return tlr.OneCycleLR(o, [0.05, 0.2], TOTAL, **config)
 
     def check(fused, opt):
         assert fused.schedule.groups == 2 and fused.schedule.max_lr == (0.05, 0.2)
 
-    continue_run(kind, make, before=13, after=TOTAL - 13, check_groups=check)
+    continue_run(info, options, make, before=13, after=TOTAL - 13, check_groups=check)
 
 
 @pytest.mark.parametrize("cycle_momentum", [True, False])
-@pytest.mark.parametrize("kind", ["adamw", "sgd-nesterov"])
-def test_cyclic_lists_per_group(kind, cycle_momentum):
+@pytest.mark.parametrize("info, options", representatives())
+def test_cyclic_lists_per_group(info, options, cycle_momentum):
     def make(o):
         return tlr.CyclicLR(o, [0.005, 0.01], [0.05, 0.03], 4, 7, "triangular2",
                             cycle_momentum=cycle_momentum)
@@ -197,17 +188,18 @@ def test_cyclic_lists_per_group(kind, cycle_momentum):
     def check(fused, opt):
         assert fused.schedule == S.cyclic((0.005, 0.01), (0.05, 0.03), 4, 7, "triangular2")
 
-    continue_run(kind, make, before=9, after=20, check_groups=check)
+    continue_run(info, options, make, before=9, after=20, check_groups=check)
 
 
 def test_one_cycle_phase_ends_between_steps_per_group():
     # pct_start * total_steps = 30.3: phase 1 ends between steps 29 and 30, as torch has it.
-    continue_run("sgd", lambda o: tlr.OneCycleLR(o, [0.1, 0.2], 101), before=20, after=81)
+    continue_run(ANY, ANY.representative, lambda o: tlr.OneCycleLR(o, [0.1, 0.2], 101),
+                 before=20, after=81)
 
 
 @pytest.mark.parametrize("g", [0, 1])
 def test_per_group_schedule_has_a_triton_twin(g):
-    opt = torch_optimizer("sgd", [torch.zeros(1, requires_grad=True) for _ in SHAPES])
+    opt = torch_optimizer(ANY, {}, [torch.zeros(1, requires_grad=True) for _ in SHAPES])
     t = torch.arange(0, TOTAL + 5, device=KERNEL_DEVICE)
     for sched in (tlr.OneCycleLR(opt, [0.05, 0.2], TOTAL, three_phase=True),
                   tlr.CyclicLR(opt, [0.005, 0.01], [0.05, 0.03], 4, 7, "exp_range", gamma=0.99)):
@@ -216,59 +208,71 @@ def test_per_group_schedule_has_a_triton_twin(g):
 
 
 def test_per_group_refusals():
-    o = torch_optimizer("sgd", [torch.zeros(1, requires_grad=True) for _ in SHAPES])
+    o = torch_optimizer(ANY, {}, [torch.zeros(1, requires_grad=True) for _ in SHAPES])
     with pytest.raises(ValueError, match="max_momentum .*differing between param groups"):
         fused_lrs.from_torch(o, tlr.OneCycleLR(o, 0.1, 50, max_momentum=[0.9, 0.95]))
     spec = S.from_torch(tlr.OneCycleLR(o, [0.1, 0.2], 50, cycle_momentum=False))
     with pytest.raises(ValueError, match="schedule holds values for 2 parameter groups, the "
                                          "optimizer has 1"):
-        FusedSGDScheduled([torch.zeros(1, requires_grad=True)], schedule=spec)
+        ANY.cls([torch.zeros(1, requires_grad=True)], schedule=spec)
     with pytest.raises(ValueError, match="one_cycle holds one value per parameter group.*"
                                          "for_group"):
         spec.lr(3)
 
 
+def unmirrored():
+    """A torch optimizer that no row mirrors."""
+    return next(cls for cls in (torch.optim.Rprop, torch.optim.LBFGS, torch.optim.SparseAdam)
+                if fused_lrs.algorithms.for_peer(cls) is None)
+
+
 def test_refusals_name_what_to_use():
     p = torch.zeros(2, requires_grad=True)
-    sgd = torch.optim.SGD([p], lr=0.1)
+    opt = ANY.peer([p], lr=0.1)
     with pytest.raises(TypeError, match="LambdaLR holds an arbitrary Python function.*warmup\\("):
-        fused_lrs.from_torch(sgd, tlr.LambdaLR(sgd, lambda t: 0.9 ** t))
+        fused_lrs.from_torch(opt, tlr.LambdaLR(opt, lambda t: 0.9 ** t))
     with pytest.raises(TypeError, match="MultiplicativeLR holds"):
-        fused_lrs.from_torch(sgd, tlr.MultiplicativeLR(sgd, lambda t: 0.9))
+        fused_lrs.from_torch(opt, tlr.MultiplicativeLR(opt, lambda t: 0.9))
 
     class MyStep(tlr.StepLR):
         pass
 
     with pytest.raises(TypeError, match="cannot convert .*MyStep"):
-        fused_lrs.from_torch(sgd, MyStep(sgd, 3))
-    other = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        fused_lrs.from_torch(opt, MyStep(opt, 3))
+    other = ANY.peer([torch.zeros(1, requires_grad=True)], lr=0.1)
     with pytest.raises(ValueError, match="attached to another optimizer"):
-        fused_lrs.from_torch(sgd, tlr.StepLR(other, 3))
-    with pytest.raises(TypeError, match="cannot convert torch.optim.lbfgs.LBFGS.*Adam"):
-        fused_lrs.from_torch(torch.optim.LBFGS([p]))
+        fused_lrs.from_torch(opt, tlr.StepLR(other, 3))
+    cls = unmirrored()
+    names = ".*".join(info.record.peer for info in OPTIMIZER_INFOS)
+    with pytest.raises(TypeError, match=f"cannot convert {cls.__module__}.{cls.__name__};"
+                                        f".*{names}"):
+        fused_lrs.from_torch(cls([p]))
 
-    class MyAdam(torch.optim.Adam):
+    class MyPeer(ANY.record.peer_class()):
         pass
 
-    with pytest.raises(TypeError, match="cannot convert .*MyAdam.*not subclasses"):
-        fused_lrs.from_torch(MyAdam([p]))
-    sgd = torch.optim.SGD([p], lr=0.1, momentum=0.9)
-    seq = tlr.SequentialLR(sgd, [tlr.OneCycleLR(sgd, 0.1, 20), tlr.StepLR(sgd, 3)], [10])
+    with pytest.raises(TypeError, match="cannot convert .*MyPeer.*not subclasses"):
+        fused_lrs.from_torch(MyPeer([p]))
+    opt = ANY.peer([p], lr=0.1)
+    seq = tlr.SequentialLR(opt, [tlr.OneCycleLR(opt, 0.1, 20), tlr.StepLR(opt, 3)], [10])
     with pytest.raises(ValueError, match="OneCycleLR inside a SequentialLR cycles the momentum"):
-        fused_lrs.from_torch(sgd, seq)
+        fused_lrs.from_torch(opt, seq)
 
 
-def test_schedules_from_torch_warns_about_cycled_momentum():
-    sgd = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
+@pytest.mark.parametrize("info, options", WITH_MOMENTUM)
+def test_schedules_from_torch_warns_about_cycled_momentum(info, options):
+    def peer():
+        return info.peer([torch.zeros(1, requires_grad=True)], lr=0.1, **options)
+
+    opt = peer()
     with pytest.warns(UserWarning, match="OneCycleLR cycles the momentum.*fused_lrs.from_torch"
                                          "\\(optimizer, scheduler\\) converts both"):
-        S.from_torch(tlr.OneCycleLR(sgd, 0.1, 20))
-    sgd = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
-    chain = tlr.ChainedScheduler([tlr.CyclicLR(sgd, 0.01, 0.1, 5)])
+        S.from_torch(tlr.OneCycleLR(opt, 0.1, 20))
+    chain = tlr.ChainedScheduler([tlr.CyclicLR(peer(), 0.01, 0.1, 5)])
     with pytest.warns(UserWarning, match="CyclicLR cycles the momentum"):
         S.from_torch(chain)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        sgd = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
-        S.from_torch(tlr.CyclicLR(sgd, 0.01, 0.1, 5, cycle_momentum=False))
-        fused_lrs.from_torch(sgd, tlr.OneCycleLR(sgd, 0.1, 20))  # converts both: no warning
+        opt = peer()
+        S.from_torch(tlr.CyclicLR(opt, 0.01, 0.1, 5, cycle_momentum=False))
+        fused_lrs.from_torch(opt, tlr.OneCycleLR(opt, 0.1, 20))  # converts both: no warning

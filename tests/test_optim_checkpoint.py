@@ -1,11 +1,13 @@
 """Checkpoints: torch's optimizers to ours and back, resuming in a new process, and validation.
 
-* A checkpoint of torch.optim.Adam/AdamW/SGD loads into the matching class here, which then
-  continues as torch would have (the torch scheduler's position taken over with
+* A checkpoint of each row's peer (``tests/optimizers.py``: its representative and sample,
+  each under the next schedule of ``tests/schedule_table.py``) loads into the row's class,
+  which then continues as the peer would have (the torch scheduler's position taken over with
   ``set_schedule(spec, t)``, by hand or with ``from_torch`` and ``torch_position``).
-* torch loads a checkpoint saved here and continues as we do.
+* The peer loads a checkpoint saved here and continues as we do.
 * Saved at step k and resumed in a new Python process, a run is bitwise the uninterrupted one.
-* A bad checkpoint raises a clear error and leaves the optimizer exactly as it was.
+* A bad checkpoint (each row's own state keys and invalid values, another kind's checkpoint)
+  raises a clear error and leaves the optimizer exactly as it was.
 """
 
 import copy
@@ -17,9 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_identical, snapshot
+from optimizers import OPTIMIZER_INFOS, few_options, representatives
+from schedule_table import SCHEDULES
 from test_optim_vs_torch import (
     GROUPS,
-    SCHEDULES,
     SHAPES,
     drive_torch_lr,
     flat_params,
@@ -28,31 +32,18 @@ from test_optim_vs_torch import (
     run_both,
 )
 
-from fused_lrs.optim import FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled
+from fused_lrs.optim import FusedAdamScheduled, FusedAdamWScheduled
 from fused_lrs.schedules import cosine, from_torch, torch_position
 
-SCHEDULE = {name: (factory, spec) for name, factory, spec in SCHEDULES}
-
-# name: (our class, torch class, options, schedule name)
-CASES = {
-    "Adam-amsgrad-wd": (FusedAdamScheduled, torch.optim.Adam,
-                        dict(amsgrad=True, weight_decay=0.1), "multistep"),
-    "AdamW-maximize": (FusedAdamWScheduled, torch.optim.AdamW,
-                       dict(weight_decay=0.1, maximize=True), "cosine"),
-    "SGD-nesterov-wd": (FusedSGDScheduled, torch.optim.SGD,
-                        dict(momentum=0.9, nesterov=True, weight_decay=0.01), "warmup+cosine"),
-    "SGD-dampening": (FusedSGDScheduled, torch.optim.SGD, dict(momentum=0.9, dampening=0.3),
-                      "one_cycle"),
-    "SGD-plain": (FusedSGDScheduled, torch.optim.SGD, {}, "chained"),
-}
+# Each row's representative and sample, each with the next schedule of the table in turn.
+CASES = {param.id: (*param.values, SCHEDULES[i % len(SCHEDULES)])
+         for i, param in enumerate(few_options())}
 K, N = 12, 30  # save after K steps, continue to N
 
 
 def pair(case, dtype):
-    ours_cls, torch_cls, options, schedule = CASES[case]
-    factory, spec = SCHEDULE[schedule]
-    return (*make_pair(ours_cls, torch_cls, options, dtype, spec, schedule_factory=factory),
-            spec)
+    info, options, (_, factory, spec) = CASES[case]
+    return (*make_pair(info, options, dtype, spec, schedule_factory=factory), spec)
 
 
 def grad_at(k, i, p):
@@ -96,15 +87,14 @@ def test_torch_checkpoint_continues_like_torch(case, dtype, tmp_path):
 @pytest.mark.parametrize("case", CASES)
 def test_torch_checkpoint_continues_via_from_torch(case, tmp_path):
     """The scheduler restored from its own state_dict gives the spec and the position."""
-    ours_cls, torch_cls, options, schedule = CASES[case]
-    factory, _ = SCHEDULE[schedule]
+    info, options, (_, factory, _) = CASES[case]
     ours, theirs, sched, _ = pair(case, torch.float64)
     train(theirs, 0, K, sched)
     torch.save({"optimizer": theirs.state_dict(), "scheduler": sched.state_dict()},
                tmp_path / "torch.pt")
     saved = torch.load(tmp_path / "torch.pt")
     # A new run rebuilds its scheduler and loads the scheduler's state into it.
-    scratch = torch_cls([{"params": [torch.zeros(1)], "lr": g["initial_lr"]}
+    scratch = info.peer([{"params": [torch.zeros(1)], "lr": g["initial_lr"]}
                          for g in theirs.param_groups], **options)
     restored = factory(scratch)
     restored.load_state_dict(saved["scheduler"])
@@ -115,24 +105,37 @@ def test_torch_checkpoint_continues_via_from_torch(case, tmp_path):
     run_both(ours, theirs, sched, torch.float64, n=N - K)
 
 
-def test_old_torch_checkpoint_without_newer_flags_loads():
-    """Groups saved before an option existed get its default, as in torch's __setstate__;
-    a torch Adam checkpoint in the AdamW class keeps decoupled weight decay, as torch's AdamW."""
-    ours, theirs, sched, spec = pair("Adam-amsgrad-wd", torch.float64)
+@pytest.mark.parametrize("case", [p.id for p in representatives()])
+def test_old_torch_checkpoint_without_newer_flags_loads(case):
+    """Groups saved before an option existed get its default, as torch's ``__setstate__`` gives
+    it: the entries it fills in a group of the record's ``group_keys`` alone, dropped where the
+    saved value is that default (dropping the others would change the run)."""
+    info = CASES[f"{case}-representative"][0]
+    ours, theirs, sched, spec = pair(f"{case}-representative", torch.float64)
     train(theirs, 0, K, sched)
     sd = copy.deepcopy(theirs.state_dict())
-    for group in sd["param_groups"]:
-        for key in ("maximize", "foreach", "capturable", "differentiable", "fused",
-                    "decoupled_weight_decay"):
-            del group[key]
+    keep = info.record.group_keys + ("params",)
+    old = info.peer([torch.zeros(1)])
+    old.__setstate__({"state": {}, "param_groups": [{k: v for k, v in g.items() if k in keep}
+                                                    for g in sd["param_groups"]]})
+    dropped = set()
+    for group, filled in zip(sd["param_groups"], old.param_groups):
+        for key in set(filled) - set(keep):
+            if group[key] == filled[key]:
+                del group[key]
+                dropped.add(key)
+    assert dropped, "no newer flag to drop"
     copy_params(ours, flat_params(theirs))
     ours.load_state_dict(sd)
-    assert all(g["maximize"] is False and g["decoupled_weight_decay"] is False
-               for g in ours.param_groups)
+    for group, filled in zip(ours.param_groups, old.param_groups):
+        assert {k: group[k] for k in dropped} == {k: filled[k] for k in dropped}
     ours.set_schedule(spec, K)
     run_both(ours, theirs, sched, torch.float64, n=5)
 
-    adamw = FusedAdamWScheduled([p.detach().clone() for p in flat_params(ours)][:2])
+
+def test_adam_checkpoint_in_the_adamw_class_keeps_decoupled_weight_decay():
+    # The AdamW class alone: torch's AdamW keeps its decay decoupled whatever it loads.
+    adamw = FusedAdamWScheduled([torch.zeros(s) for s in SHAPES[:2]])
     adam = torch.optim.Adam(flat_params(adamw), weight_decay=0.1)
     adamw.load_state_dict(adam.state_dict())
     assert adamw.param_groups[0]["decoupled_weight_decay"] is True
@@ -142,8 +145,7 @@ def test_old_torch_checkpoint_without_newer_flags_loads():
 
 @pytest.mark.parametrize("case", CASES)
 def test_torch_loads_our_checkpoint(case, tmp_path):
-    ours_cls, torch_cls, options, schedule = CASES[case]
-    _, spec = SCHEDULE[schedule]
+    info, _, (_, _, spec) = CASES[case]
     ours, theirs, _, _ = pair(case, torch.float64)
     train(ours, 0, K)
     torch.save(ours.state_dict(), tmp_path / "ours.pt")
@@ -152,11 +154,11 @@ def test_torch_loads_our_checkpoint(case, tmp_path):
     for mine, their in zip(ours.param_groups, theirs.param_groups):
         assert {k: v for k, v in mine.items() if k != "params"} == \
             {k: v for k, v in their.items() if k != "params"}
-    if ours_cls is FusedSGDScheduled:
-        # Our SGD's 'step' rides along in torch's state, which never reads it: drop it, so the
-        # comparison below sees torch's own state.
-        for state in theirs.state.values():
-            del state["step"]
+    # What ours keeps besides the peer's state (our SGD's 'step') rides along in the peer's
+    # state, which never reads it: drop it, so the comparison below sees the peer's own state.
+    for state in theirs.state.values():
+        for key in info.extra_state & set(state):
+            del state[key]
     bases = [g["lr"] for g in theirs.param_groups]
     run_both(ours, theirs, None, torch.float64, n=N - K,
              on_step=lambda k: drive_torch_lr(theirs, spec, bases, k))
@@ -178,36 +180,20 @@ for case, ckpt, out in zip(jobs[::3], jobs[1::3], jobs[2::3]):
     T.train(opt, k, n)
     torch.save(T.checkpoint(opt), out)
 """
-RESUMED = ["Adam-amsgrad-wd", "AdamW-maximize", "SGD-nesterov-wd"]
+# Each row's representative (under the schedule it is paired with in CASES).
+RESUMED = [f"{p.id}-representative" for p in representatives()]
 
 
 def fresh(case):
     """Our optimizer of ``case`` with the right groups and nothing else set."""
-    ours_cls = CASES[case][0]
     params = [torch.zeros(s, requires_grad=True) for s in SHAPES]
-    return ours_cls([{"params": params[a:b]} for a, b, _ in GROUPS], impl="reference")
+    return CASES[case][0].cls([{"params": params[a:b]} for a, b, _ in GROUPS],
+                              impl="reference")
 
 
 def checkpoint(opt):
     return {"params": [p.detach().clone() for p in flat_params(opt)],
             "optimizer": opt.state_dict()}
-
-
-def assert_identical(a, b, path="checkpoint"):
-    """Equal structure, and bitwise-equal tensors of the same dtype."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, path
-        assert torch.equal(a, b), f"{path}: {a} != {b}"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys {set(a)} != {set(b)}"
-        for key in a:
-            assert_identical(a[key], b[key], f"{path}[{key!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert type(a) is type(b) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_identical(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
 
 
 @pytest.fixture(scope="module")
@@ -239,32 +225,21 @@ def test_resume_in_a_new_process_is_bitwise(case, resumed):
 
 # ---------------------------------------------------------------- validation
 
-def snapshot(opt):
-    """A deep copy of everything load_state_dict may touch, parameters named by position."""
-    index = {id(p): i for i, p in enumerate(flat_params(opt))}
-    return {"groups": [{k: [index[id(p)] for p in v] if k == "params" else copy.deepcopy(v)
-                        for k, v in g.items()} for g in opt.param_groups],
-            "state": {index[id(p)]: copy.deepcopy(s) for p, s in opt.state.items()},
-            "schedule": repr(opt.schedule), "t": opt.schedule_step.clone(),
-            "params": [p.detach().clone() for p in flat_params(opt)]}
-
-
 def param_groups():
     ps = [torch.randn(s, generator=torch.Generator().manual_seed(i), requires_grad=True)
           for i, s in enumerate([(3, 2), (4,), (2,)])]
     return [{"params": ps[:2]}, {"params": ps[2:], "lr": 0.1}]
 
 
-def with_state(cls, steps=3, **options):
-    opt = cls(param_groups(), schedule=cosine(10), impl="reference", **options)
+def with_state(info, steps=3, peer=False):
+    """Ours (or the peer) of ``info``'s representative after ``steps`` steps."""
+    if peer:
+        opt = info.peer(param_groups(), lr=0.1, **info.representative)
+    else:
+        opt = info.cls(param_groups(), schedule=cosine(10), impl="reference",
+                       **info.representative)
     train(opt, 0, steps)
     return opt
-
-
-def torch_sgd_sd(momentum):
-    opt = torch.optim.SGD(param_groups(), lr=0.1, momentum=momentum)
-    train(opt, 0, 1)
-    return opt.state_dict()
 
 
 DELETE = object()
@@ -284,35 +259,45 @@ def _set(path, value):
     return corrupt
 
 
-BAD = [
-    ("not a state_dict", lambda sd: {"weights": 1}, "not an optimizer state_dict"),
-    ("an SGD checkpoint", lambda sd: torch_sgd_sd(0.9), "another kind of optimizer"),
-    ("an SGD checkpoint without state", lambda sd: torch_sgd_sd(0.0), "another kind"),
-    ("one group too few", lambda sd: {**sd, "param_groups": sd["param_groups"][:1]},
-     "1 parameter groups, this optimizer has 2"),
-    ("a parameter too few", _set(("param_groups", 0, "params"), [0]), "group 0 .* 1 param"),
-    ("a wrong state shape", _set(("state", 0, "exp_avg"), torch.zeros(2, 3)), "shape"),
-    ("an integer state", _set(("state", 1, "exp_avg_sq"), torch.zeros(4, dtype=torch.int64)),
-     "dtype torch.int64"),
-    ("a missing state tensor", _set(("state", 0, "exp_avg_sq"), DELETE), "needs"),
-    ("a None state tensor", _set(("state", 0, "exp_avg"), None), "'exp_avg' is NoneType"),
-    ("amsgrad without max_exp_avg_sq", _set(("param_groups", 0, "amsgrad"), True),
-     "max_exp_avg_sq"),
-    ("a step that is not a count", _set(("state", 0, "step"), torch.ones(2)), "'step'"),
-    ("state of an unknown parameter", _set(("state", 7), {}), "parameter 7"),
-    ("a negative lr", _set(("param_groups", 1, "lr"), -0.1), "group 1 .*learning rate"),
-    ("a NaN eps", _set(("param_groups", 0, "eps"), float("nan")), "epsilon"),
-    ("beta2 = 1", _set(("param_groups", 0, "betas"), (0.9, 1.0)), "beta"),
-    ("an invalid schedule", _set(("fused_lrs", "schedule"), "cosine(T_max=-1)"), "fused_lrs"),
-    ("not a schedule", _set(("fused_lrs", "schedule"), "__import__('os')"), "fused_lrs"),
-    ("no schedule counter", _set(("fused_lrs", "t"), DELETE), "fused_lrs"),
-    ("a negative schedule counter", _set(("fused_lrs", "t"), torch.tensor(-1)), "negative"),
-]
+def corruptions(info):
+    """The bad checkpoints of ``info``'s representative that it must refuse: ``(id, corrupt,
+    message)``, the state keys the row's own (its first and last state tensor, a required
+    one), the bad hyperparameters its ``invalid`` ones."""
+    group = info.cls([torch.zeros(1)], **info.representative).param_groups[0]
+    slots = [slot.key for slot in info.record.slots if slot.present(group)]
+    required = sorted(info.record.expected_state(group)[0] - {"step"})
+    bad = [
+        ("not a state_dict", lambda sd: {"weights": 1}, "not an optimizer state_dict"),
+        ("one group too few", lambda sd: {**sd, "param_groups": sd["param_groups"][:1]},
+         "1 parameter groups, this optimizer has 2"),
+        ("a parameter too few", _set(("param_groups", 0, "params"), [0]), "group 0 .* 1 param"),
+        ("a wrong state shape", _set(("state", 0, slots[0]), torch.zeros(2, 3)), "shape"),
+        ("an integer state", _set(("state", 1, slots[-1]), torch.zeros(4, dtype=torch.int64)),
+         "dtype torch.int64"),
+        ("a step that is not a count", _set(("state", 0, "step"), torch.ones(2)), "'step'"),
+        ("state of an unknown parameter", _set(("state", 7), {}), "parameter 7"),
+        ("a negative lr", _set(("param_groups", 1, "lr"), -0.1), "group 1 .*learning rate"),
+        ("an invalid schedule", _set(("fused_lrs", "schedule"), "cosine(T_max=-1)"),
+         "fused_lrs"),
+        ("not a schedule", _set(("fused_lrs", "schedule"), "__import__('os')"), "fused_lrs"),
+        ("no schedule counter", _set(("fused_lrs", "t"), DELETE), "fused_lrs"),
+        ("a negative schedule counter", _set(("fused_lrs", "t"), torch.tensor(-1)),
+         "negative"),
+    ]
+    if required:        # (torch's SGD saves its buffer, or None, once momentum made one)
+        bad += [("a missing state tensor", _set(("state", 0, required[-1]), DELETE), "needs"),
+                ("a None state tensor", _set(("state", 0, required[0]), None),
+                 f"'{required[0]}' is NoneType")]
+    bad += [(f"invalid-{key}-{j}", _set(("param_groups", 0, key), value), match)
+            for j, (key, value, match) in enumerate(info.invalid)]
+    return [pytest.param(info, corrupt, match, id=f"{info.name}-{name}")
+            for name, corrupt, match in bad]
 
 
-@pytest.mark.parametrize("corrupt, match", [pytest.param(f, m, id=n) for n, f, m in BAD])
-def test_bad_checkpoint_raises_and_changes_nothing(corrupt, match):
-    opt = with_state(FusedAdamScheduled)
+@pytest.mark.parametrize("info, corrupt, match",
+                         [param for info in OPTIMIZER_INFOS for param in corruptions(info)])
+def test_bad_checkpoint_raises_and_changes_nothing(info, corrupt, match):
+    opt = with_state(info)
     sd = corrupt(copy.deepcopy(opt.state_dict()))
     before = snapshot(opt)
     with pytest.raises(ValueError, match=match):
@@ -320,11 +305,34 @@ def test_bad_checkpoint_raises_and_changes_nothing(corrupt, match):
     assert_identical(snapshot(opt), before, "optimizer")
 
 
-def test_adam_checkpoint_into_sgd_raises_and_changes_nothing():
-    opt = with_state(FusedSGDScheduled, momentum=0.9)
+def test_amsgrad_without_max_exp_avg_sq_raises_and_changes_nothing():
+    # Adam alone: an option (amsgrad) turned on in a checkpoint whose state lacks the tensor it
+    # needs; no other row has an option that adds a state tensor to an existing state.
+    opt = FusedAdamScheduled(param_groups(), schedule=cosine(10), impl="reference")
+    train(opt, 0, 3)
+    sd = copy.deepcopy(opt.state_dict())
+    sd["param_groups"][0]["amsgrad"] = True
     before = snapshot(opt)
-    for sd in (with_state(FusedAdamScheduled).state_dict(),
-               with_state(FusedAdamScheduled, steps=0).state_dict()):
+    with pytest.raises(ValueError, match="max_exp_avg_sq"):
+        opt.load_state_dict(sd)
+    assert_identical(snapshot(opt), before, "optimizer")
+
+
+def other_kind(info):
+    """The first other row whose saved groups lack one of ``info``'s group entries."""
+    return next(other for other in OPTIMIZER_INFOS
+                if set(info.record.group_keys) - set(other.record.group_keys))
+
+
+@pytest.mark.parametrize("info", [p.values[0] for p in representatives()],
+                         ids=lambda info: info.name)
+def test_a_checkpoint_of_another_kind_raises_and_changes_nothing(info):
+    opt = with_state(info)
+    other = other_kind(info)
+    before = snapshot(opt)
+    for sd in (with_state(other).state_dict(), with_state(other, steps=0).state_dict(),
+               with_state(other, steps=1, peer=True).state_dict(),
+               with_state(other, steps=0, peer=True).state_dict()):
         with pytest.raises(ValueError, match="another kind of optimizer"):
             opt.load_state_dict(sd)
         assert_identical(snapshot(opt), before, "optimizer")

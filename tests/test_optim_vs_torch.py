@@ -12,23 +12,11 @@ import pytest
 import torch
 from conftest import assert_close, assert_same_optimizer
 from optimizers import INFO, every_option, representatives
+from schedule_table import SCHEDULES
 from torch.optim import lr_scheduler as tls
 
 from fused_lrs import FusedAdamScheduled, FusedAdamWScheduled
-from fused_lrs.schedules import (
-    chained,
-    constant,
-    cosine,
-    cosine_restarts,
-    cyclic,
-    exponential,
-    linear,
-    multistep,
-    one_cycle,
-    polynomial,
-    sequential,
-    step,
-)
+from fused_lrs.schedules import cosine, exponential, linear, step
 
 N_STEPS = 50
 LR = 0.01
@@ -40,33 +28,6 @@ LR_SCALES = (1.0, 0.5, 2.0)
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-7), torch.float64: dict(rtol=1e-12, atol=1e-15)}
 LR_TOL = dict(rtol=1e-12, atol=1e-18)
 DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float64, id="fp64")]
-
-# (name, torch scheduler factory, our spec): more than five families, composites included.
-SCHEDULES = [
-    ("step", lambda o: tls.StepLR(o, step_size=7, gamma=0.5), step(7, 0.5)),
-    ("multistep", lambda o: tls.MultiStepLR(o, [10, 25, 25, 40], gamma=0.5),
-     multistep([10, 25, 25, 40], 0.5)),
-    ("exponential", lambda o: tls.ExponentialLR(o, gamma=0.95), exponential(0.95)),
-    ("cosine", lambda o: tls.CosineAnnealingLR(o, T_max=20, eta_min=1e-4), cosine(20, 1e-4)),
-    ("cosine_restarts", lambda o: tls.CosineAnnealingWarmRestarts(o, T_0=5, T_mult=2,
-                                                                  eta_min=1e-5),
-     cosine_restarts(5, 2, 1e-5)),
-    ("linear", lambda o: tls.LinearLR(o, start_factor=0.1, total_iters=10), linear(0.1, 1.0, 10)),
-    ("constant", lambda o: tls.ConstantLR(o, factor=0.5, total_iters=8), constant(0.5, 8)),
-    ("polynomial", lambda o: tls.PolynomialLR(o, total_iters=30, power=2.0), polynomial(30, 2.0)),
-    ("one_cycle", lambda o: tls.OneCycleLR(o, max_lr=0.05, total_steps=60, cycle_momentum=False),
-     one_cycle(0.05, 60)),
-    ("cyclic", lambda o: tls.CyclicLR(o, base_lr=1e-3, max_lr=1e-2, step_size_up=5,
-                                      step_size_down=8, mode="triangular2",
-                                      cycle_momentum=False),
-     cyclic(1e-3, 1e-2, 5, 8, "triangular2")),
-    ("warmup+cosine", lambda o: tls.SequentialLR(
-        o, [tls.LinearLR(o, start_factor=0.1, total_iters=5), tls.CosineAnnealingLR(o, 30)],
-        milestones=[5]), sequential([linear(0.1, 1.0, 5), cosine(30)], [5])),
-    ("chained", lambda o: tls.ChainedScheduler(
-        [tls.StepLR(o, step_size=10, gamma=0.5), tls.ExponentialLR(o, gamma=0.98)]),
-     chained([step(10, 0.5), exponential(0.98)])),
-]
 
 
 # ---------------------------------------------------------------- helpers
@@ -194,14 +155,11 @@ def test_group_with_lr_zero_stays_put(info, options):
 
 # ---------------------------------------------------------------- lr, counters, hooks
 
-def _adam(params, **kw):
-    return FusedAdamScheduled(params, impl="reference", **kw)
-
-
-def test_last_lr_is_float64_on_the_params_device():
+@pytest.mark.parametrize("info, options", representatives())
+def test_last_lr_is_float64_on_the_params_device(info, options):
     for device in ("cpu", "meta"):
-        opt = _adam([torch.zeros(3, device=device, requires_grad=True)], lr=0.1,
-                    schedule=cosine(10))
+        opt = info.cls([torch.zeros(3, device=device, requires_grad=True)], lr=0.1,
+                       schedule=cosine(10), impl="reference", **options)
         assert opt.last_lr.dtype == torch.float64
         assert opt.last_lr.device.type == device
         assert opt.last_lr.shape == (1,)
@@ -209,16 +167,19 @@ def test_last_lr_is_float64_on_the_params_device():
         assert opt.schedule_step.device.type == device
 
 
-def test_get_last_lr_before_the_first_step_is_lr0():
+@pytest.mark.parametrize("info, options", representatives())
+def test_get_last_lr_before_the_first_step_is_lr0(info, options):
     ps = [torch.zeros(2, requires_grad=True) for _ in range(2)]
-    opt = _adam([{"params": ps[:1], "lr": 0.1}, {"params": ps[1:], "lr": 0.3}],
-                schedule=linear(0.25, 1.0, 4))
+    opt = info.cls([{"params": ps[:1], "lr": 0.1}, {"params": ps[1:], "lr": 0.3}],
+                   schedule=linear(0.25, 1.0, 4), impl="reference", **options)
     assert_close(opt.get_last_lr(), [0.025, 0.075], rtol=1e-15)
 
 
 def test_schedule_step_counts_steps_without_any_grad():
+    # Adam alone: the expected move is derived from Adam's update (its first step moves each
+    # entry by the lr, whatever the gradient); every row's counts: the test after this one.
     p = torch.zeros(3, requires_grad=True)
-    opt = _adam([p], lr=0.1, schedule=step(2, 0.5))
+    opt = FusedAdamScheduled([p], lr=0.1, schedule=step(2, 0.5), impl="reference")
     for _ in range(3):
         opt.step()
     assert int(opt.schedule_step) == 3
@@ -231,9 +192,10 @@ def test_schedule_step_counts_steps_without_any_grad():
     assert float(opt.state[p]["step"]) == 1
 
 
-def test_param_step_does_not_advance_without_grad():
+@pytest.mark.parametrize("info, options", representatives())
+def test_param_step_does_not_advance_without_grad(info, options):
     a, b = torch.zeros(3, requires_grad=True), torch.zeros(3, requires_grad=True)
-    opt = _adam([a, b])
+    opt = info.cls([a, b], impl="reference", **options)
     for k in range(6):
         a.grad = torch.ones(3)
         b.grad = torch.ones(3) if k % 2 else None
@@ -243,10 +205,11 @@ def test_param_step_does_not_advance_without_grad():
     assert opt.state[a]["step"].dtype == torch.float32
 
 
-def test_step_hooks_fire_once_per_step_like_torch():
+@pytest.mark.parametrize("info, options", representatives())
+def test_step_hooks_fire_once_per_step_like_torch(info, options):
     calls = {"ours": [], "torch": []}
-    ours = _adam([torch.zeros(2, requires_grad=True)])
-    theirs = torch.optim.Adam([torch.zeros(2, requires_grad=True)])
+    ours = info.cls([torch.zeros(2, requires_grad=True)], impl="reference", **options)
+    theirs = info.peer([torch.zeros(2, requires_grad=True)], **options)
     for name, opt in (("ours", ours), ("torch", theirs)):
         opt.register_step_pre_hook(lambda o, args, kw, n=name: calls[n].append("pre"))
         opt.register_step_post_hook(lambda o, args, kw, n=name: calls[n].append("post"))
@@ -255,9 +218,10 @@ def test_step_hooks_fire_once_per_step_like_torch():
     assert calls["ours"] == calls["torch"] == ["pre", "post"] * 3
 
 
-def test_step_returns_the_closure_loss():
+@pytest.mark.parametrize("info, options", representatives())
+def test_step_returns_the_closure_loss(info, options):
     p = torch.ones(2, requires_grad=True)
-    opt = _adam([p])
+    opt = info.cls([p], impl="reference", **options)
 
     def closure():
         opt.zero_grad()

@@ -1,17 +1,18 @@
 """Per-group values (OneCycleLR's max_lr, CyclicLR's base_lr and max_lr lists) on every backend,
-against torch's scheduler on torch's optimizer: the lr of every step to 1e-15 relative (both
-evaluate the same float64 closed form; the kernel's cos may differ by an ulp), the parameters
-and every state to 1e-5 relative (fp32 over 30 steps; atol 1e-7 near 0).
+for every optimizer of the table (its representative), against torch's scheduler on the peer
+(its fused kernel for the CPU backend, which runs that kernel): the lr of every step to 1e-15
+relative (both evaluate the same float64 closed form; the kernel's cos may differ by an ulp),
+the parameters and every state to 1e-5 relative (fp32 over 30 steps; atol 1e-7 near 0).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import KERNEL_DEVICE, assert_close
+from conftest import KERNEL_DEVICE, assert_close, assert_same_optimizer
+from optimizers import ANY, representatives
 from torch.optim import lr_scheduler as tlr
 
-from fused_lrs import FusedAdamWScheduled, FusedSGDScheduled
 from fused_lrs import schedules as S
 
 STEPS = 30
@@ -23,29 +24,33 @@ CASES = {
                S.cyclic([0.005, 0.02], [0.05, 0.03], 4, 7, "exp_range", 0.97)),
     "warmup-one_cycle": (None, S.warmup(S.one_cycle([0.05, 0.2], STEPS - 5), 5)),
 }
-IMPLS = [("reference", "cpu"), ("torch_fused", "cpu"), ("triton", KERNEL_DEVICE)]
+# Every row on the CPU backends; the kernel reads each group's block of the schedule table in
+# code every algorithm shares: the sweep rows carry it.
+CASES_BY_ROW = [pytest.param(*p.values, impl, device, id=f"{p.id}-{impl}")
+                for p in representatives()
+                for impl, device in (("reference", "cpu"), ("torch_fused", "cpu"),
+                                     ("triton", KERNEL_DEVICE))
+                if impl != "triton" or p.values[0].sweep]
 
 
-def make(cls, device, spec=None, impl="reference"):
+def make(info, options, device, spec=None, impl="reference"):
+    """Two groups with their own lr: the peer (``spec`` None; fused for impl="torch_fused",
+    which runs the peer's fused kernel where it has one) or ours."""
     gen = torch.Generator().manual_seed(0)
     ps = [torch.randn(s, generator=gen).to(device).requires_grad_() for s in [(4, 3), (5,)]]
     groups = [{"params": [ps[0]]}, {"params": [ps[1]], "lr": 0.02}]
-    kw = dict(momentum=0.9) if cls is torch.optim.SGD or cls is FusedSGDScheduled else {}
     if spec is None:
-        return ps, cls(groups, lr=0.01, **kw)
-    return ps, cls(groups, lr=0.01, schedule=spec, impl=impl, **kw)
+        return ps, info.peer(groups, lr=0.01, fused=impl == "torch_fused", **options)
+    return ps, info.cls(groups, lr=0.01, schedule=spec, impl=impl, **options)
 
 
-@pytest.mark.parametrize("impl, device", IMPLS, ids=[i for i, _ in IMPLS])
-@pytest.mark.parametrize("torch_cls, cls", [(torch.optim.SGD, FusedSGDScheduled),
-                                            (torch.optim.AdamW, FusedAdamWScheduled)],
-                         ids=["sgd", "adamw"])
+@pytest.mark.parametrize("info, options, impl, device", CASES_BY_ROW)
 @pytest.mark.parametrize("name", ["one_cycle", "cyclic"])
-def test_per_group_values_match_torch(name, torch_cls, cls, impl, device):
+def test_per_group_values_match_torch(name, info, options, impl, device):
     make_scheduler, spec = CASES[name]
-    ps, opt = make(torch_cls, device)
+    ps, opt = make(info, options, device, impl=impl)
     sched = make_scheduler(opt)
-    qs, fused = make(cls, device, spec, impl)
+    qs, fused = make(info, options, device, spec, impl)
     for k in range(STEPS):
         gen = torch.Generator().manual_seed(k)
         for p, q in zip(ps, qs):
@@ -56,10 +61,7 @@ def test_per_group_values_match_torch(name, torch_cls, cls, impl, device):
         sched.step()
         fused.step()
         assert_close(fused.last_lr, used, rtol=1e-15, what=f"lr of step {k}")
-    for i, (p, q) in enumerate(zip(ps, qs)):
-        assert_close(q, p, rtol=1e-5, atol=1e-7, what=f"param {i}")
-        for key, value in opt.state[p].items():
-            assert_close(fused.state[q][key], value, rtol=1e-5, atol=1e-7, what=f"{i} {key}")
+    assert_same_optimizer(fused, opt, rtol=1e-5, atol=1e-7, extra_state=info.extra_state)
 
 
 def test_new_values_are_numbers_of_the_table_not_of_the_kernel():
@@ -67,7 +69,7 @@ def test_new_values_are_numbers_of_the_table_not_of_the_kernel():
     specs = [S.cyclic([0.01, 0.02], [0.1, 0.2], 5), S.cyclic([0.03, 0.01], [0.3, 0.05], 5),
              S.cyclic(0.01, 0.1, 5)]
     assert len({spec.kinds for spec in specs}) == 1
-    tables = [make(FusedSGDScheduled, "cpu", spec)[1]._schedule_state.table for spec in specs]
+    tables = [make(ANY, {}, "cpu", spec)[1]._schedule_state.table for spec in specs]
     assert len(tables[0]) == 2  # one block (here one row) per group
     assert not torch.equal(tables[0][0], tables[0][1])
     assert not torch.equal(tables[0], tables[1])
@@ -76,7 +78,7 @@ def test_new_values_are_numbers_of_the_table_not_of_the_kernel():
 
 def test_composition_takes_each_groups_values():
     spec = CASES["warmup-one_cycle"][1]
-    _, fused = make(FusedSGDScheduled, "cpu", spec)
+    _, fused = make(ANY, {}, "cpu", spec)
     t = torch.arange(STEPS)
     for g, base in enumerate([0.01, 0.02]):
         expected = S.warmup(S.one_cycle([0.05, 0.2][g], STEPS - 5), 5).lr(t, base)

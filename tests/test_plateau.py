@@ -1,11 +1,11 @@
 """plateau(...) and opt.report(metric): torch's ReduceLROnPlateau, on the device.
 
-Against torch: a torch SGD with ReduceLROnPlateau and a fused SGD with ``plateau(...)`` take the
-same steps and get the same metrics. After every report the fused optimizer's lr equals the
-torch group's lr to 1e-15 relative (the fused side stores the scale lr / base_lr, so
-base_lr * scale is within an ulp of torch's lr), its counters equal torch's ``best``,
-``num_bad_epochs``, ``cooldown_counter`` and ``last_epoch`` exactly, and the parameters agree
-to 1e-6 relative (fp32 rounding over 20 steps).
+Against torch: ANY's peer (``tests/optimizers.py``) with ReduceLROnPlateau and ANY with
+``plateau(...)`` take the same steps and get the same metrics. After every report the fused
+optimizer's lr equals the torch group's lr to 1e-15 relative (the fused side stores the scale lr
+/ base_lr, so base_lr * scale is within an ulp of torch's lr), its counters equal torch's
+``best``, ``num_bad_epochs``, ``cooldown_counter`` and ``last_epoch`` exactly, and the
+parameters agree to 1e-6 relative (fp32 rounding over 20 steps).
 """
 
 from __future__ import annotations
@@ -17,15 +17,18 @@ import pickle
 import pytest
 import torch
 import torch._dynamo
-from conftest import KERNEL_DEVICE, assert_close
+from conftest import KERNEL_DEVICE, assert_close, assert_same_optimizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from optimizers import ANY, representatives
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch.optim import lr_scheduler as tlr
 
 import fused_lrs
-from fused_lrs import FusedAdamWScheduled, FusedSGDScheduled
 from fused_lrs import schedules as S
+
+# The plateau is a schedule: one row carries these tests, and from_torch runs every row.
+FUSED, OPTIONS = ANY.cls, ANY.representative
 
 
 def _table(opt):
@@ -61,9 +64,9 @@ def run_both(config, metrics, impl="reference", device="cpu", as_tensor=True):
     """Step a torch pair and the fused optimizer on the same gradients and metrics; check the
     lrs and counters after every report, the parameters at the end."""
     ps, qs = params(device=device), params(device=device)
-    opt = torch.optim.SGD(groups(ps), momentum=0.9)
+    opt = ANY.peer(groups(ps), **OPTIONS)
     sched = tlr.ReduceLROnPlateau(opt, **config)
-    fused = FusedSGDScheduled(groups(qs), momentum=0.9, schedule=S.plateau(**config), impl=impl)
+    fused = FUSED(groups(qs), schedule=S.plateau(**config), impl=impl, **OPTIONS)
     for k, m in enumerate(metrics):
         for p, q in zip(ps, qs):
             p.grad, q.grad = grad(k, p), grad(k, q)
@@ -123,8 +126,8 @@ def test_kernel_reads_the_scale_from_the_table(name):
 
 def test_report_reads_nothing_back(monkeypatch):
     config = dict(patience=0, min_lr=[0.1, 0.0])
-    opt = FusedAdamWScheduled(groups(params()), schedule=S.plateau(**config))
-    torch_opt = torch.optim.AdamW(groups(params()))
+    opt = FUSED(groups(params()), schedule=S.plateau(**config), **OPTIONS)
+    torch_opt = ANY.peer(groups(params()), **OPTIONS)
     sched = tlr.ReduceLROnPlateau(torch_opt, **config)
     opt.report(1.0)  # the first report builds the cached base and min_lr tensors
     sched.step(1.0)
@@ -145,8 +148,8 @@ def test_report_reads_nothing_back(monkeypatch):
 
 def test_compiled_report_does_not_recompile():
     torch._dynamo.reset()
-    eager = FusedSGDScheduled(groups(params()), schedule=S.plateau(patience=1, factor=0.5))
-    compiled = FusedSGDScheduled(groups(params()), schedule=S.plateau(patience=1, factor=0.5))
+    eager = FUSED(groups(params()), schedule=S.plateau(patience=1, factor=0.5))
+    compiled = FUSED(groups(params()), schedule=S.plateau(patience=1, factor=0.5))
     counter = CompileCounterWithBackend("aot_eager")
     report = torch.compile(compiled.report, backend=counter, fullgraph=True)
     for k, m in enumerate([3.0, 2.0, 2.5, 2.5, 1.0, 1.5, 1.5, 1.5, 0.5]):
@@ -169,8 +172,8 @@ def test_composes_with_warmup():
     # warmup count as torch's would; the expected scale is a torch ReduceLROnPlateau's.
     config = dict(patience=1, factor=0.5)
     ps = params()
-    fused = FusedSGDScheduled(groups(ps), schedule=S.warmup(S.plateau(**config), 4))
-    shadow = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    fused = FUSED(groups(ps), schedule=S.warmup(S.plateau(**config), 4))
+    shadow = ANY.peer([torch.zeros(1, requires_grad=True)], lr=1.0)
     sched = tlr.ReduceLROnPlateau(shadow, **config)
     for k, m in enumerate([1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.5]):
         ramp = min(k / 4, 1.0) if k < 4 else shadow.param_groups[0]["lr"]
@@ -188,7 +191,7 @@ def _resume(load):
     config, metrics = NAMED["min"]
     spec = S.plateau(**config)
     a_params, b_params = params(), params()
-    a = FusedSGDScheduled(groups(a_params), momentum=0.9, schedule=spec)
+    a = FUSED(groups(a_params), schedule=spec, **OPTIONS)
     for k, m in enumerate(metrics[:6]):
         for p in a_params:
             p.grad = grad(k, p)
@@ -199,7 +202,7 @@ def _resume(load):
     with torch.no_grad():
         for p, q in zip(a_params, b_params):
             q.copy_(p)
-    b = FusedSGDScheduled(groups(b_params), momentum=0.9, schedule=spec)
+    b = FUSED(groups(b_params), schedule=spec, **OPTIONS)
     load(b, saved, a)
     for k, m in enumerate(metrics[6:], start=6):
         for x, y in zip(a_params, b_params):
@@ -227,7 +230,7 @@ def _zero_load(opt, saved, _):
 
 def test_checkpoint_carries_the_state():
     def load(b, saved, a):
-        fresh = FusedSGDScheduled(groups(params()), momentum=0.9)   # the schedule comes too
+        fresh = FUSED(groups(params()), **OPTIONS)   # the schedule comes too
         fresh.load_state_dict(copy.deepcopy(saved))
         assert fresh.schedule == a.schedule and torch.equal(_table(fresh), _table(a))
         b.load_state_dict(saved)
@@ -245,7 +248,7 @@ def test_checkpoint_carries_the_state():
 
 
 def test_bad_plateau_checkpoint_changes_nothing():
-    opt = FusedSGDScheduled(groups(params()), schedule=S.plateau())
+    opt = FUSED(groups(params()), schedule=S.plateau())
     opt.report(1.0)
     good = opt.state_dict()
     before = (_table(opt).clone(), _plateau(opt).clone())
@@ -271,7 +274,7 @@ def test_the_groups_carry_the_plateau_where_dcp_and_zero_keep_them(load):
 
 
 def test_a_bad_plateau_entry_in_the_groups_changes_nothing():
-    opt = FusedSGDScheduled(groups(params()), schedule=S.plateau())
+    opt = FUSED(groups(params()), schedule=S.plateau())
     opt.report(1.0)
     good = opt.state_dict()
     before = (_table(opt).clone(), _plateau(opt).clone(), opt.param_groups[0]["lr"])
@@ -285,15 +288,14 @@ def test_a_bad_plateau_entry_in_the_groups_changes_nothing():
     assert opt.param_groups[0]["lr"] == before[2]
 
 
-@pytest.mark.parametrize("kind", ["adam", "sgd"])
-def test_from_torch_continues_a_plateau_mid_run(kind):
+@pytest.mark.parametrize("info, options", representatives())
+def test_from_torch_continues_a_plateau_mid_run(info, options):
     metrics = [3.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
     config = dict(patience=1, factor=0.5, cooldown=1, min_lr=[0.1, 0.01])
 
     def pair():
         ps = params()
-        opt = (torch.optim.Adam(groups(ps), betas=(0.8, 0.99), weight_decay=0.01) if kind == "adam"
-               else torch.optim.SGD(groups(ps), momentum=0.9, nesterov=True))
+        opt = info.peer(groups(ps), **options)
         return ps, opt, tlr.ReduceLROnPlateau(opt, **config)
 
     (ps, opt, sched), (qs, twin, twin_sched) = pair(), pair()
@@ -311,14 +313,11 @@ def test_from_torch_continues_a_plateau_mid_run(kind):
         twin_sched.step(m)
     assert_close(fused.last_lr, [g["lr"] for g in twin.param_groups], rtol=1e-15)
     assert _plateau(fused).tolist() == counters(twin_sched)
-    for i, (p, q) in enumerate(zip(ps, qs)):
-        assert_close(p, q, rtol=1e-5, atol=1e-7, what=f"param {i}")
-        for key, value in twin.state[q].items():
-            assert_close(fused.state[p][key], value, rtol=1e-5, atol=1e-7, what=f"{i} {key}")
+    assert_same_optimizer(fused, twin, rtol=1e-5, atol=1e-7, extra_state=info.extra_state)
 
 
 def test_schedules_from_torch_warns_that_the_state_stays_behind():
-    opt = torch.optim.SGD(groups(params()))
+    opt = ANY.peer(groups(params()))
     sched = tlr.ReduceLROnPlateau(opt)
     assert S.from_torch(sched) == S.plateau()  # fresh: nothing left behind, no warning
     sched.step(1.0)
@@ -327,7 +326,7 @@ def test_schedules_from_torch_warns_that_the_state_stays_behind():
 
 
 def test_report_refusals_change_nothing():
-    opt = FusedSGDScheduled(groups(params()), schedule=S.plateau())
+    opt = FUSED(groups(params()), schedule=S.plateau())
     before = (_table(opt).clone(), _plateau(opt).clone())
     with pytest.raises(ValueError, match="metric must hold one value"):
         opt.report(torch.ones(2))
@@ -335,19 +334,19 @@ def test_report_refusals_change_nothing():
         opt.report("0.5")
     assert torch.equal(_table(opt), before[0]) and torch.equal(_plateau(opt), before[1])
     with pytest.raises(ValueError, match="holds no plateau"):
-        FusedSGDScheduled(groups(params()), schedule=S.cosine(10)).report(1.0)
+        FUSED(groups(params()), schedule=S.cosine(10)).report(1.0)
     with pytest.raises(ValueError, match="momentum_schedule holds a plateau"):
-        FusedSGDScheduled(groups(params()), momentum=0.9, momentum_schedule=S.plateau())
+        FUSED(groups(params()), momentum_schedule=S.plateau(), **OPTIONS)
     with pytest.raises(ValueError, match="may hold one plateau, this one holds 2"):
-        FusedSGDScheduled(groups(params()),
+        FUSED(groups(params()),
                           schedule=S.chained([S.plateau(), S.plateau()])).report(1.0)
     with pytest.raises(ValueError, match="values for 3 parameter groups, the optimizer has 2"):
-        FusedSGDScheduled(groups(params()), schedule=S.plateau(min_lr=[0.0, 0.1, 0.2]))
+        FUSED(groups(params()), schedule=S.plateau(min_lr=[0.0, 0.1, 0.2]))
 
 
 def test_a_new_group_keeps_the_state():
     ps = params()
-    opt = FusedSGDScheduled([{"params": [ps[0]], "lr": 0.5}], schedule=S.plateau(patience=0))
+    opt = FUSED([{"params": [ps[0]], "lr": 0.5}], schedule=S.plateau(patience=0))
     opt.report(1.0)
     opt.report(1.0)  # reduces: scale 0.1
     opt.add_param_group({"params": [ps[1]], "lr": 0.08})

@@ -1,24 +1,27 @@
 """Scheduled momentum and weight decay, evaluated inside the step like the lr.
 
 torch's OneCycleLR and CyclicLR with cycle_momentum=True rewrite beta1 (Adam) or momentum (SGD)
-from the host each step; here ``momentum_schedule=`` moves them on the device. Compared with
-torch's schedulers driving torch's optimizers on the same gradients, every state tensor."""
+from the host each step; here ``momentum_schedule=`` moves them on the device. Every optimizer
+of the table (its representative; the momentum for those whose record has one) compared with
+torch's schedulers driving its peer on the same gradients, every state tensor."""
 
 import math
 
 import pytest
 import torch
-from conftest import KERNEL_DEVICE, assert_close
+from conftest import KERNEL_DEVICE, assert_close, assert_same_optimizer
+from optimizers import representatives, swept
 from torch.optim import lr_scheduler as tls
 
-from fused_lrs import FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled
 from fused_lrs import schedules as S
 
 STEPS = 60
 SHAPES = [(6, 5), (9,), (1,)]
+# The rows whose record has a momentum-like coefficient (Adam's beta1, SGD's momentum).
+WITH_MOMENTUM = [p for p in representatives() if p.values[0].record.momentum is not None]
 
 
-def run_pair(ours_factory, torch_factory, before_torch_step=None):
+def run_pair(info, ours_factory, torch_factory, before_torch_step=None):
     gen = torch.Generator().manual_seed(0)
     init = [torch.randn(s, generator=gen) for s in SHAPES]
     ps = [x.clone().requires_grad_() for x in init]
@@ -35,79 +38,81 @@ def run_pair(ours_factory, torch_factory, before_torch_step=None):
         theirs.step()
         if sched:
             sched.step()
-    for p, q in zip(ps, qs):
-        assert_close(p, q, rtol=1e-5, atol=1e-7, what="param")
-        for key, value in theirs.state[q].items():
-            assert_close(ours.state[p][key], value, rtol=1e-5, atol=1e-7, what=key)
+    assert_same_optimizer(ours, theirs, rtol=1e-5, atol=1e-7, extra_state=info.extra_state)
     return ours
 
 
 @pytest.mark.parametrize("three_phase", [False, True])
-def test_adam_one_cycle_with_cycled_beta1(three_phase):
+@pytest.mark.parametrize("info, options", WITH_MOMENTUM)
+def test_one_cycle_with_cycled_momentum(info, options, three_phase):
     cycle = dict(total_steps=STEPS, pct_start=0.25, three_phase=three_phase)
     momenta = dict(base_momentum=0.8, max_momentum=0.95)
-    run_pair(lambda ps: FusedAdamScheduled(ps, schedule=S.one_cycle(0.05, **cycle),
-                                           momentum_schedule=S.one_cycle_momentum(**cycle,
-                                                                                  **momenta),
-                                           impl="reference"),
-             lambda qs: (opt := torch.optim.Adam(qs, lr=0.05),
+    run_pair(info,
+             lambda ps: info.cls(ps, schedule=S.one_cycle(0.05, **cycle),
+                                 momentum_schedule=S.one_cycle_momentum(**cycle, **momenta),
+                                 impl="reference", **options),
+             lambda qs: (opt := info.peer(qs, lr=0.05, **options),
                          tls.OneCycleLR(opt, 0.05, **cycle, cycle_momentum=True, **momenta)))
 
 
-def test_sgd_cyclic_with_cycled_momentum():
+@pytest.mark.parametrize("info, options", WITH_MOMENTUM)
+def test_cyclic_with_cycled_momentum(info, options):
     cyc = dict(step_size_up=5, step_size_down=7, mode="triangular2")
-    run_pair(lambda ps: FusedSGDScheduled(ps, lr=0.1, momentum=0.9,
-                                          schedule=S.cyclic(0.01, 0.1, **cyc),
-                                          momentum_schedule=S.cyclic_momentum(0.8, 0.9, **cyc),
-                                          impl="reference"),
-             lambda qs: (opt := torch.optim.SGD(qs, lr=0.1, momentum=0.9),
+    run_pair(info,
+             lambda ps: info.cls(ps, lr=0.1, schedule=S.cyclic(0.01, 0.1, **cyc),
+                                 momentum_schedule=S.cyclic_momentum(0.8, 0.9, **cyc),
+                                 impl="reference", **options),
+             lambda qs: (opt := info.peer(qs, lr=0.1, **options),
                          tls.CyclicLR(opt, 0.01, 0.1, **cyc, cycle_momentum=True,
                                       base_momentum=0.8, max_momentum=0.9)))
 
 
-def test_cosine_weight_decay():
+@pytest.mark.parametrize("info, options", representatives())
+def test_cosine_weight_decay(info, options):
     wd0, T = 0.1, 40
+    options = dict(options, weight_decay=wd0)
 
     def torch_wd(opt, k):
         # The spec's value at step k, derived: wd0 * (1 + cos(pi k / T)) / 2.
         opt.param_groups[0]["weight_decay"] = wd0 * (1 + math.cos(math.pi * k / T)) / 2
 
-    run_pair(lambda ps: FusedAdamWScheduled(ps, lr=0.01, weight_decay=wd0,
-                                            weight_decay_schedule=S.cosine(T), impl="reference"),
-             lambda qs: (torch.optim.AdamW(qs, lr=0.01, weight_decay=wd0), None),
+    run_pair(info,
+             lambda ps: info.cls(ps, lr=0.01, weight_decay_schedule=S.cosine(T),
+                                 impl="reference", **options),
+             lambda qs: (info.peer(qs, lr=0.01, **options), None),
              before_torch_step=torch_wd)
 
 
-def test_kernel_matches_reference_with_scheduled_momentum_and_decay():
+# The kernel's scheduled variant evaluates the momentum and weight-decay schedules in code every
+# algorithm shares: the sweep rows carry it.
+@pytest.mark.parametrize("info, options", [p for p in swept()
+                                           if p.values[0].record.momentum is not None])
+def test_kernel_matches_reference_with_scheduled_momentum_and_decay(info, options):
     opts = []
     gen = torch.Generator().manual_seed(1)
     init = [torch.randn(s, generator=gen) for s in [(1025,), (3,), (2049,)]]
     for impl in ("reference", "triton"):
         ps = [x.clone().to(KERNEL_DEVICE).requires_grad_() for x in init]
-        opts.append((ps, FusedSGDScheduled(
-            ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, impl=impl,
-            schedule=S.one_cycle(0.1, 30), momentum_schedule=S.one_cycle_momentum(30),
-            weight_decay_schedule=S.warmup(S.cosine(20), 5))))
+        opts.append((ps, info.cls(
+            ps, lr=0.1, impl=impl, schedule=S.one_cycle(0.1, 30),
+            momentum_schedule=S.one_cycle_momentum(30),
+            weight_decay_schedule=S.warmup(S.cosine(20), 5), **options)))
     for _ in range(25):
         grads = [torch.randn(x.shape, generator=gen).to(KERNEL_DEVICE) for x in init]
         for ps, opt in opts:
             for p, g in zip(ps, grads):
                 p.grad = g.clone()
             opt.step()
-    (ps, ref), (qs, tri) = opts
-    for p, q in zip(ps, qs):
-        scale = p.detach().abs().max().item()
-        assert_close(q, p, rtol=1e-6, atol=1e-6 * scale, what="param")
-        buf = ref.state[p]["momentum_buffer"]
-        assert_close(tri.state[q]["momentum_buffer"], buf, rtol=1e-6,
-                     atol=1e-6 * buf.abs().max().item(), what="momentum_buffer")
+    (_, ref), (_, tri) = opts
+    assert_same_optimizer(tri, ref, rtol=1e-6, scaled=True)
 
 
-def test_checkpoint_keeps_every_schedule():
+@pytest.mark.parametrize("info, options", WITH_MOMENTUM)
+def test_checkpoint_keeps_every_schedule(info, options):
     p = torch.zeros(3, requires_grad=True)
-    opt = FusedAdamScheduled([p], schedule=S.cosine(10), momentum_schedule=S.one_cycle_momentum(10),
-                             weight_decay_schedule=S.step(3, 0.5))
-    fresh = FusedAdamScheduled([torch.zeros(3, requires_grad=True)])
+    opt = info.cls([p], schedule=S.cosine(10), momentum_schedule=S.one_cycle_momentum(10),
+                   weight_decay_schedule=S.step(3, 0.5), **options)
+    fresh = info.cls([torch.zeros(3, requires_grad=True)], **options)
     fresh.load_state_dict(opt.state_dict())
     assert fresh.schedule == opt.schedule
     assert fresh.momentum_schedule == opt.momentum_schedule
@@ -131,7 +136,9 @@ MOMENTUM_PEERS = [
 @pytest.mark.parametrize("config, peer, factory", MOMENTUM_PEERS,
                          ids=["one_cycle", "one_cycle-three-phase", "cyclic-exp_range"])
 def test_momentum_factories_follow_torch(config, peer, factory):
-    # torch's group momentum before each step, on a real optimizer, against the spec.
+    # torch's group momentum before each step, on a real optimizer, against the spec. A carrier
+    # for the schedulers, not an optimizer under test: torch's SGD holds the momentum as a
+    # plain group entry.
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.5)
     sched = peer(opt, config)
     seen = []

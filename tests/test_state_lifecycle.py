@@ -8,21 +8,25 @@ import weakref
 
 import pytest
 import torch
-from conftest import KERNEL_DEVICE, assert_close
+from conftest import KERNEL_DEVICE, assert_close, assert_same_optimizer
+from optimizers import ANY, representatives
 
-from fused_lrs import FusedAdamWScheduled, FusedSGDScheduled
+from fused_lrs import FusedSGDScheduled
 from fused_lrs.optim import op
 from fused_lrs.schedules import cosine, plateau
 
+# Every row's representative where its state is concerned; ANY for what the backends share.
 CPU_IMPLS = ["torch_fused", "reference"]
 
 
 @pytest.mark.parametrize("impl", CPU_IMPLS)
-def test_state_clear_resets_the_moments_as_in_torch(impl):
+@pytest.mark.parametrize("info, options", representatives())
+def test_state_clear_resets_the_state_as_in_torch(info, options, impl):
     p = torch.nn.Parameter(torch.randn(8))
     q = torch.nn.Parameter(p.detach().clone())
-    ours = FusedAdamWScheduled([p], lr=0.1, impl=impl)
-    theirs = torch.optim.AdamW([q], lr=0.1)
+    ours = info.cls([p], lr=0.1, impl=impl, **options)
+    # torch_fused runs the peer's fused kernel where it has one: then that is the peer.
+    theirs = info.peer([q], lr=0.1, fused=impl == "torch_fused", **options)
     gen = torch.Generator().manual_seed(0)
     for k in range(4):
         g = torch.randn(8, generator=gen)
@@ -32,16 +36,14 @@ def test_state_clear_resets_the_moments_as_in_torch(impl):
         if k == 1:
             ours.state.clear()
             theirs.state.clear()
-    assert_close(p, q, rtol=1e-5, atol=1e-7, what="params")
-    for key in ("step", "exp_avg", "exp_avg_sq"):
-        assert_close(ours.state[p][key], theirs.state[q][key], rtol=1e-5, atol=1e-7, what=key)
+    assert_same_optimizer(ours, theirs, rtol=1e-5, atol=1e-7, extra_state=info.extra_state)
     assert set(ours.state_dict()["state"]) == {0}
 
 
 @pytest.mark.parametrize("impl", CPU_IMPLS)
 def test_hold_schedule_on_skip_may_change_after_the_first_step(impl):
     p = torch.nn.Parameter(torch.randn(8))
-    opt = FusedAdamWScheduled([p], lr=0.1, impl=impl)
+    opt = ANY.cls([p], lr=0.1, impl=impl)
     p.grad = torch.randn(8)
     opt.step()
     opt.hold_schedule_on_skip = True
@@ -50,11 +52,15 @@ def test_hold_schedule_on_skip_may_change_after_the_first_step(impl):
     assert int(opt.schedule_step) == 1                       # held: the skip did not count
 
 
-def test_a_refused_compiled_step_inserts_no_empty_state():
+def test_a_refused_compiled_step_inserts_no_empty_state(monkeypatch):
+    # Under CUDA-graph capture (monkeypatched here) a step that would make state is refused.
+    from fused_lrs.optim import compiled
+
     p = torch.nn.Parameter(torch.randn(4))
-    opt = FusedAdamWScheduled([p], lr=0.1)
+    opt = ANY.cls([p], lr=0.1)
     p.grad = torch.randn(4)
-    with pytest.raises(RuntimeError, match="no optimizer state"):
+    monkeypatch.setattr(compiled, "capturing", lambda opt: True)
+    with pytest.raises(Exception, match="no optimizer state"):
         torch.compile(opt.step, fullgraph=True, backend="eager")()
     assert len(opt.state) == 0
     opt.load_state_dict(opt.state_dict())                    # its own checkpoint still loads
@@ -62,7 +68,7 @@ def test_a_refused_compiled_step_inserts_no_empty_state():
 
 def test_torch_fused_refuses_a_model_cast_after_build_and_changes_nothing():
     a, b = torch.nn.Parameter(torch.randn(8)), torch.nn.Parameter(torch.randn(8))
-    opt = FusedAdamWScheduled([{"params": [a]}, {"params": [b]}], lr=0.1, impl="torch_fused")
+    opt = ANY.cls([{"params": [a]}, {"params": [b]}], lr=0.1, impl="torch_fused")
     a.grad, b.grad = torch.randn(8), torch.randn(8)
     opt.step()
     for p in (a, b):
@@ -80,7 +86,7 @@ def test_torch_fused_refuses_a_model_cast_after_build_and_changes_nothing():
 
 def test_a_checkpoint_with_an_invalid_schedule_changes_nothing():
     p = torch.nn.Parameter(torch.randn(4))
-    opt = FusedAdamWScheduled([p], lr=0.1, schedule=cosine(10))
+    opt = ANY.cls([p], lr=0.1, schedule=cosine(10))
     p.grad = torch.randn(4)
     saved = opt.state_dict()
     saved["fused_lrs"] = {**saved["fused_lrs"], "momentum_schedule": repr(plateau())}
@@ -100,10 +106,10 @@ def test_loaded_step_counts_are_copies_not_the_source_optimizers():
     # step tensors it plans with into one buffer).
     a = torch.nn.Parameter(torch.randn(4))
     b = torch.nn.Parameter(a.detach().clone())
-    opt_a = FusedAdamWScheduled([a], lr=0.1)
+    opt_a = ANY.cls([a], lr=0.1)
     a.grad = torch.randn(4)
     opt_a.step()
-    opt_b = FusedAdamWScheduled([b], lr=0.1)
+    opt_b = ANY.cls([b], lr=0.1)
     opt_b.load_state_dict(opt_a.state_dict())
     assert opt_b.state[b]["step"] is not opt_a.state[a]["step"]
     b.grad = torch.randn(4)
@@ -119,7 +125,7 @@ def test_compiled_steps_keep_one_backend_per_optimizer_and_free_it():
     refs = []
     for _ in range(2):
         p = torch.nn.Parameter(torch.randn(64))
-        opt = FusedAdamWScheduled([p], lr=0.1)
+        opt = ANY.cls([p], lr=0.1)
         opt.init_state()
         owner = opt._owner
 
@@ -140,7 +146,8 @@ def test_compiled_steps_keep_one_backend_per_optimizer_and_free_it():
 
 def test_the_kernel_refuses_a_new_gradient_of_another_dtype_or_layout():
     # New gradient addresses on an otherwise unchanged step (zero_grad(set_to_none=True)):
-    # their dtype and strides are checked, not only their addresses.
+    # their dtype and strides are checked, not only their addresses. Plain SGD, whose step
+    # after the refusal has a value to derive (p - lr g).
     p = torch.nn.Parameter(torch.arange(6.0, device=KERNEL_DEVICE).reshape(2, 3))
     opt = FusedSGDScheduled([p], lr=1.0, impl="triton")
     p.grad = torch.ones_like(p)
@@ -159,7 +166,7 @@ def test_a_new_backend_refuses_to_be_captured_before_an_eager_step(monkeypatch):
     from fused_lrs.optim.backends.triton import TritonBackend
 
     p = torch.nn.Parameter(torch.randn(64, device=KERNEL_DEVICE))
-    opt = FusedSGDScheduled([p], lr=0.1, impl="triton")
+    opt = ANY.cls([p], lr=0.1, impl="triton")
     p.grad = torch.randn_like(p)
     opt.step()
     opt.set_schedule(cosine(10))            # a new backend at the next step

@@ -249,6 +249,47 @@ def step(d: dict) -> list[str]:
         ["case", "provider", "parameters", "gpu ms", "wall ms", "host µs", "GB/s", "% copy"], body)
 
 
+def _is_lr_find_cost(d):
+    rows = d.get("results")
+    return isinstance(rows, dict) and rows and all(
+        isinstance(r, dict) and "lr_find_ratio" in r for r in rows.values())
+
+
+def lr_find_cost(d: dict) -> list[str]:
+    cfg, rows = d.get("config", {}), d["results"]
+    body = [[name, _f(r.get("params"), "d"), _f(r["plain_ms_per_step"], ".3f"),
+             _f(r["lr_find_ms_per_step"], ".3f"), _f(r["lr_find_ratio"], ".3f"),
+             "-".join(_f(q, ".3f") for q in (r.get("lr_find_ratio_quartiles") or [])[::2])]
+            for name, r in rows.items()]
+    return [f"`python benchmarks/bench_lr_find.py`: the range test's sweep against a plain "
+            f"training loop of the same {cfg.get('steps', '?')} steps, model and fused "
+            f"optimizer, in {cfg.get('rounds', '?')} interleaved rounds; the ratio is the median "
+            f"over rounds (target at most {d.get('target', '?')}x), the range its interquartile "
+            "range.", ""] + _table(
+        ["case", "parameters", "plain ms/step", "lr_find ms/step", "lr_find / plain", "range"],
+        body)
+
+
+def _is_lr_find_suggestion(d):
+    return isinstance(d.get("summary"), dict) and "runs" in d
+
+
+def lr_find_suggestion(d: dict) -> list[str]:
+    summary = d["summary"]
+    body = [[name, _f(s.get("ours_decades_fmean"), ".2f"), _f(s.get("ours_decades_max"), ".2f"),
+             _f(s.get("theirs_decades_fmean"), ".2f"), _f(s.get("theirs_decades_max"), ".2f")]
+            for name, s in summary.items() if "ours_decades_fmean" in s]
+    overall = summary.get("all", {})
+    return [f"`python benchmarks/bench_lr_suggestion.py`: on three small problems and seeds "
+            f"{d.get('config', {}).get('seeds', '?')}, the distance in decades between the "
+            "suggested lr and the best constant lr of a grid of trainings from the same "
+            "initialisation, for `fused_lrs.lr_find` and torch-lr-finder. Mean over all runs: "
+            f"{_f(overall.get('ours_decades_mean'), '.2f')} (fused_lrs) against "
+            f"{_f(overall.get('theirs_decades_mean'), '.2f')} (torch-lr-finder).", ""] + _table(
+        ["problem", "fused_lrs mean", "fused_lrs max", "torch-lr-finder mean",
+         "torch-lr-finder max"], body)
+
+
 def _leaves(value, prefix=""):
     if isinstance(value, dict):
         for k, v in value.items():
@@ -278,6 +319,9 @@ KINDS = (
     ("Kernel-only time against a copy", _is_kernel, kernel),
     ("Compile time", _is_compile, compile_cost),
     ("One optimizer step, single tensors", _is_step, step),
+    ("lr_find: the cost of the sweep", _is_lr_find_cost, lr_find_cost),
+    ("lr_find: the suggestion against ground truth", _is_lr_find_suggestion,
+     lr_find_suggestion),
 )
 
 

@@ -11,7 +11,8 @@ A class names its algorithm's record (``algorithm``, ``fused_lrs/algorithms/``) 
     description to one backend (``backends/``): ``"triton"`` (one kernel launch on CUDA),
     ``"torch_fused"`` (torch's CPU kernels) or ``"reference"`` (plain PyTorch, the
     specification). None of them reads a value back to the host. Under ``torch.compile`` the
-    step is one custom op (``op.py``) that carries the same description to the same backend.
+    step is one custom op (``op.py``) that carries the same description to the same backend
+    (``compiled.py``: the compiled step, its state, CUDA-graph capture).
 
 The description is cached (``_Cache``, with everything else that is derived and rebuilt on
 demand): it is rebuilt only when the set of parameters with a gradient, the state, a
@@ -34,12 +35,12 @@ from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimize
 
 from fused_lrs import adapters
 from fused_lrs.kernels import layout
-from fused_lrs.optim import backends, checkpoint, dtensor, validate
+from fused_lrs.optim import backends, checkpoint, compiled, dtensor, validate
 from fused_lrs.optim.backends import IMPLS
 from fused_lrs.optim.op import forget as forget_owner
-from fused_lrs.optim.op import step as step_op
+from fused_lrs.optim.op import know as op_knows
 from fused_lrs.optim.schedule_state import ScheduleState, check_specs
-from fused_lrs.optim.step import StepDescription, to_flat
+from fused_lrs.optim.step import StepDescription
 from fused_lrs.schedules import Schedule, constant
 from fused_lrs.schedules.base import check_schedule
 
@@ -79,6 +80,11 @@ class ScheduledOptimizer(torch.optim.Optimizer):
     # GradScaler hands its scale and found_inf to step() (as torch's fused optimizers take
     # them): unscaling and the skip decision happen inside the launch, with no sync.
     _step_supports_amp_scaling = True
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "algorithm" in cls.__dict__:      # the compiled step's op runs it by name
+            op_knows(cls.algorithm)
 
     def __init__(self, params, defaults: dict[str, Any], *, schedule: Schedule | None,
                  impl: str, hold_schedule_on_skip: bool = False,
@@ -305,12 +311,22 @@ class ScheduledOptimizer(torch.optim.Optimizer):
                 loss = closure()
         if torch.compiler.is_compiling():
             with torch.no_grad():
-                self._compiled_step()
-            return loss
+                compiled.step(self)             # one custom op (compiled.py)
+        elif compiled.dynamo_callback() is not None:
+            # An eager step inside a compiled function: dynamo off, or it would trace the
+            # backends (compiled.py).
+            compiled.without_dynamo(self._eager_step)()
+        else:
+            self._eager_step()
+        return loss
+
+    _hooked_step = torch.optim.Optimizer.profile_hook_step(_step)
+
+    def _eager_step(self) -> None:
         if not self.state and checkpoint.initializing_for_dcp():
             with torch.no_grad():
                 self.prepare_state(self._gather())  # DCP makes state, no step (checkpoint.py)
-            return loss
+            return
         grad_enabled = torch.is_grad_enabled()      # no_grad, without its context object
         torch._C._set_grad_enabled(False)
         try:
@@ -321,23 +337,6 @@ class ScheduledOptimizer(torch.optim.Optimizer):
             cache.backend.step(description)
         finally:
             torch._C._set_grad_enabled(grad_enabled)
-        return loss
-
-    _hooked_step = torch.optim.Optimizer.profile_hook_step(_step)
-
-    def _compiled_step(self) -> None:
-        """Under torch.compile: the step is one custom op (``op.py``), no Python bookkeeping
-        in the graph (the description is built afresh, never cached, so dynamo guards on
-        nothing but the tensors). State must exist already: ``init_state()``, or one eager
-        step."""
-        work = self._gather()
-        self._require_state(work)
-        # Nothing cached is written here: dynamo guards on what the trace reads, and a value the
-        # trace itself changed would fail its guard at the next call (a recompile). So the rows
-        # are made afresh (dynamo guards on the hyperparameters), and the impl is only read.
-        rows = [self.algorithm.row(g, self.defaults) for g in self.param_groups]
-        impl = self._cache.impl or self._choose_impl()
-        step_op(**to_flat(self._build_description(work, rows)), impl=impl, owner=self._owner)
 
     def _describe(self) -> StepDescription:
         """The description of this step: the cached one with this step's gradients, or, when
@@ -365,11 +364,10 @@ class ScheduledOptimizer(torch.optim.Optimizer):
         d = cache.description
         if d is None or key != cache.key or (d.wrappers is not None and not dtensor.current(d)):
             work = self._gather()
-            if (self._device is not None and self._device.type == "cuda"
-                    and torch.cuda.is_current_stream_capturing()):
+            if compiled.capturing(self):
                 # State created during a capture is only recorded: every replay would zero
                 # the moments and step counts again. (A rebuild is rare: the query is cheap.)
-                self._require_state(work)
+                compiled.require_state(self, work)
             self._check_tensors([p for ps in work for p in ps])
             self.prepare_state(work)
             d = cache.description = self._build_description(work, self.group_rows())
@@ -409,14 +407,11 @@ class ScheduledOptimizer(torch.optim.Optimizer):
         for p in params:
             validate.gradient(name, p, p.grad)
 
-    def _require_state(self, work) -> None:
-        """Refuse a step that would have to create state: under torch.compile or CUDA-graph
-        capture it must exist already. (``.get``: a lookup in the state defaultdict would
-        insert ``{}`` for the refused parameter.)"""
-        if any("step" not in self.state.get(p, ()) for params in work for p in params):
-            raise RuntimeError(f"{type(self).__name__}: some parameters have no optimizer state "
-                               "yet; call opt.init_state() (or take one eager step) before "
-                               "torch.compile or CUDA-graph capture")
+    def _init_group(self) -> None:
+        """Make the state that the parameters with a gradient lack: dynamo runs a method of
+        this name eagerly while it traces a compiled step, as for torch's optimizers
+        (``compiled.py``)."""
+        compiled.init_group(self)
 
     def _build_description(self, work, rows) -> StepDescription:
         """A description of a step over ``work``, the parameters with a gradient per group, with
@@ -470,21 +465,13 @@ class ScheduledOptimizer(torch.optim.Optimizer):
 
     def init_state(self) -> None:
         """Create the state of every parameter now, gradient or not, without stepping: what
-        torch.compile and CUDA-graph capture need to find before their first step.
+        CUDA-graph capture needs to find before its first step (a compiled step makes what
+        it lacks on its first call, as torch's optimizers do).
 
         It also marks every tensor the step reads or writes as having a static address, as
         torch's own optimizers do under compile, so that ``mode="reduce-overhead"`` can keep
         the step inside its CUDA graph instead of copying the mutated inputs."""
-        self.prepare_state([g["params"] for g in self.param_groups])
-        state = self._schedule_state
-        tensors = [state.t, state.table, *([state.plateau] if state.plateau is not None else [])]
-        for group in self.param_groups:
-            for p in group["params"]:
-                tensors += [p, *(v for v in self.state[p].values() if v is not None)]
-                if p.grad is not None:
-                    tensors.append(p.grad)
-        for x in tensors:
-            torch._dynamo.mark_static_address(x)
+        compiled.init_state(self)
 
     def _gather(self) -> list[list[torch.Tensor]]:
         """The parameters with a gradient, per group."""

@@ -70,8 +70,9 @@ def _repr_or_none(spec) -> str | None:
 def initializing_for_dcp() -> bool:
     """Whether ``step()`` was called by torch.distributed.checkpoint's ``_init_optim_state``
     (which creates a fresh optimizer's state by stepping it with lr 0 and zero gradients).
-    Read from the call stack: step's caller is at most three frames up (torch's profiling
-    wrapper and ``no_grad``'s). Called only while the optimizer has no state."""
+    Read from the call stack: the caller of ``step`` is at most five frames up (the
+    optimizer's ``_eager_step``, ``_step`` and ``step``, torch's profiling wrapper and
+    ``no_grad``'s). Called only while the optimizer has no state."""
     frame = sys._getframe(1)
     for _ in range(6):
         if frame is None:

@@ -2,8 +2,9 @@
 shards.
 
 A DTensor op goes through DTensor's dispatcher (sharding propagation, then the local op), so
-torch's ``AdamW(fused=True)`` on the 72 DTensors of benchmarks/bench_fsdp.py takes 1.2 to 3 ms a
-step on a loaded 2-core CPU host, against ~0.3 ms for the same fused kernel on the local shards.
+torch's ``AdamW(fused=True)`` on DTensors pays that dispatch per tensor and per op: several
+times the cost of the same fused kernel on the local shards (``benchmarks/bench_fsdp.py``;
+its figures are in ``benchmarks/results/fsdp_cpu.json``).
 The update is elementwise and every operand (parameter, gradient, states, master) has the same
 placements, so each rank can update its own shards directly: this module
 swaps each DTensor in a step description for its local tensor, once, when the description is
@@ -84,7 +85,7 @@ def unwrap(d) -> None:
 
 
 # The per-step checks below run as C-level loops (map), not generator expressions: at 72
-# tensors a Python-level loop costs tens of microseconds, against a step of ~0.2 ms.
+# tensors a Python-level loop costs tens of microseconds, a tenth of a small model's step.
 # ``getattr(x, "_local_tensor", x)`` is a DTensor's local tensor and a plain tensor itself.
 
 def current(d) -> bool:

@@ -46,10 +46,19 @@ def _(params, grads, state1, state2, state3, steps, masters, presence, group_of,
     return None
 
 
+# The records of the algorithms the op may be asked to run, by name: each optimizer class tells
+# the op its record when the class is made (``ScheduledOptimizer.__init_subclass__``), so this
+# module needs no import of the registry, which imports the optimizer, which imports this.
+_RECORDS: dict[str, object] = {}
+
+
+def know(record) -> None:
+    """Make ``record``'s algorithm runnable by name."""
+    _RECORDS[record.name] = record
+
+
 def _record(name: str):
-    # Imported here: the registry's classes import the optimizer, which imports this module.
-    from fused_lrs.algorithms import ALGORITHMS
-    return ALGORITHMS[name]
+    return _RECORDS[name]
 
 
 @functools.lru_cache(maxsize=64)
