@@ -21,6 +21,7 @@ the table's warmup then cosine (``tests/schedule_table.py``).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import socket
 import time
@@ -164,6 +165,8 @@ def peer(params, info=None, dtensor=False):
     from optimizers import ANY
     info = info or ANY
     path = {"fused": True} if not dtensor or info.fused_peer_on_dtensor else {"foreach": True}
+    if "foreach" not in inspect.signature(info.record.peer_class()).parameters:
+        path.pop("foreach", None)           # lion_pytorch.Lion: its one step
     return info.peer(params, lr=LR, **path, **info.representative)
 
 

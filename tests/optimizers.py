@@ -20,9 +20,10 @@ holds the two equal). A row gives what the suites need to drive the class and it
   * ``fused_peer``: the peer has a fused CPU kernel (``fused=True``): the CPU backend, which
     runs that kernel, is compared with it;
   * ``peer_maximize``: the peer takes ``maximize=``. Where it does not (lion_pytorch), ``peer``
-    builds it through ``_maximizing``, which takes ``maximize=`` (also per group, also changed
-    between steps) and negates those groups' gradients around each step, so every suite drives
-    both optimizers with the same options;
+    given ``maximize=True`` builds it through ``_maximizing``, which takes ``maximize=`` (also
+    per group) and negates those groups' gradients around each step, so every suite drives both
+    optimizers with the same options; without ``maximize`` it is the peer itself (what
+    ``from_torch`` converts: the suites that convert the peer leave out ``maximize=True``);
   * ``fused_peer_on_dtensor`` (default False): that fused kernel also takes FSDP2's DTensor
     shards (torch 2.13's fused Adam does, its fused SGD has no sharding rule); where it does
     not, the distributed suite compares with the peer's foreach path;
@@ -104,8 +105,8 @@ class OptimizerInfo:
         if peer_class is None:
             pytest.skip(f"{self.record.peer} is not installed")
         extra = {"fused": True} if fused and self.fused_peer else {}
-        if not self.peer_maximize:
-            peer_class = _maximizing(peer_class)
+        if not self.peer_maximize and options.pop("maximize", False):
+            peer_class, options = _maximizing(peer_class), dict(options, maximize=True)
         return peer_class(params, **self.peer_options, **options, **extra)
 
     def grid(self):
@@ -223,7 +224,10 @@ OPTIMIZER_INFOS = [
                  ("momentum", NAN, "momentum"), ("weight_decay", -0.1, "weight_decay"),
                  ("weight_decay", NAN, "weight_decay"), ("alpha", -0.1, "alpha"),
                  ("alpha", NAN, "alpha")),
-        sample=(("plain-maximize-alpha-eps", dict(maximize=True, alpha=0.9, eps=1e-6)),)),
+        sample=(("plain-maximize-alpha-eps", dict(maximize=True, alpha=0.9, eps=1e-6)),),
+        # alpha 0, no momentum, centering or decay: square_avg = g * g and p - lr g / avg,
+        # where torch's addcmul (a fused multiply-add) and the interpreter's two roundings agree
+        sixteen_bit=dict(alpha=0.0, maximize=True)),
     OptimizerInfo(
         cls=FusedAdagradScheduled,
         options=_flags(lr_decay=(0.0, 0.05), weight_decay=(0.0, 0.1), maximize=(False, True))
@@ -257,7 +261,7 @@ OPTIMIZER_INFOS = [
         # torch scheduler driving a tensor lr rewrites that very tensor in place (the
         # divisor then follows the schedule); the grid covers decoupled decay.
         representative=dict(weight_decay=0.1, betas=(0.8, 0.95)),
-        changes={10: dict(weight_decay=0.2), 20: dict(betas=(0.8, 0.95)), 30: dict(maximize=True)},
+        changes={10: dict(weight_decay=0.2), 20: dict(betas=(0.5, 0.9))},
         # lion_pytorch asserts these (AssertionError, no message; the 2-element lr fails in its
         # comparison): the messages are ours, torch's wording.
         invalid=(("lr", -1e-3, "learning rate"), ("lr", NAN, "learning rate"),
@@ -267,7 +271,11 @@ OPTIMIZER_INFOS = [
         extra_state=frozenset({"step"}), peer_maximize=False,
         sample=(("decoupled-maximize", dict(weight_decay=1e-5, decoupled_weight_decay=True,
                                             maximize=True)),
-                ("plain-betas", dict(betas=(0.5, 0.9))))),
+                ("plain-betas", dict(betas=(0.5, 0.9)))),
+        # betas 1 and 0: the sign's argument is the last gradient (exp_avg) and exp_avg the new
+        # one, where lion_pytorch's add(alpha=) (a fused multiply-add) rounds as the
+        # interpreter's two operations do
+        sixteen_bit=dict(betas=(1.0, 0.0), weight_decay=0.1, maximize=True)),
 ]
 INFO = {info.cls: info for info in OPTIMIZER_INFOS}
 

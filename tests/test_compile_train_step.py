@@ -144,11 +144,11 @@ def test_a_compiled_train_step_works_from_its_first_call(info, impl, backend_cal
     assert_static(ours)
 
 
-@pytest.mark.parametrize("info", infos())
+@pytest.mark.parametrize("info", [p for p in infos() if not p.values[0].record.eager_state])
 def test_state_made_in_the_graph_recompiles_once(info, backend_calls, monkeypatch):
     # Were dynamo not to run _init_group eagerly (torch/_dynamo/variables/optimizer.py), the
     # state would be made by prepare_state traced into the graph: the next call recompiles on
-    # the new state, once.
+    # the new state, once. (Not for a record whose state is made at construction: Adagrad's.)
     monkeypatch.setattr(ScheduledOptimizer, "_init_group", lambda self: None)
     eager, ours, counter, recompiles = run_compiled(info, "auto")
     assert recompiles == 1

@@ -131,7 +131,10 @@ def test_all_grads_none_still_advances_the_schedule(info, options):
         opt.step()
     assert int(opt.schedule_step) == 4
     assert torch.equal(p.detach(), before)
-    assert not opt.state[p]
+    if info.record.eager_state:        # made at construction (torch's Adagrad), never counted
+        assert float(opt.state[p]["step"]) == 0
+    else:
+        assert not opt.state[p]
 
 
 def run_views(make_view, shape, steps=5, seed=3):

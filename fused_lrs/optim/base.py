@@ -518,13 +518,17 @@ class ScheduledOptimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Also what torch's load_state_dict calls, with only "state" and "param_groups".
+        # The class's own defaults: torch's __setstate__ adds "differentiable" to them, which a
+        # class mirroring a peer without one (lion_pytorch) must not put in its groups.
+        own = set(state.get("defaults", getattr(self, "defaults", {})))
         super().__setstate__(state)
         self._cache = _Cache()
         self._draw_owner()                 # a copy is another optimizer: its own backends
         # As torch's optimizers do: a group saved before an option existed gets its default.
         for group in self.param_groups:
             for key, value in self.defaults.items():
-                group.setdefault(key, value)
+                if key in own:
+                    group.setdefault(key, value)
         if "_schedule_state" in state:     # a copy or an unpickle, not a load_state_dict
             # A plain pickle copies the scale views apart from the table they view.
             self._schedule_state.relink()
