@@ -57,7 +57,8 @@ def step_variants() -> dict:
             combos = tuple(code * layout.VARIANTS + v for code in codes for v in record.variants)
             registers = ONE_DTYPE_REGISTERS if len(codes) == 1 else MAX_REGISTERS
             table[f"{name}-{dtypes_name}"] = dict(kernel=module, COMBOS=combos, extras=False,
-                                                  registers=registers)
+                                                  registers=registers,
+                                                  SCALARS=len(record.scalars))
         table[f"{name}-scheduled"] = dict(table[f"{name}-fp32"], extras=True,
                                           registers=MAX_REGISTERS)
     return table
@@ -143,7 +144,8 @@ def compile_all() -> dict:
                               KINDS=(int(kinds.ANNEAL), int(kinds.COSINE)), BLOCK=1024,
                               UNSCALE=extras, CHECK_INF=extras,
                               KINDS_M=(int(kinds.ANNEAL),) * extras,
-                              KINDS_WD=(int(kinds.COSINE),) * extras)
+                              KINDS_WD=(int(kinds.COSINE),) * extras,
+                              SCALARS=variant["SCALARS"])
             key = f"{name}-sm_{arch}"
             report[key] = accesses(K.fused_step_kernel, K.SIGNATURE, constexprs, arch,
                                    key if arch == 90 else None)
@@ -154,7 +156,7 @@ def compile_all() -> dict:
         K.fused_step_kernel, K.SIGNATURE,
         dict(PREPARE=adam.prepare, UPDATE=adam.update, COMBOS=STEP_VARIANTS["adam-fp32"]["COMBOS"],
              KINDS=all_kinds, BLOCK=1024, UNSCALE=False, CHECK_INF=False, KINDS_M=(),
-             KINDS_WD=()), 90, "step-all-kinds-sm_90")
+             KINDS_WD=(), SCALARS=0), 90, "step-all-kinds-sm_90")
     return report
 
 

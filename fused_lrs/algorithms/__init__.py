@@ -8,11 +8,13 @@ optimizers (``tests/optimizers.py``).
 """
 
 from fused_lrs.algorithms.adam import FusedAdamScheduled, FusedAdamWScheduled
+from fused_lrs.algorithms.adamax import FusedAdamaxScheduled
 from fused_lrs.algorithms.record import Algorithm
 from fused_lrs.algorithms.sgd import FusedSGDScheduled
 
 #: Every fused optimizer class, in the order the docs and the bench list them.
-OPTIMIZERS = (FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled)
+OPTIMIZERS = (FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled,
+              FusedAdamaxScheduled)
 #: Every algorithm record, by name.
 ALGORITHMS: dict[str, Algorithm] = {cls.algorithm.name: cls.algorithm for cls in OPTIMIZERS}
 

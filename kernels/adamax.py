@@ -1,0 +1,42 @@
+"""Adamax in the fused step kernel (``kernels/optim.py``): the per-program scalars and the update
+of one block. The record is ``fused_lrs/algorithms/adamax.py``; its reference update is the
+specification this follows, operation for operation.
+"""
+
+import triton
+import triton.language as tl
+
+from fused_lrs.kernels.access import load, store
+
+# The record's own row columns, in its order (a test holds them equal).
+COLUMNS = ("beta2", "eps")
+BETA2 = tl.constexpr(COLUMNS.index("beta2"))
+EPS = tl.constexpr(COLUMNS.index("eps"))
+
+
+@triton.jit
+def prepare(lr, beta1, weight_decay, step, cols):
+    """Per-program scalars from the group's fp64 values (``cols``: its own columns) and this
+    tensor's step count."""
+    k = step + 1.0                                # this update's step count, as torch's
+    # beta1 ** k as exp(k log beta1): fp64 keeps it to ~1e-15 relative; beta1 = 0 gives 0.
+    neg_step_size = (-(lr / (1.0 - tl.exp(k * tl.log(beta1))))).to(tl.float32)
+    return (weight_decay.to(tl.float32), (1.0 - beta1).to(tl.float32),
+            tl.load(cols + BETA2).to(tl.float32), tl.load(cols + EPS).to(tl.float32),
+            neg_step_size)
+
+
+@triton.jit
+def update(p, g, m_ptr, u_ptr, unused_ptr3, offs, mask, S, VARIANT: tl.constexpr,
+           BF16: tl.constexpr):
+    """The new weights of one block; writes the block's states."""
+    l2, one_minus_b1, beta2, eps, neg_step_size = S
+    m = load(m_ptr, offs, mask)
+    u = load(u_ptr, offs, mask)
+    g = g + l2 * p                                    # L2 into the gradient (0: none)
+    m = m + one_minus_b1 * (g - m)                    # exp_avg.lerp_(g, 1 - beta1)
+    u = tl.maximum(u * beta2, tl.abs(g) + eps)        # the exponentially weighted inf norm
+    store(m_ptr, offs, mask, m, BF16)
+    store(u_ptr, offs, mask, u, BF16)
+    # IEEE division (`/` is approximate on CUDA), as torch's addcdiv computes.
+    return p + tl.div_rn(neg_step_size * m, u)
