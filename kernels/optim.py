@@ -304,11 +304,11 @@ def fused_step_kernel(
             first += COUNTER_BLOCK
         if SCALARS > 0:
             # Every program has read the old scalar states: the new ones go in, unless skipped.
-            n_scalars = n_tensors * SCALARS
+            n_scalars = tl.where(skip, 0, n_tensors * SCALARS)
             done = 0
             while done < n_scalars:
                 idx = done + lane
-                mask = (idx < n_scalars) & (advance != 0.0)
+                mask = idx < n_scalars
                 scalar_ptrs = tl.load(scalars_ptr + idx, mask=mask, other=0).to(
                     tl.pointer_type(tl.float32))
                 tl.store(scalar_ptrs, tl.load(scratch_ptr + idx, mask=mask), mask=mask)

@@ -19,7 +19,7 @@ import torch
 
 from fused_lrs.algorithms import foreach
 from fused_lrs.algorithms.adam import check_group
-from fused_lrs.algorithms.arithmetic import add, applies
+from fused_lrs.algorithms.arithmetic import add, applies, lerp
 from fused_lrs.algorithms.record import Algorithm, CpuUpdate, Slot, number
 from fused_lrs.optim.base import ScheduledOptimizer
 from fused_lrs.schedules import Schedule
@@ -30,8 +30,7 @@ def reference(p, g, state, k, hp):
     lr, beta1, wd = hp["lr"], hp["beta1"], hp["weight_decay"]
     if applies(wd):
         g = add(g, p, wd)                           # grad.add(param, alpha=weight_decay)
-    m = state["exp_avg"]
-    m = m + (1 - beta1) * (g - m)                   # exp_avg.lerp_(grad, 1 - beta1)
+    m = lerp(state["exp_avg"], g, 1 - beta1)        # exp_avg.lerp_(grad, 1 - beta1)
     u = torch.maximum(state["exp_inf"] * hp["beta2"], g.abs() + hp["eps"])
     step_size = -(lr / (1 - beta1 ** k.double()))   # -clr
     return p + step_size.to(p.dtype) * m / u, {"exp_avg": m, "exp_inf": u}
