@@ -7,6 +7,7 @@ import triton
 import triton.language as tl
 
 from fused_lrs.kernels.access import load, store
+from fused_lrs.kernels.elementwise import fma
 
 # The record's own row columns, in its order (a test holds them equal).
 COLUMNS = ("rho", "eps")
@@ -29,7 +30,7 @@ def update(p, g, sq_ptr, acc_ptr, unused_ptr3, offs, mask, S, VARIANT: tl.conste
     l2, rho, one_minus_rho, eps, neg_lr = S
     square_avg = load(sq_ptr, offs, mask)
     acc_delta = load(acc_ptr, offs, mask)
-    g = g + l2 * p                                    # L2 into the gradient (0: none)
+    g = fma(l2, p, g)                                 # grad.add(param, alpha=wd), fused
     square_avg = square_avg * rho + one_minus_rho * g * g
     # IEEE sqrt and division (tl.sqrt and `/` are approximate on CUDA), as torch computes.
     delta = tl.div_rn(tl.sqrt_rn(acc_delta + eps), tl.sqrt_rn(square_avg + eps)) * g

@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from fused_lrs.kernels.access import load, store
-from fused_lrs.kernels.elementwise import lerp
+from fused_lrs.kernels.elementwise import fma, lerp
 
 # The record's own row columns, in its order (a test holds them equal).
 COLUMNS = ("beta2", "eps")
@@ -34,7 +34,7 @@ def update(p, g, m_ptr, u_ptr, unused_ptr3, offs, mask, S, VARIANT: tl.constexpr
     l2, one_minus_b1, beta2, eps, neg_step_size = S
     m = load(m_ptr, offs, mask)
     u = load(u_ptr, offs, mask)
-    g = g + l2 * p                                    # L2 into the gradient (0: none)
+    g = fma(l2, p, g)                                 # grad.add(param, alpha=wd), fused
     m = lerp(m, g, one_minus_b1)                      # exp_avg.lerp_(g, 1 - beta1)
     u = tl.maximum(u * beta2, tl.abs(g) + eps)        # the exponentially weighted inf norm
     store(m_ptr, offs, mask, m, BF16)

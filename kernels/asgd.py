@@ -8,6 +8,7 @@ import triton
 import triton.language as tl
 
 from fused_lrs.kernels.access import load, store
+from fused_lrs.kernels.elementwise import fma
 
 # The record's own row columns, in its order (a test holds them equal).
 COLUMNS = ("lambd", "alpha", "t0")
@@ -38,7 +39,7 @@ def update(p, g, ax_ptr, unused_ptr2, unused_ptr3, offs, mask, S, VARIANT: tl.co
            BF16: tl.constexpr):
     """The new weights of one block; writes the block's average."""
     l2, decay, neg_eta, mu, copy = S
-    g = g + l2 * p                                    # L2 into the gradient (0: none)
+    g = fma(l2, p, g)                                 # grad.add(param, alpha=wd), fused
     p = p * decay                                     # param.mul_(1 - lambd * eta)
     p = p + neg_eta * g                               # param.add_(grad, alpha=-eta)
     ax = load(ax_ptr, offs, mask)

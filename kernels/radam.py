@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from fused_lrs.kernels.access import load, store
-from fused_lrs.kernels.elementwise import lerp
+from fused_lrs.kernels.elementwise import fma, lerp
 
 # The record's own row columns, in its order (a test holds them equal).
 COLUMNS = ("beta2", "eps", "decoupled")
@@ -55,7 +55,7 @@ def update(p, g, m_ptr, v_ptr, unused_ptr3, offs, mask, S, VARIANT: tl.constexpr
     m = load(m_ptr, offs, mask)
     v = load(v_ptr, offs, mask)
     p = p * decay                                     # decoupled: theta * (1 - lr * wd); else 1
-    g = g + l2 * p                                    # L2 into the gradient; else 0
+    g = fma(l2, p, g)                                 # grad.add(param, alpha=wd), fused
     m = lerp(m, g, one_minus_b1)                      # exp_avg.lerp_(g, 1 - beta1)
     v = v * beta2 + one_minus_b2 * g * g              # exp_avg_sq.mul_(b2).addcmul_(g, g, 1 - b2)
     store(m_ptr, offs, mask, m, BF16)
