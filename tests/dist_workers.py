@@ -354,5 +354,23 @@ def full_state_dict(setup, path):
     return _resume(make, save, load, path)
 
 
+def fsdp_peer(name, _):
+    """FSDP2 ours (``name``: a fused class of the table of optimizers, its representative
+    options, impl auto: the CPU backend) against its peer on the same sharded model and data,
+    fp32; the peer's lr set by torch's scheduler."""
+    from optimizers import INFO
+
+    import fused_lrs
+    info = INFO[getattr(fused_lrs, name)]
+    a, b = shard(mlp()), shard(mlp())
+    opt_a = info.cls(a.parameters(), lr=LR, schedule=spec(), **info.representative)
+    opt_b = info.peer(b.parameters(), lr=LR, **info.representative)
+    train(a, opt_a, None, 0, STEPS)
+    train(b, opt_b, torch_scheduler(opt_b), 0, STEPS)
+    return {"ours": snapshot(a, opt_a), "torch": snapshot(b, opt_b), "steps": STEPS,
+            "t": int(opt_a.schedule_step),
+            "described": opt_a._cache.description.wrappers is not None}
+
+
 SCENARIOS = {"fsdp": fsdp_vs_torch, "ddp": ddp_vs_torch, "ddp_save": ddp_torch_save,
-             "zero": zero, "dcp": dcp, "full": full_state_dict}
+             "zero": zero, "dcp": dcp, "full": full_state_dict, "fsdp_peer": fsdp_peer}
