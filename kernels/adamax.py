@@ -19,11 +19,15 @@ EPS = tl.constexpr(COLUMNS.index("eps"))
 def prepare(lr, beta1, weight_decay, step, cols):
     """Per-program scalars from the group's fp64 values (``cols``: its own columns) and this
     tensor's step count."""
+    # The columns first, as float32 (loaded after the fp64 math, ptxas spills 16 bytes of the
+    # schedule's values around its slow-path calls: tests/test_kernels_aot.py).
+    beta2 = tl.load(cols + BETA2).to(tl.float32)
+    eps = tl.load(cols + EPS).to(tl.float32)
     k = step + 1.0                                # this update's step count, as torch's
     # beta1 ** k as exp(k log beta1): fp64 keeps it to ~1e-15 relative; beta1 = 0 gives 0.
-    neg_step_size = (-(lr / (1.0 - tl.exp(k * tl.log(beta1))))).to(tl.float32)
-    return (weight_decay.to(tl.float32), (1.0 - beta1).to(tl.float32),
-            tl.load(cols + BETA2).to(tl.float32), tl.load(cols + EPS).to(tl.float32),
+    bias_correction = 1.0 - tl.exp(k * tl.log(beta1))
+    neg_step_size = (-lr / bias_correction).to(tl.float32)      # -(lr / (1 - beta1 ** k))
+    return (weight_decay.to(tl.float32), (1.0 - beta1).to(tl.float32), beta2, eps,
             neg_step_size)
 
 

@@ -251,7 +251,6 @@ def fused_step_kernel(
         # The schedule table holds one block of rows per group: per-group values (CyclicLR's
         # lists) and run-time state (a plateau's scale) are numbers of the group's own block.
         table = table_ptr + group * ((len(KINDS) + len(KINDS_M) + len(KINDS_WD)) * ROW)
-        step = tl.load(tl.load(steps_ptr + r).to(tl.pointer_type(tl.float32))).to(tl.float64)
         # Each schedule maps its group's base value: the lr, the momentum, the weight decay.
         # An empty schedule (KINDS_M or KINDS_WD = ()) folds to the base value itself.
         tf = t.to(tl.float64)
@@ -260,9 +259,10 @@ def fused_step_kernel(
                                KINDS_M)
         wd = schedule_lr(tf, tl.load(grow + G_WD), table + (len(KINDS) + len(KINDS_M)) * ROW,
                          KINDS_WD)
-        # (The algorithm loads its own columns where it needs them: fp64 values live across the
-        # slow-path calls of an fp64 divide or square root are spilled around them.)
-        chunk = tl.load(work_ptr + pid * 2 + 1)
+        # The step count is loaded after the schedules, and the algorithm loads its own columns
+        # where it needs them: fp64 values live across the slow-path calls of an fp64 divide,
+        # square root or cos are spilled around them.
+        step = tl.load(tl.load(steps_ptr + r).to(tl.pointer_type(tl.float32))).to(tl.float64)
         if SCALARS == 0:
             S = PREPARE(lr, momentum, wd, step, grow + G_COLUMNS)
         else:
@@ -272,11 +272,12 @@ def fused_step_kernel(
             if SCALARS > 1:
                 s1 = tl.load(tl.load(srow + 1).to(tl.pointer_type(tl.float32)))
             S, new = PREPARE(lr, momentum, wd, step, grow + G_COLUMNS, (s0, s1))
-            tl.store(scratch_ptr + r * SCALARS, new[0], mask=chunk == 0)
+            first = tl.load(work_ptr + pid * 2 + 1) == 0      # the tensor's chunk-0 program
+            tl.store(scratch_ptr + r * SCALARS, new[0], mask=first)
             if SCALARS > 1:
-                tl.store(scratch_ptr + r * SCALARS + 1, new[1], mask=chunk == 0)
+                tl.store(scratch_ptr + r * SCALARS + 1, new[1], mask=first)
         sign = tl.where(tl.load(grow + G_MAXIMIZE) != 0.0, -1.0, 1.0).to(tl.float32)
-        start = chunk.to(tl.int64) * blocks_per_program * BLOCK
+        start = tl.load(work_ptr + pid * 2 + 1).to(tl.int64) * blocks_per_program * BLOCK
         end = tl.minimum(start + blocks_per_program * BLOCK, tl.load(trow + COL_NUMEL))
         _dispatch(trow, tl.load(grads_ptr + r), S, sign, start, end, meta % META_GROUP,
                   grad_scale, UPDATE, COMBOS, BLOCK, UNSCALE)

@@ -12,37 +12,42 @@ import triton.language as tl
 from fused_lrs.kernels.access import load, store
 from fused_lrs.kernels.elementwise import fma, lerp
 
-# The record's own row columns, in its order (a test holds them equal).
-COLUMNS = ("beta2", "eps", "decoupled")
+# The record's own row columns, in its order (a test holds them equal). rho_inf, the SMA's
+# maximum length 2 / (1 - beta2) - 1, is a column: one fp64 divide less per program.
+COLUMNS = ("beta2", "eps", "decoupled", "rho_inf")
 BETA2 = tl.constexpr(COLUMNS.index("beta2"))
 EPS = tl.constexpr(COLUMNS.index("eps"))
 DECOUPLED = tl.constexpr(COLUMNS.index("decoupled"))
+RHO_INF = tl.constexpr(COLUMNS.index("rho_inf"))
 
 
 @triton.jit
 def prepare(lr, beta1, weight_decay, step, cols):
     """Per-program scalars from the group's fp64 values (``cols``: its own columns) and this
-    tensor's step count. The columns are loaded where they are needed: values live across the
-    fp64 divide and square root (whose slow paths are calls) would be spilled around them."""
+    tensor's step count. fp64 values live across the slow-path calls of an fp64 divide or
+    square root are spilled around them (tests/test_kernels_aot.py holds the budget): what
+    needs lr, beta1 and the weight decay comes first, in float32, and the rectification takes
+    one divide, with rho_k = n / d for d = 1 - beta2^k > 0."""
     k = step + 1.0                                # this update's step count, as torch's
-    # beta ** k as exp(k log beta): fp64 keeps it to ~1e-15 relative; beta = 0 gives 0.
-    beta2_k = tl.exp(k * tl.log(tl.load(cols + BETA2)))
-    bias_correction2 = 1.0 - beta2_k
-    rho_inf = 2.0 / (1.0 - tl.load(cols + BETA2)) - 1.0
-    rho = rho_inf - 2.0 * k * beta2_k / bias_correction2
-    rectified = rho > 5.0
-    # r_k where rectified (the argument is > 0 there), 0 elsewhere (never used).
-    arg = tl.where(rectified, (rho - 4.0) * (rho - 2.0) * rho_inf
-                   / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho), 0.0)
-    rect = tl.sqrt(arg).to(tl.float32)
-    bc2_sqrt = tl.sqrt(bias_correction2).to(tl.float32)
-    bias_correction1 = (1.0 - tl.exp(k * tl.log(beta1))).to(tl.float32)
     decoupled = tl.load(cols + DECOUPLED) != 0.0
     decay = tl.where(decoupled, 1.0 - lr * weight_decay, 1.0).to(tl.float32)
     l2 = tl.where(decoupled, 0.0, weight_decay).to(tl.float32)
+    # beta ** k as exp(k log beta): fp64 keeps it to ~1e-15 relative; beta = 0 gives 0.
+    bias_correction1 = (1.0 - tl.exp(k * tl.log(beta1))).to(tl.float32)
+    one_minus_b1 = (1.0 - beta1).to(tl.float32)
+    lr32 = lr.to(tl.float32)
     beta2 = tl.load(cols + BETA2)
-    return (decay, l2, (1.0 - beta1).to(tl.float32), beta2.to(tl.float32),
-            (1.0 - beta2).to(tl.float32), bias_correction1, lr.to(tl.float32), bc2_sqrt, rect,
+    beta2_k = tl.exp(k * tl.log(beta2))
+    d = 1.0 - beta2_k                             # bias_correction2
+    rho_inf = tl.load(cols + RHO_INF)
+    n = rho_inf * d - 2.0 * k * beta2_k           # rho_k * d
+    rectified = n > 5.0 * d                       # rho_k > 5
+    # r_k^2 = (rho_k - 4)(rho_k - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_k); 0 where
+    # not rectified (never used).
+    arg = tl.where(rectified, (n - 4.0 * d) * (n - 2.0 * d) * rho_inf
+                   / ((rho_inf - 4.0) * (rho_inf - 2.0) * n * d), 0.0)
+    return (decay, l2, one_minus_b1, beta2.to(tl.float32), (1.0 - beta2).to(tl.float32),
+            bias_correction1, lr32, tl.sqrt(d).to(tl.float32), tl.sqrt(arg).to(tl.float32),
             rectified, tl.load(cols + EPS).to(tl.float32))
 
 

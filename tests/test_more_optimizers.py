@@ -212,6 +212,44 @@ def test_kernel_matches_the_reference(info, setup):
     assert_kernel_matches(runs)
 
 
+@pytest.mark.parametrize("info", ROWS)
+def test_master_weights_on_the_cpu_backend_follow_an_fp32_run(info):
+    """bf16 parameters with fp32 masters on the CPU backend (its foreach update on the
+    masters): the master is bitwise an fp32 run fed the same gradients, the parameter its
+    rounding, every state (the scalar states float32) the fp32 run's."""
+    def run(dtype, master):
+        gen = torch.Generator().manual_seed(0)
+        ps = [torch.randn(s, generator=gen).to(torch.bfloat16).to(dtype).requires_grad_()
+              for s in ((33, 31), (1025,), (3,))]
+        opt = info.cls(ps, lr=0.01, schedule=S.warmup(S.cosine(30), 5), master_weights=master,
+                       **info.representative)
+        for _ in range(12):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=gen).to(torch.bfloat16).to(dtype)
+            opt.step()
+        assert opt.impl == "torch_fused"
+        return ps, opt
+
+    (low, low_opt), (ref, ref_opt) = run(torch.bfloat16, True), run(torch.float32, False)
+    for p, q in zip(low, ref):
+        state = low_opt.state[p]
+        assert torch.equal(state["master"], q.detach())
+        assert torch.equal(p.detach(), q.detach().to(torch.bfloat16))
+        for key, value in ref_opt.state[q].items():
+            assert state[key].dtype == value.dtype and torch.equal(state[key], value), key
+
+
+def test_every_kernel_module_names_its_records_columns():
+    """The kernel reads a group's own columns by position: its module's COLUMNS are the
+    record's names, in the record's order (every algorithm of the registry)."""
+    import importlib
+
+    from fused_lrs.algorithms import ALGORITHMS
+    for record in ALGORITHMS.values():
+        module = importlib.import_module(record.kernel)
+        assert module.COLUMNS == tuple(name for name, _ in record.columns), record.name
+
+
 # ---------------------------------------------------------------- GradScaler, compile
 
 @pytest.mark.parametrize("info", ROWS)
