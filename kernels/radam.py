@@ -3,7 +3,7 @@ of one block. The record is ``fused_lrs/algorithms/radam.py``; its reference upd
 specification this follows, operation for operation.
 
 The rectification switch (rho_k > 5) is a per-program scalar, from the tensor's own step count:
-every element of a program takes the same branch.
+every element of a program takes the same side.
 """
 
 import triton
@@ -67,7 +67,7 @@ def update(p, g, m_ptr, v_ptr, unused_ptr3, offs, mask, S, VARIANT: tl.constexpr
     store(v_ptr, offs, mask, v, BF16)
     # IEEE sqrt and division (tl.sqrt and `/` are approximate on CUDA), as torch computes.
     step = tl.div_rn(m, bias_correction1) * lr
-    if rectified:                 # one branch per program: the tensor's step count decides
-        adaptive = tl.div_rn(1.0, tl.sqrt_rn(v) + eps) * bc2_sqrt
-        step = step * adaptive * rect
-    return p - step
+    # Both, then a select on the per-program switch (a branch here spills 32 bytes in some
+    # dtype variants: tests/test_kernels_aot.py).
+    adaptive = tl.div_rn(1.0, tl.sqrt_rn(v) + eps) * bc2_sqrt
+    return p - tl.where(rectified, step * adaptive * rect, step)
