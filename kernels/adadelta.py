@@ -32,9 +32,11 @@ def update(p, g, sq_ptr, acc_ptr, unused_ptr3, offs, mask, S, VARIANT: tl.conste
     acc_delta = load(acc_ptr, offs, mask)
     g = fma(l2, p, g)                                 # grad.add(param, alpha=wd), fused
     square_avg = square_avg * rho + one_minus_rho * g * g
+    # Stored before the divide: kept across its slow-path call, the masked path's predicates
+    # spill 4 bytes on triton 3.5 (tests/test_kernels_aot.py).
+    store(sq_ptr, offs, mask, square_avg, BF16)
     # IEEE sqrt and division (tl.sqrt and `/` are approximate on CUDA), as torch computes.
     delta = tl.div_rn(tl.sqrt_rn(acc_delta + eps), tl.sqrt_rn(square_avg + eps)) * g
     acc_delta = acc_delta * rho + one_minus_rho * delta * delta
-    store(sq_ptr, offs, mask, square_avg, BF16)
     store(acc_ptr, offs, mask, acc_delta, BF16)
     return p + neg_lr * delta                         # param.add_(delta, alpha=-lr)

@@ -63,11 +63,12 @@ def update(p, g, m_ptr, v_ptr, unused_ptr3, offs, mask, S, VARIANT: tl.constexpr
     g = fma(l2, p, g)                                 # grad.add(param, alpha=wd), fused
     m = lerp(m, g, one_minus_b1)                      # exp_avg.lerp_(g, 1 - beta1)
     v = v * beta2 + one_minus_b2 * g * g              # exp_avg_sq.mul_(b2).addcmul_(g, g, 1 - b2)
+    # IEEE sqrt and division (tl.sqrt and `/` are approximate on CUDA), as torch computes.
+    # Both steps, then a select on the per-program switch, and the stores after them: a branch,
+    # or stores before the divides, spill 24 to 32 bytes in some dtype variants on triton 3.5
+    # or 3.6 (tests/test_kernels_aot.py).
+    step = tl.div_rn(m, bias_correction1) * lr
+    adaptive = tl.div_rn(1.0, tl.sqrt_rn(v) + eps) * bc2_sqrt
     store(m_ptr, offs, mask, m, BF16)
     store(v_ptr, offs, mask, v, BF16)
-    # IEEE sqrt and division (tl.sqrt and `/` are approximate on CUDA), as torch computes.
-    step = tl.div_rn(m, bias_correction1) * lr
-    # Both, then a select on the per-program switch (a branch here spills 32 bytes in some
-    # dtype variants: tests/test_kernels_aot.py).
-    adaptive = tl.div_rn(1.0, tl.sqrt_rn(v) + eps) * bc2_sqrt
     return p - tl.where(rectified, step * adaptive * rect, step)
