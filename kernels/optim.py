@@ -251,6 +251,7 @@ def fused_step_kernel(
         # The schedule table holds one block of rows per group: per-group values (CyclicLR's
         # lists) and run-time state (a plateau's scale) are numbers of the group's own block.
         table = table_ptr + group * ((len(KINDS) + len(KINDS_M) + len(KINDS_WD)) * ROW)
+        step = tl.load(tl.load(steps_ptr + r).to(tl.pointer_type(tl.float32))).to(tl.float64)
         # Each schedule maps its group's base value: the lr, the momentum, the weight decay.
         # An empty schedule (KINDS_M or KINDS_WD = ()) folds to the base value itself.
         tf = t.to(tl.float64)
@@ -259,10 +260,8 @@ def fused_step_kernel(
                                KINDS_M)
         wd = schedule_lr(tf, tl.load(grow + G_WD), table + (len(KINDS) + len(KINDS_M)) * ROW,
                          KINDS_WD)
-        # The step count is loaded after the schedules, and the algorithm loads its own columns
-        # where it needs them: fp64 values live across the slow-path calls of an fp64 divide,
-        # square root or cos are spilled around them.
-        step = tl.load(tl.load(steps_ptr + r).to(tl.pointer_type(tl.float32))).to(tl.float64)
+        # (The algorithm loads its own columns where it needs them: fp64 values live across the
+        # slow-path calls of an fp64 divide or square root are spilled around them.)
         if SCALARS == 0:
             S = PREPARE(lr, momentum, wd, step, grow + G_COLUMNS)
         else:
