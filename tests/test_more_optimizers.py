@@ -140,6 +140,24 @@ def test_checkpoints_both_ways(info):
     same(ours, theirs, dtype, "uninterrupted")
 
 
+@pytest.mark.parametrize("info", SCALAR_ROWS)
+def test_scalar_states_load_back_exactly_for_16_bit_parameters(info):
+    """torch's load_state_dict casts every state but "step" to its parameter's dtype: the scalar
+    states come back float32 and exact (in bf16, mu_product after 3 steps keeps 8 bits)."""
+    p = torch.randn(8, dtype=torch.bfloat16, requires_grad=True)
+    opt = info.cls([p], lr=0.01, impl="reference", **info.representative)
+    for _ in range(3):
+        p.grad = torch.randn_like(p)
+        opt.step()
+    q = p.detach().clone().requires_grad_()
+    loaded = info.cls([q], lr=0.01, impl="reference", **info.representative)
+    loaded.load_state_dict(opt.state_dict())
+    for key in info.record.scalar_keys:
+        value = loaded.state[q][key]
+        assert value.dtype == torch.float32 and value.shape == (), key
+        assert torch.equal(value, opt.state[p][key]), key
+
+
 @pytest.mark.parametrize("info", [p for p in ROWS if not p.values[0].record.momentum])
 def test_momentum_schedule_is_refused(info):
     with pytest.raises(ValueError, match="momentum_schedule.*no momentum coefficient"):
