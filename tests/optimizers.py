@@ -56,7 +56,16 @@ from itertools import product
 import pytest
 import torch
 
-from fused_lrs import FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled
+from fused_lrs import (
+    FusedAdadeltaScheduled,
+    FusedAdamaxScheduled,
+    FusedAdamScheduled,
+    FusedAdamWScheduled,
+    FusedASGDScheduled,
+    FusedNAdamScheduled,
+    FusedRAdamScheduled,
+    FusedSGDScheduled,
+)
 
 NAN = math.nan
 
@@ -126,6 +135,12 @@ _ADAM_INVALID = (("lr", -1e-3, "learning rate"), ("lr", NAN, "learning rate"),
                  ("betas", (NAN, 0.999), "beta"), ("betas", (0.9, NAN), "beta"),
                  ("betas", (0.9,), "beta"))
 
+# What torch's Adamax, NAdam and RAdam refuse (Adam's list but betas=(0.9,), an IndexError there).
+_BETAS_INVALID = _ADAM_INVALID[:-1]
+_LR_WD_INVALID = (("lr", -1e-3, "learning rate"), ("lr", NAN, "learning rate"),
+                  ("lr", torch.tensor([1e-3, 1e-3]), "lr"), ("weight_decay", -0.1, "weight_decay"),
+                  ("weight_decay", NAN, "weight_decay"))
+
 OPTIMIZER_INFOS = [
     OptimizerInfo(
         cls=FusedAdamScheduled,          # Adam, and AdamW by its decoupled flag
@@ -166,6 +181,68 @@ OPTIMIZER_INFOS = [
         sixteen_bit=dict(momentum=0.9),
         sample=(("plain-maximize", dict(maximize=True)),
                 ("dampening", dict(momentum=0.5, dampening=0.3, weight_decay=0.02)))),
+    # The five torch fuses none of: the CPU backend's foreach updates are compared with torch's
+    # default CPU path, the single-tensor one.
+    OptimizerInfo(
+        cls=FusedAdamaxScheduled,
+        options=(*_flags(maximize=(False, True), weight_decay=(0.0, 0.1)),
+                 ("betas-eps", dict(betas=(0.4, 0.9), eps=1e-3))),
+        representative=dict(weight_decay=0.1),
+        sample=(("maximize-betas-eps", dict(maximize=True, betas=(0.4, 0.9), eps=1e-3)),),
+        changes={10: dict(weight_decay=0.2), 20: dict(betas=(0.8, 0.99)), 30: dict(eps=1e-3),
+                 40: dict(maximize=True)},
+        invalid=_BETAS_INVALID),
+    OptimizerInfo(
+        cls=FusedNAdamScheduled,
+        options=(("defaults", {}), ("weight_decay", dict(weight_decay=0.1)),
+                 ("decoupled", dict(weight_decay=0.1, decoupled_weight_decay=True)),
+                 ("maximize-decoupled", dict(weight_decay=0.1, decoupled_weight_decay=True,
+                                             maximize=True)),
+                 ("momentum_decay-betas-eps", dict(momentum_decay=0.05, betas=(0.4, 0.9),
+                                                   eps=1e-3))),
+        representative=dict(weight_decay=0.1, decoupled_weight_decay=True, momentum_decay=0.01),
+        sample=(("defaults", {}),
+                ("maximize-momentum_decay-betas-eps", dict(maximize=True, momentum_decay=0.05,
+                                                           betas=(0.4, 0.9), eps=1e-3))),
+        changes={10: dict(weight_decay=0.2), 20: dict(betas=(0.8, 0.99)),
+                 30: dict(momentum_decay=0.02, decoupled_weight_decay=True),
+                 40: dict(maximize=True, eps=1e-3)},
+        invalid=(*_BETAS_INVALID, ("momentum_decay", -1e-3, "momentum_decay"),
+                 ("momentum_decay", NAN, "momentum_decay"))),
+    OptimizerInfo(
+        cls=FusedRAdamScheduled,
+        # beta2 0.9: rho_k passes 5 at step 6 (the rectified update); the default's at 7.
+        options=(("defaults", {}), ("weight_decay", dict(weight_decay=0.1)),
+                 ("decoupled", dict(weight_decay=0.1, decoupled_weight_decay=True)),
+                 ("maximize-weight_decay", dict(weight_decay=0.1, maximize=True)),
+                 ("betas-eps", dict(betas=(0.4, 0.9), eps=1e-3))),
+        representative=dict(weight_decay=0.1, decoupled_weight_decay=True),
+        sample=(("maximize-betas-eps", dict(maximize=True, betas=(0.4, 0.9), eps=1e-3)),),
+        changes={10: dict(weight_decay=0.2), 20: dict(betas=(0.8, 0.99)),
+                 30: dict(decoupled_weight_decay=True, eps=1e-3), 40: dict(maximize=True)},
+        invalid=_BETAS_INVALID),
+    OptimizerInfo(
+        cls=FusedAdadeltaScheduled,
+        options=(*_flags(maximize=(False, True), weight_decay=(0.0, 0.1)),
+                 ("rho-eps", dict(rho=0.5, eps=1e-3))),
+        representative=dict(weight_decay=0.1),
+        sample=(("maximize-rho-eps", dict(maximize=True, rho=0.5, eps=1e-3)),),
+        changes={10: dict(weight_decay=0.2), 20: dict(rho=0.5), 30: dict(eps=1e-3),
+                 40: dict(maximize=True)},
+        invalid=(*_LR_WD_INVALID[:3], ("rho", -0.1, "rho"), ("rho", 1.5, "rho"),
+                 ("rho", NAN, "rho"), ("eps", -1e-6, "epsilon"), ("eps", NAN, "epsilon"),
+                 *_LR_WD_INVALID[3:])),
+    OptimizerInfo(
+        cls=FusedASGDScheduled,
+        # t0 = 5: parameters are averaged from their 6th update (before, ax copies them).
+        options=(("defaults", {}), ("weight_decay", dict(weight_decay=0.1)),
+                 ("maximize-weight_decay", dict(weight_decay=0.1, maximize=True)),
+                 ("lambd-alpha-t0", dict(lambd=0.01, alpha=0.5, t0=5))),
+        representative=dict(weight_decay=0.1, lambd=0.01, t0=5),
+        sample=(("maximize-alpha", dict(maximize=True, alpha=0.5)),),
+        changes={10: dict(weight_decay=0.2), 20: dict(lambd=0.05), 30: dict(alpha=0.6, t0=3),
+                 40: dict(maximize=True)},
+        invalid=_LR_WD_INVALID),
 ]
 INFO = {info.cls: info for info in OPTIMIZER_INFOS}
 

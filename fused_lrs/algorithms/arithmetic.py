@@ -26,3 +26,10 @@ def add(x: torch.Tensor, y: torch.Tensor, alpha) -> torch.Tensor:
 def scalar(value, like: torch.Tensor):
     """``value`` in ``like``'s dtype when it is a tensor (a float stays a float)."""
     return value.to(like.dtype) if isinstance(value, torch.Tensor) else value
+
+
+def lerp(x: torch.Tensor, y: torch.Tensor, weight) -> torch.Tensor:
+    """torch's ``x.lerp(y, weight)`` itself (``x + w (y - x)`` for |w| < 0.5, else
+    ``y - (1 - w)(y - x)``, each one fused multiply-add), also for a scheduled weight (a device
+    tensor, taken in ``x``'s dtype)."""
+    return torch.lerp(x, y, scalar(weight, x))
