@@ -9,6 +9,7 @@ import triton
 import triton.language as tl
 
 from fused_lrs.kernels.access import load, store
+from fused_lrs.kernels.elementwise import fma
 
 # The record's own row columns, in its order (a test holds them equal).
 COLUMNS = ("lr_decay", "eps")
@@ -31,8 +32,9 @@ def update(p, g, sum_ptr, unused_ptr2, unused_ptr3, offs, mask, S, VARIANT: tl.c
            BF16: tl.constexpr):
     """The new weights of one block; writes the block's sum."""
     wd, clr, eps = S
-    g = g + wd * p                                    # grad.add(param, alpha=wd)
-    s = load(sum_ptr, offs, mask) + g * g             # sum.addcmul_(g, g, value=1)
+    # add(alpha=) and addcmul round once (fused multiply-adds), as torch's CPU ops do
+    g = fma(wd, p, g)                                 # grad.add(param, alpha=wd)
+    s = fma(g, g, load(sum_ptr, offs, mask))          # sum.addcmul_(g, g, value=1)
     store(sum_ptr, offs, mask, s, BF16)
     # IEEE sqrt and division (tl.sqrt and `/` are approximate on CUDA), as torch computes.
     std = tl.sqrt_rn(s) + eps

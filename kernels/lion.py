@@ -9,6 +9,7 @@ import triton
 import triton.language as tl
 
 from fused_lrs.kernels.access import load, store
+from fused_lrs.kernels.elementwise import fma
 
 # The record's own row columns, in its order (a test holds them equal).
 COLUMNS = ("beta2", "wd_divisor")
@@ -34,8 +35,9 @@ def update(p, g, m_ptr, unused_ptr2, unused_ptr3, offs, mask, S, VARIANT: tl.con
     beta2, one_minus_b2 = beta2_64.to(tl.float32), (1.0 - beta2_64).to(tl.float32)
     m = load(m_ptr, offs, mask)
     p = p * decay                                     # p.mul_(1 - lr * wd)
-    c = m * beta1 + one_minus_b1 * g                  # m.clone().mul_(b1).add(g, 1 - b1)
+    # add(alpha=) rounds once (a fused multiply-add), as lion_pytorch's ops do on CPU
+    c = fma(one_minus_b1, g, m * beta1)               # m.clone().mul_(b1).add(g, 1 - b1)
     # torch.sign: 0 for +-0 and NaN
     sign = tl.where(c > 0.0, 1.0, tl.where(c < 0.0, -1.0, 0.0))
-    store(m_ptr, offs, mask, m * beta2 + one_minus_b2 * g, BF16)   # m.mul_(b2).add_(g, 1 - b2)
-    return p - lr * sign                              # p.add_(sign, alpha=-lr)
+    store(m_ptr, offs, mask, fma(one_minus_b2, g, m * beta2), BF16)  # m.mul_(b2).add_(g, 1-b2)
+    return p - lr * sign                              # p.add_(sign, alpha=-lr): exact

@@ -9,6 +9,10 @@ The algorithm arrives as two compile-time functions from its own module
   * ``update(p, g, s1_ptr, s2_ptr, s3_ptr, offs, mask, scalars, VARIANT, BF16)``: one block's new
     weights from its fp32 weights and (unscaled, sign-flipped) gradient; it loads and stores
     its own state columns.
+An algorithm with scalar states (SCALARS > 0: NAdam's mu_product, ASGD's eta and mu) has
+``prepare(lr, momentum, weight_decay, step, cols, old)`` return ``(scalars, new)``: ``old`` and
+``new`` are pairs of float32 values, the tensor's scalar states before and after this update
+(the second unused with one state).
 This file names no algorithm: it walks the tensors, loads and stores weights and gradients, and
 advances the counters.
 
@@ -59,6 +63,13 @@ no host involvement, so the counters also advance on every replay of a captured 
 Two launches for the same optimizer must not overlap (they would also race on the parameters):
 the launcher orders an eager step after the last one when the stream changes; replays of CUDA
 graphs that hold the same optimizer's step must be ordered by the caller.
+
+Scalar states. Every program of a tensor reads the old values (in ``prepare``), so none of them
+may write the new ones: the tensor's chunk-0 program writes them to a launcher-owned scratch
+row (float32 [n_tensors, SCALARS]) and the last program copies every row into the states, as
+it advances the step counts (a skipped step copies nothing). A tensor without elements still
+gets its chunk-0 program (the launcher lists one): its scalars advance, as torch's do. Without
+scalar states (SCALARS = 0) none of this is compiled.
 
 GradScaler. With UNSCALE the gradients are divided by the scaler's scale as they are loaded;
 with CHECK_INF every program reads found_inf first and, if it is set, updates nothing, and the
@@ -203,6 +214,8 @@ def fused_step_kernel(
     scale_ptr,     # float32 []: GradScaler's scale, gradients are divided by it (if UNSCALE)
     found_inf_ptr,  # float32 []: GradScaler's found_inf, > 0 skips the step (if CHECK_INF)
     skipped_ptr,   # float32 []: written 1.0 if this step was skipped, else 0.0
+    scalars_ptr,   # int64 [n_tensors, SCALARS]: the addresses of the float32 scalar states
+    scratch_ptr,   # float32 [n_tensors, SCALARS]: the next scalar states, until the last program
     n_tensors,     # rows of the tensor table (every one's step count advances)
     n_programs,    # rows of the work table = programs in this launch
     blocks_per_program,  # elements per program / BLOCK (a count, so that every block start
@@ -217,6 +230,7 @@ def fused_step_kernel(
     BLOCK: tl.constexpr,       # elements per inner iteration
     UNSCALE: tl.constexpr,     # a GradScaler's scale applies to this step
     CHECK_INF: tl.constexpr,   # a GradScaler's found_inf applies to this step
+    SCALARS: tl.constexpr,     # the algorithm's scalar states per tensor: 0, 1 or 2
 ):
     pid = tl.program_id(0)
     row = tl.load(work_ptr + pid * 2)
@@ -248,7 +262,19 @@ def fused_step_kernel(
                          KINDS_WD)
         # (The algorithm loads its own columns where it needs them: fp64 values live across the
         # slow-path calls of an fp64 divide or square root are spilled around them.)
-        S = PREPARE(lr, momentum, wd, step, grow + G_COLUMNS)
+        if SCALARS == 0:
+            S = PREPARE(lr, momentum, wd, step, grow + G_COLUMNS)
+        else:
+            srow = scalars_ptr + r * SCALARS
+            s0 = tl.load(tl.load(srow).to(tl.pointer_type(tl.float32)))
+            s1 = s0
+            if SCALARS > 1:
+                s1 = tl.load(tl.load(srow + 1).to(tl.pointer_type(tl.float32)))
+            S, new = PREPARE(lr, momentum, wd, step, grow + G_COLUMNS, (s0, s1))
+            first = tl.load(work_ptr + pid * 2 + 1) == 0      # the tensor's chunk-0 program
+            tl.store(scratch_ptr + r * SCALARS, new[0], mask=first)
+            if SCALARS > 1:
+                tl.store(scratch_ptr + r * SCALARS + 1, new[1], mask=first)
         sign = tl.where(tl.load(grow + G_MAXIMIZE) != 0.0, -1.0, 1.0).to(tl.float32)
         start = tl.load(work_ptr + pid * 2 + 1).to(tl.int64) * blocks_per_program * BLOCK
         end = tl.minimum(start + blocks_per_program * BLOCK, tl.load(trow + COL_NUMEL))
@@ -276,6 +302,17 @@ def fused_step_kernel(
                 tl.pointer_type(tl.float32))
             tl.store(step_ptrs, tl.load(step_ptrs, mask=mask) + advance, mask=mask)
             first += COUNTER_BLOCK
+        if SCALARS > 0:
+            # Every program has read the old scalar states: the new ones go in, unless skipped.
+            n_scalars = tl.where(skip, 0, n_tensors * SCALARS)
+            done = 0
+            while done < n_scalars:
+                idx = done + lane
+                mask = idx < n_scalars
+                scalar_ptrs = tl.load(scalars_ptr + idx, mask=mask, other=0).to(
+                    tl.pointer_type(tl.float32))
+                tl.store(scalar_ptrs, tl.load(scratch_ptr + idx, mask=mask), mask=mask)
+                done += COUNTER_BLOCK
         tl.store(t_ptr, t + tl.where(skip & (hold_on_skip != 0), 0, 1))
         tl.store(skipped_ptr, 1.0 - advance)
         tl.store(ticket_ptr, 0)
@@ -286,5 +323,5 @@ def fused_step_kernel(
 SIGNATURE = {"tensors_ptr": "*i64", "grads_ptr": "*i64", "steps_ptr": "*i64", "work_ptr": "*i32",
              "groups_ptr": "*fp64", "table_ptr": "*fp64", "t_ptr": "*i64", "ticket_ptr": "*i32",
              "scale_ptr": "*fp32", "found_inf_ptr": "*fp32", "skipped_ptr": "*fp32",
-             "n_tensors": "i32", "n_programs": "i32", "blocks_per_program": "i32",
-             "hold_on_skip": "i32"}
+             "scalars_ptr": "*i64", "scratch_ptr": "*fp32", "n_tensors": "i32",
+             "n_programs": "i32", "blocks_per_program": "i32", "hold_on_skip": "i32"}

@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from fused_lrs.kernels.access import load, store
+from fused_lrs.kernels.elementwise import fma, lerp
 
 # The record's own row columns, in its order (a test holds them equal).
 COLUMNS = ("alpha", "eps", "centered")
@@ -37,22 +38,19 @@ def update(p, g, v_ptr, buf_ptr, g_avg_ptr, offs, mask, S, VARIANT: tl.constexpr
            BF16: tl.constexpr):
     """The new weights of one block; writes the block's states."""
     wd, alpha, one_minus_alpha, eps, lr, momentum, centered = S
-    g = g + wd * p                                    # grad.add(param, alpha=wd)
-    v = load(v_ptr, offs, mask) * alpha + one_minus_alpha * g * g  # mul_(a).addcmul_(g, g, 1-a)
+    # add(alpha=), addcmul and lerp round as torch's CPU ops do: fused multiply-adds
+    g = fma(wd, p, g)                                 # grad.add(param, alpha=wd)
+    # square_avg.mul_(alpha).addcmul_(g, g, value=1 - alpha)
+    v = fma(one_minus_alpha * g, g, load(v_ptr, offs, mask) * alpha)
     store(v_ptr, offs, mask, v, BF16)
     if centered:
-        g_avg = load(g_avg_ptr, offs, mask)
-        # grad_avg.lerp_(g, 1 - alpha) as torch computes it: start + w (end - start) for
-        # |w| < 0.5, else end + (w - 1) (end - start)
-        small = tl.abs(one_minus_alpha) < 0.5
-        g_avg = (tl.where(small, g_avg, g)
-                 + tl.where(small, one_minus_alpha, one_minus_alpha - 1.0) * (g - g_avg))
+        g_avg = lerp(load(g_avg_ptr, offs, mask), g, one_minus_alpha)   # lerp_(g, 1 - alpha)
         store(g_avg_ptr, offs, mask, g_avg, BF16)
-        v = v - g_avg * g_avg                         # square_avg.addcmul(g_avg, g_avg, -1)
+        v = fma(-g_avg, g_avg, v)                     # square_avg.addcmul(g_avg, g_avg, -1)
     # IEEE sqrt and division (tl.sqrt and `/` are approximate on CUDA), as torch computes.
     avg = tl.sqrt_rn(v) + eps
     if MOMENTUM & VARIANT:
         buf = load(buf_ptr, offs, mask) * momentum + tl.div_rn(g, avg)   # mul_(m).addcdiv_
         store(buf_ptr, offs, mask, buf, BF16)
-        return p - lr * buf                           # p.add_(buf, alpha=-lr)
+        return fma(buf, -lr, p)                       # p.add_(buf, alpha=-lr)
     return p - tl.div_rn(lr * g, avg)                 # p.addcdiv_(g, avg, value=-lr)

@@ -63,10 +63,15 @@ import pytest
 import torch
 
 from fused_lrs import (
+    FusedAdadeltaScheduled,
     FusedAdagradScheduled,
+    FusedAdamaxScheduled,
     FusedAdamScheduled,
     FusedAdamWScheduled,
+    FusedASGDScheduled,
     FusedLionScheduled,
+    FusedNAdamScheduled,
+    FusedRAdamScheduled,
     FusedRMSpropScheduled,
     FusedSGDScheduled,
 )
@@ -169,6 +174,12 @@ _ADAM_INVALID = (("lr", -1e-3, "learning rate"), ("lr", NAN, "learning rate"),
                  ("betas", (NAN, 0.999), "beta"), ("betas", (0.9, NAN), "beta"),
                  ("betas", (0.9,), "beta"))
 
+# What torch's Adamax, NAdam and RAdam refuse (Adam's list but betas=(0.9,), an IndexError there).
+_BETAS_INVALID = _ADAM_INVALID[:-1]
+_LR_WD_INVALID = (("lr", -1e-3, "learning rate"), ("lr", NAN, "learning rate"),
+                  ("lr", torch.tensor([1e-3, 1e-3]), "lr"), ("weight_decay", -0.1, "weight_decay"),
+                  ("weight_decay", NAN, "weight_decay"))
+
 OPTIMIZER_INFOS = [
     OptimizerInfo(
         cls=FusedAdamScheduled,          # Adam, and AdamW by its decoupled flag
@@ -209,6 +220,68 @@ OPTIMIZER_INFOS = [
         sixteen_bit=dict(momentum=0.9),
         sample=(("plain-maximize", dict(maximize=True)),
                 ("dampening", dict(momentum=0.5, dampening=0.3, weight_decay=0.02)))),
+    # The five torch fuses none of: the CPU backend's foreach updates are compared with torch's
+    # default CPU path, the single-tensor one.
+    OptimizerInfo(
+        cls=FusedAdamaxScheduled,
+        options=(*_flags(maximize=(False, True), weight_decay=(0.0, 0.1)),
+                 ("betas-eps", dict(betas=(0.4, 0.9), eps=1e-3))),
+        representative=dict(weight_decay=0.1),
+        sample=(("maximize-betas-eps", dict(maximize=True, betas=(0.4, 0.9), eps=1e-3)),),
+        changes={10: dict(weight_decay=0.2), 20: dict(betas=(0.8, 0.99)), 30: dict(eps=1e-3),
+                 40: dict(maximize=True)},
+        invalid=_BETAS_INVALID),
+    OptimizerInfo(
+        cls=FusedNAdamScheduled,
+        options=(("defaults", {}), ("weight_decay", dict(weight_decay=0.1)),
+                 ("decoupled", dict(weight_decay=0.1, decoupled_weight_decay=True)),
+                 ("maximize-decoupled", dict(weight_decay=0.1, decoupled_weight_decay=True,
+                                             maximize=True)),
+                 ("momentum_decay-betas-eps", dict(momentum_decay=0.05, betas=(0.4, 0.9),
+                                                   eps=1e-3))),
+        representative=dict(weight_decay=0.1, decoupled_weight_decay=True, momentum_decay=0.01),
+        sample=(("defaults", {}),
+                ("maximize-momentum_decay-betas-eps", dict(maximize=True, momentum_decay=0.05,
+                                                           betas=(0.4, 0.9), eps=1e-3))),
+        changes={10: dict(weight_decay=0.2), 20: dict(betas=(0.8, 0.99)),
+                 30: dict(momentum_decay=0.02, decoupled_weight_decay=True),
+                 40: dict(maximize=True, eps=1e-3)},
+        invalid=(*_BETAS_INVALID, ("momentum_decay", -1e-3, "momentum_decay"),
+                 ("momentum_decay", NAN, "momentum_decay"))),
+    OptimizerInfo(
+        cls=FusedRAdamScheduled,
+        # beta2 0.9: rho_k passes 5 at step 6 (the rectified update); the default's at 7.
+        options=(("defaults", {}), ("weight_decay", dict(weight_decay=0.1)),
+                 ("decoupled", dict(weight_decay=0.1, decoupled_weight_decay=True)),
+                 ("maximize-weight_decay", dict(weight_decay=0.1, maximize=True)),
+                 ("betas-eps", dict(betas=(0.4, 0.9), eps=1e-3))),
+        representative=dict(weight_decay=0.1, decoupled_weight_decay=True),
+        sample=(("maximize-betas-eps", dict(maximize=True, betas=(0.4, 0.9), eps=1e-3)),),
+        changes={10: dict(weight_decay=0.2), 20: dict(betas=(0.8, 0.99)),
+                 30: dict(decoupled_weight_decay=True, eps=1e-3), 40: dict(maximize=True)},
+        invalid=_BETAS_INVALID),
+    OptimizerInfo(
+        cls=FusedAdadeltaScheduled,
+        options=(*_flags(maximize=(False, True), weight_decay=(0.0, 0.1)),
+                 ("rho-eps", dict(rho=0.5, eps=1e-3))),
+        representative=dict(weight_decay=0.1),
+        sample=(("maximize-rho-eps", dict(maximize=True, rho=0.5, eps=1e-3)),),
+        changes={10: dict(weight_decay=0.2), 20: dict(rho=0.5), 30: dict(eps=1e-3),
+                 40: dict(maximize=True)},
+        invalid=(*_LR_WD_INVALID[:3], ("rho", -0.1, "rho"), ("rho", 1.5, "rho"),
+                 ("rho", NAN, "rho"), ("eps", -1e-6, "epsilon"), ("eps", NAN, "epsilon"),
+                 *_LR_WD_INVALID[3:])),
+    OptimizerInfo(
+        cls=FusedASGDScheduled,
+        # t0 = 5: parameters are averaged from their 6th update (before, ax copies them).
+        options=(("defaults", {}), ("weight_decay", dict(weight_decay=0.1)),
+                 ("maximize-weight_decay", dict(weight_decay=0.1, maximize=True)),
+                 ("lambd-alpha-t0", dict(lambd=0.01, alpha=0.5, t0=5))),
+        representative=dict(weight_decay=0.1, lambd=0.01, t0=5),
+        sample=(("maximize-alpha", dict(maximize=True, alpha=0.5)),),
+        changes={10: dict(weight_decay=0.2), 20: dict(lambd=0.05), 30: dict(alpha=0.6, t0=3),
+                 40: dict(maximize=True)},
+        invalid=_LR_WD_INVALID),
     OptimizerInfo(
         cls=FusedRMSpropScheduled,
         options=_flags(momentum=(0.0, 0.9), centered=(False, True), maximize=(False, True),
@@ -225,8 +298,9 @@ OPTIMIZER_INFOS = [
                  ("weight_decay", NAN, "weight_decay"), ("alpha", -0.1, "alpha"),
                  ("alpha", NAN, "alpha")),
         sample=(("plain-maximize-alpha-eps", dict(maximize=True, alpha=0.9, eps=1e-6)),),
-        # alpha 0, no momentum, centering or decay: square_avg = g * g and p - lr g / avg,
-        # where torch's addcmul (a fused multiply-add) and the interpreter's two roundings agree
+        # The representative rounds one fp16 momentum_buffer entry of 1023 one ulp apart from
+        # the reference after 20 steps (the kernel's fused multiply-adds follow torch's); with
+        # alpha 0 and no momentum, centering or decay every operation rounds alike.
         sixteen_bit=dict(alpha=0.0, maximize=True)),
     OptimizerInfo(
         cls=FusedAdagradScheduled,
@@ -271,11 +345,7 @@ OPTIMIZER_INFOS = [
         extra_state=frozenset({"step"}), peer_maximize=False,
         sample=(("decoupled-maximize", dict(weight_decay=1e-5, decoupled_weight_decay=True,
                                             maximize=True)),
-                ("plain-betas", dict(betas=(0.5, 0.9)))),
-        # betas 1 and 0: the sign's argument is the last gradient (exp_avg) and exp_avg the new
-        # one, where lion_pytorch's add(alpha=) (a fused multiply-add) rounds as the
-        # interpreter's two operations do
-        sixteen_bit=dict(betas=(1.0, 0.0), weight_decay=0.1, maximize=True)),
+                ("plain-betas", dict(betas=(0.5, 0.9))))),
 ]
 INFO = {info.cls: info for info in OPTIMIZER_INFOS}
 

@@ -100,4 +100,4 @@ def test_the_op_declares_exactly_what_it_mutates():
     schema = torch.ops.fused_lrs.step.default._schema
     mutated = {a.name for a in schema.arguments if a.alias_info and a.alias_info.is_write}
     assert mutated == {"params", "grads", "state1", "state2", "state3", "steps", "t",
-                       "skipped", "masters"}
+                       "skipped", "masters", "scalars"}

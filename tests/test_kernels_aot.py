@@ -57,7 +57,8 @@ def step_variants() -> dict:
             combos = tuple(code * layout.VARIANTS + v for code in codes for v in record.variants)
             registers = ONE_DTYPE_REGISTERS if len(codes) == 1 else MAX_REGISTERS
             table[f"{name}-{dtypes_name}"] = dict(kernel=module, COMBOS=combos, extras=False,
-                                                  registers=registers)
+                                                  registers=registers,
+                                                  SCALARS=len(record.scalars))
         table[f"{name}-scheduled"] = dict(table[f"{name}-fp32"], extras=True,
                                           registers=MAX_REGISTERS)
     return table
@@ -110,9 +111,8 @@ def ptxas_resources(ptx: str, arch: int) -> dict:
             "ptxas": release, "triton": triton.__version__}
 
 
-def compile_all() -> dict:
-    """Compile every kernel variant; return {name: sorted global-memory access kinds}, and
-    {name + "-resources": ptxas_resources} for the sm_90 step kernels."""
+def _compile(item) -> dict:
+    """One compilation of ``compile_all``'s list: (what, variant name, arch)."""
     import importlib
 
     import triton
@@ -123,38 +123,51 @@ def compile_all() -> dict:
     from fused_lrs.kernels import optim as K
     from fused_lrs.kernels import schedule as KS
 
-    all_kinds = tuple(int(getattr(kinds, name)) for name in LEAF_KINDS)
+    what, name, arch = item
+    all_kinds = tuple(int(getattr(kinds, kind)) for kind in LEAF_KINDS)
+    report = {}
 
-    def accesses(fn, signature, constexprs, arch, name=None):
-        sig = dict(signature, **{name: "constexpr" for name in constexprs})
+    def accesses(fn, signature, constexprs, resources=None):
+        sig = dict(signature, **{key: "constexpr" for key in constexprs})
         src = ASTSource(fn=fn, signature=sig, constexprs=constexprs)
         ptx = triton.compile(src, target=GPUTarget("cuda", arch, 32)).asm["ptx"]
-        if name is not None:
-            report[f"{name}-resources"] = ptxas_resources(ptx, arch)
+        if resources is not None:
+            report[f"{resources}-resources"] = ptxas_resources(ptx, arch)
         return sorted(set(re.findall(r"(?:ld|st)\.global(?:\.nc)?(?:\.v\d)?\.\w+", ptx)))
 
-    report = {}
-    for arch in ARCHS:
-        for name, variant in STEP_VARIANTS.items():
-            extras = variant["extras"]
-            module = importlib.import_module(variant["kernel"])
-            constexprs = dict(PREPARE=module.prepare, UPDATE=module.update,
-                              COMBOS=variant["COMBOS"],
-                              KINDS=(int(kinds.ANNEAL), int(kinds.COSINE)), BLOCK=1024,
-                              UNSCALE=extras, CHECK_INF=extras,
-                              KINDS_M=(int(kinds.ANNEAL),) * extras,
-                              KINDS_WD=(int(kinds.COSINE),) * extras)
-            key = f"{name}-sm_{arch}"
-            report[key] = accesses(K.fused_step_kernel, K.SIGNATURE, constexprs, arch,
-                                   key if arch == 90 else None)
+    if what == "evaluate":
         report[f"evaluate-all-kinds-sm_{arch}"] = accesses(
-            KS._evaluate_kernel, KS.SIGNATURE, dict(KINDS=all_kinds, BLOCK=256), arch)
-    adam = importlib.import_module(STEP_VARIANTS["adam-fp32"]["kernel"])
-    report["step-all-kinds-sm_90"] = accesses(
-        K.fused_step_kernel, K.SIGNATURE,
-        dict(PREPARE=adam.prepare, UPDATE=adam.update, COMBOS=STEP_VARIANTS["adam-fp32"]["COMBOS"],
-             KINDS=all_kinds, BLOCK=1024, UNSCALE=False, CHECK_INF=False, KINDS_M=(),
-             KINDS_WD=()), 90, "step-all-kinds-sm_90")
+            KS._evaluate_kernel, KS.SIGNATURE, dict(KINDS=all_kinds, BLOCK=256))
+        return report
+    variant = STEP_VARIANTS[name]
+    module = importlib.import_module(variant["kernel"])
+    extras = variant["extras"] and what == "step"
+    constexprs = dict(PREPARE=module.prepare, UPDATE=module.update, COMBOS=variant["COMBOS"],
+                      KINDS=all_kinds if what == "all-kinds" else (int(kinds.ANNEAL),
+                                                                    int(kinds.COSINE)),
+                      BLOCK=1024, UNSCALE=extras, CHECK_INF=extras,
+                      KINDS_M=(int(kinds.ANNEAL),) * extras,
+                      KINDS_WD=(int(kinds.COSINE),) * extras, SCALARS=variant["SCALARS"])
+    key = "step-all-kinds-sm_90" if what == "all-kinds" else f"{name}-sm_{arch}"
+    report[key] = accesses(K.fused_step_kernel, K.SIGNATURE, constexprs,
+                           key if arch == 90 else None)
+    return report
+
+
+def compile_all() -> dict:
+    """Compile every kernel variant, one process per core (CI's 2 cores: half the time);
+    return {name: sorted global-memory access kinds}, and {name + "-resources":
+    ptxas_resources} for the sm_90 step kernels."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    import fused_lrs.kernels.optim  # noqa: F401  (imported once, before the workers fork)
+
+    items = [("step", name, arch) for arch in ARCHS for name in STEP_VARIANTS]
+    items += [("evaluate", None, arch) for arch in ARCHS] + [("all-kinds", "adam-fp32", 90)]
+    report = {}
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for part in pool.map(_compile, items):
+            report.update(part)
     return report
 
 

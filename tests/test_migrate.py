@@ -25,26 +25,6 @@ SHAPES = [(5, 4), (7,), (1,)]
 TOTAL = 60  # OneCycleLR's total_steps: K + N stay inside it
 # The rows whose record has a momentum-like coefficient, which torch's schedulers can cycle.
 WITH_MOMENTUM = [p for p in representatives() if p.values[0].record.momentum is not None]
-# The schedulers below that cycle the momentum (OneCycleLR's and CyclicLR's default): torch
-# refuses them on an optimizer without one (Adagrad).
-CYCLING = {"CyclicLR-momentum", "OneCycleLR-momentum", "OneCycleLR-per-group",
-           "CyclicLR-per-group"}
-
-
-def converts(info, options, name=None) -> bool:
-    """Whether the peer with ``options`` and scheduler ``name`` is a run from_torch takes over:
-    a peer without momentum takes no momentum-cycling scheduler, and one that takes no
-    ``maximize`` (lion_pytorch) has no maximizing run to convert."""
-    if name in CYCLING and info.record.momentum is None:
-        return False
-    return info.peer_maximize or not options.get("maximize")
-
-
-def runs(params, names):
-    """``(info, options, name)`` pytest params of ``params`` (``(info, options)``) and every
-    scheduler of ``names`` that ``converts``."""
-    return [pytest.param(*p.values, name, id=f"{p.id}-{name}") for p in params for name in names
-            if converts(*p.values, name)]
 
 
 def torch_optimizer(info, options, params):
@@ -109,25 +89,41 @@ def continue_run(info, options, make_scheduler, before, after, every=1, check_gr
     return fused
 
 
-@pytest.mark.parametrize("info, options, name", runs(representatives(), SCHEDULERS))
+def cycles_momentum(name: str) -> bool:
+    """Whether scheduler ``name`` cycles the momentum (OneCycleLR's and CyclicLR's default):
+    torch refuses that on an optimizer that has none ("optimizer must support momentum or beta1
+    with `cycle_momentum` option enabled")."""
+    return name.startswith(("OneCycleLR", "CyclicLR"))
+
+
+def schedulers(info) -> list[str]:
+    """The schedulers a row's peer accepts."""
+    return [n for n in SCHEDULERS if info.record.momentum is not None or not cycles_momentum(n)]
+
+
+@pytest.mark.parametrize("info, options, name", [
+    pytest.param(*param.values, name, id=f"{param.id}-{name}")
+    for param in representatives() for name in schedulers(param.values[0])])
 def test_continues_torch_mid_run(info, options, name):
     """Every scheduler, under each row's representative."""
     continue_run(info, options, SCHEDULERS[name], before=11, after=25)
 
 
 @pytest.mark.parametrize("info, options, name", [
-    pytest.param(*param.values, list(SCHEDULERS)[i % len(SCHEDULERS)],
-                 id=f"{param.id}-{list(SCHEDULERS)[i % len(SCHEDULERS)]}")
-    for i, param in enumerate(every_option())
-    if converts(*param.values, list(SCHEDULERS)[i % len(SCHEDULERS)])])
+    pytest.param(*param.values, names[i % len(names)], id=f"{param.id}-{names[i % len(names)]}")
+    for i, param in enumerate(every_option()) for names in [schedulers(param.values[0])]
+    # a peer that takes no maximize (lion_pytorch) has no maximizing run to take over
+    if param.values[0].peer_maximize or not param.values[1].get("maximize")])
 def test_every_option_continues_torch_mid_run(info, options, name):
     """Each row's whole option grid, each with the next scheduler in turn: every state the
     peer keeps is taken over."""
     continue_run(info, options, SCHEDULERS[name], before=11, after=25)
 
 
-@pytest.mark.parametrize("info, options, name", runs(representatives(), [
-    "OneCycleLR-momentum", "step", "CyclicLR-momentum"]))
+@pytest.mark.parametrize("info, options, name", [
+    pytest.param(*param.values, name, id=f"{param.id}-{name}") for param in representatives()
+    for name in ("OneCycleLR-momentum", "step", "CyclicLR-momentum")
+    if name in schedulers(param.values[0])])
 def test_fresh_and_every(info, options, name):
     continue_run(info, options, SCHEDULERS[name], before=0, after=12)
     continue_run(info, options, SCHEDULERS[name], before=9, after=9, every=3)  # per 3 steps
@@ -190,7 +186,7 @@ def test_without_the_scheduler_holds_the_current_lr():
 @pytest.mark.parametrize("info, options", representatives())
 def test_one_cycle_max_lr_per_group(info, options, config):
     if info.record.momentum is None:
-        config = dict(config, cycle_momentum=False)      # torch refuses to cycle none
+        config = {**config, "cycle_momentum": False}     # torch refuses it: no momentum
 
     def make(o):
         return tlr.OneCycleLR(o, [0.05, 0.2], TOTAL, **config)
@@ -202,8 +198,8 @@ def test_one_cycle_max_lr_per_group(info, options, config):
 
 
 @pytest.mark.parametrize("info, options, cycle_momentum", [
-    pytest.param(*p.values, cycle, id=f"{p.id}-{cycle}") for p in representatives()
-    for cycle in (True, False) if not cycle or p.values[0].record.momentum is not None])
+    pytest.param(*param.values, cycle, id=f"{param.id}-{cycle}") for param in representatives()
+    for cycle in (True, False) if not cycle or param.values[0].record.momentum is not None])
 def test_cyclic_lists_per_group(info, options, cycle_momentum):
     def make(o):
         return tlr.CyclicLR(o, [0.005, 0.01], [0.05, 0.03], 4, 7, "triangular2",

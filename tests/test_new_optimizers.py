@@ -179,7 +179,7 @@ def test_cpu_waves_are_bitwise_the_peer(info, monkeypatch):
         ours.step()
         theirs.step()
     # 1200 in five chunks of 256 (the last, 176, with 7, 3 and the empty one), 180 whole
-    assert len(ours._cache.backend._buckets[0].scratch["waves"][0]) == 6
+    assert len(ours._cache.backend._buckets[0].cache["waves"][0]) == 6
     assert_same_optimizer(ours, theirs, rtol=0.0, extra_state=info.extra_state)
 
 

@@ -7,16 +7,28 @@ kernel module (``kernels/<name>.py``), one line below and one row in the tests' 
 optimizers (``tests/optimizers.py``).
 """
 
+from fused_lrs.algorithms.adadelta import FusedAdadeltaScheduled
 from fused_lrs.algorithms.adagrad import FusedAdagradScheduled
 from fused_lrs.algorithms.adam import FusedAdamScheduled, FusedAdamWScheduled
+from fused_lrs.algorithms.adamax import FusedAdamaxScheduled
+from fused_lrs.algorithms.asgd import FusedASGDScheduled
 from fused_lrs.algorithms.lion import FusedLionScheduled
+from fused_lrs.algorithms.nadam import FusedNAdamScheduled
+from fused_lrs.algorithms.radam import FusedRAdamScheduled
 from fused_lrs.algorithms.record import Algorithm
 from fused_lrs.algorithms.rmsprop import FusedRMSpropScheduled
 from fused_lrs.algorithms.sgd import FusedSGDScheduled
 
 #: Every fused optimizer class, in the order the docs and the bench list them.
 OPTIMIZERS = (FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled,
-              FusedRMSpropScheduled, FusedAdagradScheduled, FusedLionScheduled)
+              FusedAdamaxScheduled,
+              FusedNAdamScheduled,
+              FusedRAdamScheduled,
+              FusedAdadeltaScheduled,
+              FusedASGDScheduled,
+              FusedRMSpropScheduled,
+              FusedAdagradScheduled,
+              FusedLionScheduled)
 #: Every algorithm record, by name.
 ALGORITHMS: dict[str, Algorithm] = {cls.algorithm.name: cls.algorithm for cls in OPTIMIZERS}
 

@@ -28,6 +28,13 @@ def scalar(value, like: torch.Tensor):
     return value.to(like.dtype) if isinstance(value, torch.Tensor) else value
 
 
+def lerp(x: torch.Tensor, y: torch.Tensor, weight) -> torch.Tensor:
+    """torch's ``x.lerp(y, weight)`` itself (``x + w (y - x)`` for |w| < 0.5, else
+    ``y - (1 - w)(y - x)``, each one fused multiply-add), also for a scheduled weight (a device
+    tensor, taken in ``x``'s dtype)."""
+    return torch.lerp(x, y, scalar(weight, x))
+
+
 def constants(**values) -> dict:
     """``values`` as 0-dim tensors of each dtype the CPU foreach updates run in, by dtype: a
     Python number costs torch's CPU foreach ops a conversion per tensor (``_foreach_mul_`` of

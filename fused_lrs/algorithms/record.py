@@ -21,6 +21,14 @@ State. ``slots`` are the peer's per-parameter state tensors, by the peer's keys,
 (the kernel's tensor table has three state columns); which ones a group keeps depends on its
 options (``Slot.present``). Every parameter also has a float32 0-dim ``"step"``: the number of
 updates it has received (torch's rule: a parameter without a gradient does not count).
+
+Scalar states. ``scalars`` are the peer's per-parameter 0-dim float32 states that are not closed
+forms of the step count, by the peer's keys, at most two (NAdam's ``mu_product``, a running
+product of scheduled momenta; ASGD's ``eta``, which depends on the lr of the step that computed
+it, and ``mu``). They live on the parameter's device beside ``"step"``, are plain tensors for
+DTensor parameters (as torch's are), stay float32 with master weights, and travel in
+checkpoints under the peer's keys. An update reads the old values and returns the next ones;
+every backend writes them only once every reader is done (the kernel: its last program).
 """
 
 from __future__ import annotations
@@ -67,13 +75,27 @@ class Slot:
 
 
 @dataclass(frozen=True)
+class Scalar:
+    """One per-parameter 0-dim float32 state: the peer's key and the value it holds before the
+    first update (a number, or a group entry's name, e.g. ASGD's ``eta`` starts at the lr)."""
+
+    key: str
+    initial: float | str = 0.0
+
+    def start(self, group: Mapping[str, Any]) -> float:
+        """The initial value for a parameter of ``group``."""
+        return number(group[self.initial]) if isinstance(self.initial, str) else self.initial
+
+
+@dataclass(frozen=True)
 class CpuUpdate:
     """The CPU backend's update of one bucket (tensors of one group, one storage dtype).
 
     ``run(bucket, grads, lr, amp)`` advances the bucket's step counts (``bucket.counts``, one
-    buffer) and updates ``bucket.weights`` and ``bucket.states`` with torch's fused or foreach
-    kernels; ``lr`` is a float64 0-dim tensor, ``amp`` GradScaler's ``grad_scale`` and
-    ``found_inf`` (None when absent). It may count on nothing being scheduled but the lr: a
+    buffer) and updates ``bucket.weights``, ``bucket.states`` and ``bucket.scalars`` (one float32
+    buffer per scalar state, whose entries the parameters' 0-dim states are views of) with torch's
+    fused or foreach kernels; ``lr`` is a float64 0-dim tensor, ``amp`` GradScaler's ``grad_scale``
+    and ``found_inf`` (None when absent). It may count on nothing being scheduled but the lr: a
     scheduled momentum or weight decay goes to the reference.
     ``options(hp)``: what ``run`` needs of the row, computed once per plan (``bucket.options``).
     ``unsupported(dtypes)`` says why it cannot update such storage dtypes, or None.
@@ -108,7 +130,8 @@ class Algorithm:
     check_group: Callable[[Mapping[str, Any]], None]
     #: The reference update of one tensor (``backends/reference.py`` calls it): ``(p, g,
     #: state, k, hp) -> (new p, {key: new state})`` in the compute dtype, where ``k`` is this
-    #: update's count (a 0-dim tensor) and ``hp`` the row by name, scheduled values as tensors.
+    #: update's count (a 0-dim tensor) and ``hp`` the row by name, scheduled values as tensors;
+    #: ``state`` holds the scalar states too, as their float32 0-dim values.
     reference: Callable
     #: The Triton module that holds this algorithm's ``prepare`` and ``update`` (``kernels/``).
     kernel: str
@@ -123,6 +146,8 @@ class Algorithm:
     read_momentum: Callable[[Mapping[str, Any]], Any] | None = None
     #: The CPU backend's update, or None (then the reference runs on CPU).
     cpu: CpuUpdate | None = None
+    #: The per-parameter 0-dim float32 states (see the module docstring), at most two.
+    scalars: tuple[Scalar, ...] = ()
     #: Whether the peer saves a ``"step"`` per parameter (torch's SGD and lion_pytorch do not).
     saves_step: bool = True
     #: Whether the peer creates every parameter's state at construction (torch's Adagrad).
@@ -137,6 +162,7 @@ class Algorithm:
 
     def __post_init__(self) -> None:
         assert len(self.slots) <= 3, "the kernel's tensor table has three state columns"
+        assert len(self.scalars) <= 2, "the kernel passes prepare at most two scalar states"
         assert len(FIXED) + len(self.columns) <= layout.GROUP_COLS, self.name
 
     def renamed(self, name: str, peer: str) -> Algorithm:
@@ -166,11 +192,23 @@ class Algorithm:
         kept = [slot.present(group) for slot in self.slots]
         return tuple(kept + [False] * (3 - len(kept)))
 
+    @property
+    def scalar_keys(self) -> tuple[str, ...]:
+        """The scalar states' keys, in the record's order."""
+        return tuple(scalar.key for scalar in self.scalars)
+
+    @property
+    def counters(self) -> frozenset[str]:
+        """The state keys that hold 0-dim float32 values, not tensors of the parameter's shape:
+        ``"step"`` and the scalar states."""
+        return frozenset(("step", *self.scalar_keys))
+
     def expected_state(self, group: Mapping[str, Any]) -> tuple[set[str], set[str]]:
         """(required, allowed) state keys of a saved parameter of ``group``: the peer's."""
         present = {slot.key for slot in self.slots if slot.required and slot.present(group)}
-        required = present | ({"step"} if self.saves_step else set())
-        return required, {"step", "master", *(slot.key for slot in self.slots)}
+        required = present | set(self.scalar_keys) | ({"step"} if self.saves_step else set())
+        return required, {"step", "master", *(slot.key for slot in self.slots),
+                          *self.scalar_keys}
 
     def peer_class(self) -> type | None:
         """The peer class, or None when its package is not installed."""

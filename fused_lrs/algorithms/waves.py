@@ -9,7 +9,7 @@ cache. The ops are elementwise, so the result is the same, bit for bit.
 Slices are views of each tensor's storage in its own element order, so a tensor is sliced only
 when it and every tensor aligned with it (its gradient, its states) are contiguous; any other
 goes whole, in a wave of its own. The slices of the weights and states are made once per plan
-(``Bucket.scratch``); the gradients', which are new tensors every step, at each step. A bucket
+(``Bucket.cache``); the gradients', which are new tensors every step, at each step. A bucket
 small enough to stay in cache runs whole (``WHOLE``).
 """
 
@@ -62,18 +62,18 @@ def split(bucket, grads: list[torch.Tensor], lists: tuple) -> list[tuple]:
     empty) as waves: ``[(weights, grads, *lists)]``, one tuple of aligned lists per wave. A
     gradient that is not contiguous (the weights' slices assume it is) takes the whole lists
     in one wave, this step."""
-    whole = bucket.scratch.get("whole")
+    whole = bucket.cache.get("whole")
     if whole is None:
-        whole = bucket.scratch["whole"] = sum(w.numel() for w in bucket.weights) <= WHOLE
+        whole = bucket.cache["whole"] = sum(w.numel() for w in bucket.weights) <= WHOLE
     if whole or not all(map(_CONTIGUOUS, grads)):
         return [(bucket.weights, grads, *lists)]
-    cache = bucket.scratch.get("waves")
+    cache = bucket.cache.get("waves")
     if cache is None:
         aligned = [bucket.weights, *(x for x in lists if x)]
         sliceable = [all(x[i].is_contiguous() for x in aligned)
                      for i in range(len(bucket.weights))]
         waves = plan([w.numel() for w in bucket.weights], sliceable)
-        cache = bucket.scratch["waves"] = (
+        cache = bucket.cache["waves"] = (
             waves, [_slices(x, waves) if x else [[] for _ in waves]
                     for x in (bucket.weights, *lists)])
     waves, sliced = cache

@@ -4,7 +4,7 @@ A class names its algorithm's record (``algorithm``, ``fused_lrs/algorithms/``) 
 ``__init__`` signature; everything else is here, the same for every algorithm:
   * ``state[p]["step"]``, float32 on the parameter's device: each parameter's own count, which
     advances only when the parameter had a gradient (torch's rule), beside the record's state
-    slots (torch's keys);
+    slots and 0-dim scalar states (torch's keys);
   * the schedules, their counter ``t`` and table: one ``ScheduleState`` (``schedule_state.py``);
     checkpoints are functions over the optimizer and it (``checkpoint.py``);
   * ``step()`` describes the step (``step.py``: tensors, group rows, schedules) and hands the
@@ -392,11 +392,12 @@ class ScheduledOptimizer(torch.optim.Optimizer):
         name = type(self).__name__
         backend = backends.BACKENDS[self.impl]
         local = dtensor.local
+        counters = self.algorithm.counters      # 0-dim float32 values, plain tensors
         for p in params:
             state = self.state.get(p, {})       # no {} inserted for a refused one
+            state = {k: v for k, v in state.items() if k not in counters}
             dtensor.check(name, p, p.grad, state)
-            tensors = [local(v) for k, v in state.items()
-                       if k != "step" and isinstance(v, torch.Tensor)]
+            tensors = [local(v) for v in state.values() if isinstance(v, torch.Tensor)]
             validate.tensor(name, backend, local(p), local(p.grad), tensors,
                             self._wants_master(p))
 
@@ -431,7 +432,8 @@ class ScheduledOptimizer(torch.optim.Optimizer):
             group_of=[g for g, ps in enumerate(work) for _ in ps], rows=rows,
             schedules=schedules["specs"], table=schedules["table"], t=schedules["t"],
             skipped=schedules["skipped"], grad_scale=grad_scale, found_inf=found_inf,
-            hold_on_skip=self.hold_schedule_on_skip)
+            hold_on_skip=self.hold_schedule_on_skip,
+            scalars=tuple([s[key] for s in states] for key in self.algorithm.scalar_keys))
         dtensor.unwrap(d)        # DTensor (FSDP2) parameters: every backend sees local shards
         return d
 
@@ -479,15 +481,20 @@ class ScheduledOptimizer(torch.optim.Optimizer):
 
     def prepare_state(self, work) -> None:
         """Create whatever state each parameter of ``work`` (lists per group) lacks, as its
-        group's options need (torch's lazy init): the step count and the record's slots."""
+        group's options need (torch's lazy init): the step count, the record's scalar states
+        and its slots."""
         algorithm = self.algorithm
         for group, params in zip(self.param_groups, work):
             kept = [(slot, self.defaults[slot.initial] if slot.initial else 0.0)
                     for slot in algorithm.slots if slot.present(group)]
+            scalars = [(scalar.key, scalar.start(group)) for scalar in algorithm.scalars]
             for p in params:
                 state = self.state[p]
                 if not state:
                     state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                for key, value in scalars:
+                    if key not in state:
+                        state[key] = torch.full((), value, dtype=torch.float32, device=p.device)
                 for slot, value in kept:
                     if slot.key not in state:
                         state[slot.key] = self._new_state_tensor(p, value)

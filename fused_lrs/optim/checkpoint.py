@@ -135,16 +135,21 @@ def load_state_dict(opt, state_dict: dict[str, Any]) -> None:
     extra = state_dict.pop("fused_lrs", None)
     specs, t = _check_checkpoint(opt, state_dict, extra)
     plateau = _check_plateau(opt, extra, specs)
-    # torch's load casts every state tensor to its parameter's dtype; fp32 masters and states
-    # of 16-bit parameters are taken back from the checkpoint untouched.
+    # torch's load casts every state tensor but "step" to its parameter's dtype; fp32 masters
+    # and states of 16-bit parameters, and every scalar state (a bf16 mu_product would keep 8
+    # bits), are taken back from the checkpoint untouched (adopt_state makes them float32).
     saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
     ours = [p for g in opt.param_groups for p in g["params"]]
-    fp32 = {p: {k: v for k, v in state_dict["state"].get(i, {}).items()
-                if isinstance(v, torch.Tensor) and v.dtype == torch.float32 and k != "step"}
-            for i, p in zip(saved_ids, ours) if opt._wants_master(p)}
+    scalar_keys = opt.algorithm.scalar_keys
+    kept = {p: {k: v for k, v in state_dict["state"].get(i, {}).items()
+                if k in scalar_keys or opt._wants_master(p) and isinstance(v, torch.Tensor)
+                and v.dtype == torch.float32 and k != "step"}
+            for i, p in zip(saved_ids, ours)}
     torch.optim.Optimizer.load_state_dict(opt, state_dict)
-    for p, values in fp32.items():
-        opt.state[p].update({k: v.to(p.device, copy=True) for k, v in values.items()})
+    for p, values in kept.items():
+        if values:                     # (a lookup would give a parameter without state {})
+            opt.state[p].update({k: v.to(p.device, copy=True) if isinstance(v, torch.Tensor)
+                                 else v for k, v in values.items()})
     for group in opt.param_groups:
         if "initial_lr" in group:
             group["lr"] = group.pop("initial_lr")
@@ -251,10 +256,12 @@ def _check_plateau(opt, extra, specs) -> dict | None:
 
 
 def adopt_state(opt, p: torch.Tensor, state: dict[str, Any]) -> None:
-    """Bring loaded state into the optimizer's form: steps as float32 device tensors (a peer
-    that saves none, torch's SGD or lion_pytorch, made at least one update if it has state
-    tensors); slots the peer saved as None dropped; with master weights, fp32 states and a
-    master (from the parameter, when the checkpoint has none, e.g. one saved by torch)."""
+    """Bring loaded state into the optimizer's form: steps and scalar states as float32
+    tensors on the parameter's device (a peer that saves no step, torch's SGD or lion_pytorch,
+    made at least one update if it has state tensors; torch's load casts scalar states to the
+    parameter's dtype, and its NAdam keeps ``mu_product`` on the CPU); slots the peer saved as
+    None dropped; with master weights, fp32 states and a master (from the parameter, when the
+    checkpoint has none, e.g. one saved by torch)."""
     for key in [k for k, v in state.items() if v is None]:
         del state[key]
     if "step" not in state:
@@ -262,7 +269,10 @@ def adopt_state(opt, p: torch.Tensor, state: dict[str, Any]) -> None:
                                                for v in state.values())))
     # A copy: a checkpoint taken from a live optimizer holds its step tensors, which a backend
     # may re-point (torch_fused's one-buffer counts); never share them.
-    state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(p.device, copy=True)
+    for key in ("step", *opt.algorithm.scalar_keys):
+        if key in state:
+            state[key] = torch.as_tensor(state[key], dtype=torch.float32).reshape(()).to(
+                p.device, copy=True)
     if opt._wants_master(p):
         for k, v in state.items():
             if k != "step" and isinstance(v, torch.Tensor):
@@ -309,6 +319,7 @@ def _check_checkpoint(opt, sd, extra):
                              f"{len(saved['params'])} parameters, this optimizer's has "
                              f"{len(group['params'])}")
         params.update({k: (p, saved) for k, p in zip(saved["params"], group["params"])})
+    counters = opt.algorithm.counters
     for key, state in sd["state"].items():
         if key not in params:
             raise ValueError(f"{name}: the checkpoint has state for parameter {key!r}, "
@@ -322,11 +333,12 @@ def _check_checkpoint(opt, sd, extra):
                              f"(and allows {sorted(allowed)}): a checkpoint of another "
                              "optimizer or option?")
         for k, v in state.items():
-            if k == "step":
+            if k in counters:
                 if not (isinstance(v, (int, float)) and not isinstance(v, bool)
-                        or isinstance(v, torch.Tensor) and v.numel() == 1):
-                    raise ValueError(f"{name}: parameter {key}: 'step' must be a scalar "
-                                     f"count, got {v!r}")
+                        or isinstance(v, torch.Tensor) and v.numel() == 1
+                        and not v.is_complex()):
+                    raise ValueError(f"{name}: parameter {key}: {k!r} must be a scalar, got "
+                                     f"{v!r}")
             elif v is not None or k in required:
                 if not isinstance(v, torch.Tensor):
                     raise ValueError(f"{name}: parameter {key}: state {k!r} is "

@@ -1,10 +1,10 @@
 """``torch.ops.fused_lrs.step``: the whole optimizer step as one custom op.
 
-``torch.compile`` sees ``opt.step()`` as this single opaque op, with exact mutation
-annotations: it mutates the parameters, the states, the per-parameter step counts, the master
-copies and the schedule counter, and reads the schedule table. So the compiler neither traces
-the Python bookkeeping nor reorders the update, and because the lr is computed inside the op
-from the device counter ``t``, a changing lr never changes the graph: no recompile.
+``torch.compile`` sees ``opt.step()`` as this single opaque op, with exact mutation annotations: it
+mutates the parameters, the states, the per-parameter step counts and scalar states, the master
+copies and the schedule counter, and reads the schedule table. So the compiler neither traces the
+Python bookkeeping nor reorders the update, and because the lr is computed inside the op from the
+device counter ``t``, a changing lr never changes the graph: no recompile.
 
 The op is a thin wrapper: its arguments are a step description flattened (``step.py``), and
 its body rebuilds the description and hands it to the backend ``impl`` names, the same one an
@@ -23,24 +23,26 @@ from torch import Tensor
 from fused_lrs.optim import backends
 from fused_lrs.optim.step import from_flat
 
-MUTATED = ("params", "grads", "state1", "state2", "state3", "steps", "masters", "t", "skipped")
+MUTATED = ("params", "grads", "state1", "state2", "state3", "steps", "masters", "scalars", "t",
+           "skipped")
 
 
 @torch.library.custom_op("fused_lrs::step", mutates_args=MUTATED)
 def step(params: list[Tensor], grads: list[Tensor], state1: list[Tensor], state2: list[Tensor],
-         state3: list[Tensor], steps: list[Tensor], masters: list[Tensor], presence: list[int],
-         group_of: list[int], groups: list[float], schedule: str, algorithm: str, table: Tensor,
-         t: Tensor, skipped: Tensor, grad_scale: Tensor | None, found_inf: Tensor | None,
-         hold_on_skip: bool, impl: str, owner: int) -> None:
+         state3: list[Tensor], steps: list[Tensor], masters: list[Tensor],
+         scalars: list[Tensor], presence: list[int], group_of: list[int], groups: list[float],
+         schedule: str, algorithm: str, table: Tensor, t: Tensor, skipped: Tensor,
+         grad_scale: Tensor | None, found_inf: Tensor | None, hold_on_skip: bool, impl: str,
+         owner: int) -> None:
     schedules = tuple(_spec(text) if text else None for text in schedule.split("\n"))
-    description = from_flat(params, grads, state1, state2, state3, steps, masters, presence,
-                            group_of, groups, schedules, _record(algorithm), table, t, skipped,
-                            grad_scale, found_inf, hold_on_skip)
+    description = from_flat(params, grads, state1, state2, state3, steps, masters, scalars,
+                            presence, group_of, groups, schedules, _record(algorithm), table, t,
+                            skipped, grad_scale, found_inf, hold_on_skip)
     backend_for(impl, t.device, owner).step(description)
 
 
 @step.register_fake
-def _(params, grads, state1, state2, state3, steps, masters, presence, group_of, groups,
+def _(params, grads, state1, state2, state3, steps, masters, scalars, presence, group_of, groups,
       schedule, algorithm, table, t, skipped, grad_scale, found_inf, hold_on_skip, impl,
       owner) -> None:
     return None

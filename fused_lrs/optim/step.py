@@ -4,12 +4,12 @@ Data flows one way: the optimizer (``base.py``) builds a description, one backen
 (``backends/``) consumes it, and the Triton backend hands its tables to the kernel. Nothing here
 imports the optimizer or a backend.
 
-The algorithm is its record (``fused_lrs/algorithms/record.py``). Per tensor (lists aligned
-with ``params``, one entry per parameter with a gradient): the parameter, its gradient, the
-record's three state slots (None where absent), its float32 step count and its fp32 master copy
-(None without one). Per group: its row (``kernels/layout.py``; the record names its columns).
-For the schedules: their specs (the reference evaluates those), their device table and kinds
-(the kernel reads those).
+The algorithm is its record (``fused_lrs/algorithms/record.py``). Per tensor (lists aligned with
+``params``, one entry per parameter with a gradient): the parameter, its gradient, the record's
+three state slots (None where absent), its float32 step count, its fp32 master copy (None without
+one) and the record's scalar states (0-dim float32, one list per scalar). Per group: its row
+(``kernels/layout.py``; the record names its columns). For the schedules: their specs (the reference
+evaluates those), their device table and kinds (the kernel reads those).
 
 The custom op (``op.py``) carries a description through ``torch.compile`` as flat lists and
 rebuilds it with ``from_flat``. Its mutated lists hold only the present tensors, with a
@@ -46,6 +46,8 @@ class StepDescription:
     grad_scale: torch.Tensor | None = None  # GradScaler: divide the gradients by this
     found_inf: torch.Tensor | None = None   # GradScaler: > 0 skips the step
     hold_on_skip: bool = False              # a skip holds the schedule counter too
+    # The record's scalar states: per scalar, one 0-dim float32 tensor per parameter.
+    scalars: tuple[list, ...] = ()
     # The DTensor parameters whose local shards ``params`` are (``dtensor.py``), or None.
     wrappers: list | None = None
     members: list[list[int]] = field(init=False)  # each group's tensor indices
@@ -102,12 +104,13 @@ def to_flat(d: StepDescription) -> dict[str, Any]:
                 masters=masters, presence=[*m1, *m2, *m3, *mm], group_of=d.group_of,
                 groups=[x for row in d.rows for x in row],
                 schedule="\n".join(repr(s) if s is not None else "" for s in d.schedules),
+                scalars=[x for column in d.scalars for x in column],
                 algorithm=d.algorithm.name, table=d.table, t=d.t, skipped=d.skipped,
                 grad_scale=d.grad_scale, found_inf=d.found_inf, hold_on_skip=d.hold_on_skip)
 
 
-def from_flat(params, grads, state1, state2, state3, steps, masters, presence, group_of, groups,
-              schedules, algorithm, table, t, skipped, grad_scale, found_inf,
+def from_flat(params, grads, state1, state2, state3, steps, masters, scalars, presence, group_of,
+              groups, schedules, algorithm, table, t, skipped, grad_scale, found_inf,
               hold_on_skip) -> StepDescription:
     """The description ``to_flat`` flattened; ``schedules`` are the parsed specs and
     ``algorithm`` the record."""
@@ -120,4 +123,6 @@ def from_flat(params, grads, state1, state2, state3, steps, masters, presence, g
                            states=tuple(cols[:3]), steps=list(steps), masters=cols[3],
                            group_of=list(group_of), rows=rows, schedules=schedules, table=table,
                            t=t, skipped=skipped, grad_scale=grad_scale, found_inf=found_inf,
-                           hold_on_skip=hold_on_skip)
+                           hold_on_skip=hold_on_skip,
+                           scalars=tuple(list(scalars[i * n:(i + 1) * n])
+                                         for i in range(len(algorithm.scalars))))

@@ -29,9 +29,10 @@ def _write(skip, dst: torch.Tensor, new: torch.Tensor) -> None:
 
 
 def update(algorithm, param, grad, states, step, hp, *, grad_scale=None, skip=None,
-           master=None) -> None:
+           master=None, scalars=()) -> None:
     """One update of one parameter, in place. ``states`` are the record's three slots (None
-    where absent), ``step`` the parameter's float32 0-dim count (advanced here), ``hp`` the
+    where absent), ``scalars`` its scalar states (float32 0-dim, the record's order), ``step``
+    the parameter's float32 0-dim count (advanced here), ``hp`` the
     group's row by name with the lr, and any scheduled momentum or weight decay, as float64
     0-dim tensors. ``grad_scale`` divides the gradient and ``skip`` (a bool tensor) discards
     the whole update, GradScaler's way. With an fp32 ``master`` copy the update reads and
@@ -44,10 +45,13 @@ def update(algorithm, param, grad, states, step, hp, *, grad_scale=None, skip=No
         g = -g
     keys = [slot.key for slot in algorithm.slots]
     state = {key: x.to(cd) for key, x in zip(keys, states) if x is not None}
+    targets = dict(zip(keys, states))
+    for key, x in zip(algorithm.scalar_keys, scalars):
+        state[key] = targets[key] = x      # float32, as torch keeps them
     k = step + 1                           # this update's count, as torch's
     new_p, new_states = algorithm.reference(p, g, state, k, hp)
     for key, value in new_states.items():
-        _write(skip, states[keys.index(key)], value)
+        _write(skip, targets[key], value)
     if master is not None:
         _write(skip, master, new_p)
     _write(skip, param, new_p)
@@ -96,5 +100,6 @@ class ReferenceBackend:
                 hps[g]["weight_decay"] = value
         for i, (p, g) in enumerate(zip(d.params, d.grads)):
             update(d.algorithm, p, g, [col[i] for col in d.states], d.steps[i],
-                   hps[d.group_of[i]], grad_scale=d.grad_scale, skip=skip, master=d.masters[i])
+                   hps[d.group_of[i]], grad_scale=d.grad_scale, skip=skip, master=d.masters[i],
+                   scalars=[column[i] for column in d.scalars])
         d.advance_counters(skip)

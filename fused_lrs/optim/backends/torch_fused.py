@@ -13,7 +13,9 @@ a scheduled one (a device value) makes ``impl="auto"`` choose the reference.
 
 The rest is torch's own fused path, reproduced:
   * step counts: each bucket's counts live in one buffer (``_one_buffer``), advanced by the
-    update, and ``-= found_inf`` after it (GradScaler's skip);
+    update, and ``-= found_inf`` after it (GradScaler's skip); so do each of the record's scalar
+    states (NAdam's ``mu_product``...), which a foreach update computes for the whole bucket at
+    once, as [tensors] tensors;
   * GradScaler: torch's fused kernels divide the gradients by ``grad_scale`` *in place* and
     skip on ``found_inf``, as torch's fused optimizers do (so after ``scaler.step(opt)`` the
     gradients are unscaled, as with ``AdamW(fused=True)``); an update that cannot (its record
@@ -54,16 +56,19 @@ class Bucket:
     options: dict                           # the update's numbers (its record's ``options``)
     counts: torch.Tensor | None = None      # one buffer that ``steps`` are views of
     warm: bool = False                      # the update no longer tells first updates apart
-    # What the algorithm's CPU update derives once per plan and keeps (its waves' slices).
-    scratch: dict = field(default_factory=dict)
+    # Per scalar state of the record, one float32 buffer that the parameters' states are views of.
+    scalars: list[torch.Tensor] = field(default_factory=list)
+    # What the update keeps between steps (buffers and their views), made on its first run.
+    cache: dict = field(default_factory=dict)
 
 
 def _one_buffer(steps: list[torch.Tensor]) -> torch.Tensor:
-    """Move a bucket's step counts into one float32 buffer: each state's 0-dim ``step`` stays
-    the same tensor object with the same value, but becomes a view of the buffer, so ``+= 1``
-    is one add. torch's ``_foreach_add_`` on CPU loops over 0-dim tensors one by one: 101 us
-    for 72 counts against 2.2 us for one add of the buffer (torch 2.13, 1 thread), a third of
-    the ~0.3 ms step of the 72-tensor FSDP2 model of benchmarks/bench_fsdp.py."""
+    """Move a bucket's step counts (or one of its scalar states) into one float32 buffer: each
+    0-dim state stays the same tensor object with the same value, but becomes a view of the
+    buffer, so ``+= 1`` is one add. torch's ``_foreach_add_`` on CPU loops over 0-dim tensors
+    one by one: 101 us for 72 counts against 2.2 us for one add of the buffer (torch 2.13, 1
+    thread), a third of the ~0.3 ms step of the 72-tensor FSDP2 model of
+    benchmarks/bench_fsdp.py."""
     counts = torch.stack(steps)
     storage = counts.untyped_storage()
     for j, step in enumerate(steps):
@@ -133,6 +138,8 @@ class TorchFusedBackend:
                     grad_buffers=[torch.empty_like(w) for w in weights] if master else [],
                     states=states, steps=[d.steps[i] for i in index], options=options)
                 bucket.counts = _one_buffer(bucket.steps)
+                bucket.scalars = [_one_buffer([column[i] for i in index])
+                                  for column in d.scalars]
                 self._buckets.append(bucket)
         self._bases = torch.tensor([row[L.G_LR] for row in d.rows], dtype=torch.float64,
                                    device=d.t.device)
@@ -147,8 +154,8 @@ class TorchFusedBackend:
             # A new description (the optimizer's after a change, or the custom op's, one per
             # call) or a recast. Plan again only if it holds other tensors, numbers or dtypes;
             # the plan holds the tensors, so their ids cannot be reused while it lives.
-            key = (tuple(map(id, (*d.params, *d.steps, *d.masters, *(x for c in d.states
-                                                                     for x in c)))),
+            key = (tuple(map(id, (*d.params, *d.steps, *d.masters,
+                                  *(x for c in (*d.states, *d.scalars) for x in c)))),
                    tuple(map(tuple, d.rows)), tuple(d.group_of), d.algorithm.name,
                    tuple(dtypes))
             if key != self._key:

@@ -206,11 +206,12 @@ class TritonBackend:
             # run: then the next eager step rebuilds rather than trust the device copies.
             self.captured = True
             hold(self.ticket, self.tensors, self.steps, self.grads, self.groups, self.work,
-                 d.table, d.t, d.skipped)
+                 self.scalar_addrs, self.scratch, d.table, d.t, d.skipped)
             # The optimizer's own tensors too: load_state_dict replaces the states and step
             # counts, and the graph's pointers must not dangle (its replays go on updating the
             # old ones: re-capture after loading).
-            hold(*d.steps, *(x for col in (*d.states, d.masters) for x in col if x is not None))
+            hold(*d.steps, *(x for col in (*d.states, d.masters, *d.scalars) for x in col
+                             if x is not None))
             self._stream = None
             if self._recorded_uploads:
                 self.key, self._desc, self._grad_addrs = None, None, None
@@ -226,7 +227,8 @@ class TritonBackend:
         """Compare every address and number with the tables' and, if one differs, check the
         tensors and rebuild the tables."""
         tensors = (*d.params, *d.steps, d.table,
-                   *(x for col in (*d.states, d.masters) for x in col if x is not None))
+                   *(x for col in (*d.states, d.masters, *d.scalars) for x in col
+                     if x is not None))
         key = (tuple(map(_DATA_PTR, tensors)), tuple(map(tuple, d.rows)), d.kinds,
                tuple(d.group_of), d.algorithm.name,
                tuple(x is not None for col in (*d.states, d.masters) for x in col),
@@ -286,6 +288,17 @@ class TritonBackend:
         self.grads = torch.zeros(max(n, 1), dtype=torch.int64, device=self.device)
         self._grad_addrs = None
         self.groups = self._to_device(torch.tensor(d.rows, dtype=torch.float64))
+        # The scalar states' addresses, [n_tensors, SCALARS], and the scratch rows the chunk-0
+        # programs write their next values to (kernels/optim.py); absent, stand-ins never read.
+        self.n_scalars = len(d.scalars)
+        if self.n_scalars:
+            self.scalar_addrs = self._to_device(torch.tensor(
+                [column[i].data_ptr() for i in range(n) for column in d.scalars] or [0],
+                dtype=torch.int64))
+            self.scratch = torch.zeros(max(n, 1) * self.n_scalars, dtype=torch.float32,
+                                       device=self.device)
+        else:
+            self.scalar_addrs, self.scratch = self.steps, torch.empty(1, device=self.device)
         self.sizes = [p.numel() for p in d.params]
         self.kinds = d.kinds
         algorithm = importlib.import_module(d.algorithm.kernel)
@@ -304,7 +317,10 @@ class TritonBackend:
         blocks = math.ceil(total / (BLOCK * self.programs_per_sm * sms)) if total else 1
         self.blocks_per_program = min(max(blocks, 1), self.max_blocks_per_program)
         chunk = BLOCK * self.blocks_per_program
-        pairs = [(r, c) for r, n in enumerate(self.sizes) for c in range(math.ceil(n / chunk))]
+        # A tensor without elements gets a chunk-0 program when it has scalar states to advance.
+        least = 1 if self.n_scalars else 0
+        pairs = [(r, c) for r, n in enumerate(self.sizes)
+                 for c in range(max(math.ceil(n / chunk), least))]
         pairs = pairs or [(-1, 0)]        # one program still advances the counters
         self.work = self._to_device(torch.tensor(pairs, dtype=torch.int32))
         self.n_programs = len(pairs)
@@ -351,7 +367,7 @@ class TritonBackend:
 
     def _launch(self, d: StepDescription) -> None:
         # Absent GradScaler tensors are compiled out (UNSCALE, CHECK_INF); `skipped` stands in
-        # for their pointers, never read.
+        # for their pointers, never read. Then the scalar states' addresses and scratch rows.
         grad_scale, found_inf, skipped = d.grad_scale, d.found_inf, d.skipped
         amp = (grad_scale is not None, found_inf is not None)
         constexprs = self._constexprs.get(amp)
@@ -359,23 +375,25 @@ class TritonBackend:
             constexprs = self._constexprs[amp] = dict(
                 PREPARE=self.update_fns[0], UPDATE=self.update_fns[1], KINDS=self.kinds[0],
                 KINDS_M=self.kinds[1], KINDS_WD=self.kinds[2], COMBOS=self.combos,
-                BLOCK=BLOCK, UNSCALE=amp[0], CHECK_INF=amp[1], num_warps=NUM_WARPS)
-        scaler = (skipped if grad_scale is None else grad_scale,
-                  skipped if found_inf is None else found_inf, skipped)
+                BLOCK=BLOCK, UNSCALE=amp[0], CHECK_INF=amp[1], SCALARS=self.n_scalars,
+                num_warps=NUM_WARPS)
+        pointers = (skipped if grad_scale is None else grad_scale,
+                    skipped if found_inf is None else found_inf, skipped, self.scalar_addrs,
+                    self.scratch)
         if self.cuda and self._sized_for != self.key:
-            self._size_grid(d, scaler, constexprs)
+            self._size_grid(d, pointers, constexprs)
         self.kernel.fused_step_kernel[(self.n_programs,)](
             self.tensors, self.grads, self.steps, self.work, self.groups, d.table, d.t,
-            self.ticket, *scaler, self.n_tensors, self.n_programs, self.blocks_per_program,
+            self.ticket, *pointers, self.n_tensors, self.n_programs, self.blocks_per_program,
             int(d.hold_on_skip), **constexprs)
 
-    def _size_grid(self, d: StepDescription, scaler, constexprs) -> None:
+    def _size_grid(self, d: StepDescription, pointers, constexprs) -> None:
         """Compile (without launching) and size the work table from the kernel's occupancy:
         registers decide how many programs an SM holds (3 to 7 at 146 to 72 registers)."""
         self._sized_for = self.key
         compiled = self.kernel.fused_step_kernel.warmup(
             self.tensors, self.grads, self.steps, self.work, self.groups, d.table, d.t,
-            self.ticket, *scaler, self.n_tensors, self.n_programs, self.blocks_per_program,
+            self.ticket, *pointers, self.n_tensors, self.n_programs, self.blocks_per_program,
             int(d.hold_on_skip), grid=(self.n_programs,), **constexprs)
         compiled._init_handles()
         self.compiled = compiled          # (its n_regs, n_spills: tests and benchmarks read them)
