@@ -20,8 +20,9 @@
 #   5. bench_compile.py: compile cost; 6. bench_lr_find.py: lr_find's sweep, eager and captured
 #      in a CUDA graph, ms per step against a plain training loop; 7. `fused-lrs bench` S1-S4
 #      with short loops.
-# Files written to $OUT (9, at most 2 folders down): gpu_check.log, env.txt, tests.xml,
-# bench_kernel.json, bench_host.json, bench_compile.json, bench_lr_find.json, suite/bench.json,
+# Files written to $OUT (8, the device tool's limit; at most 2 folders down): gpu_check.log (it
+# opens with the environment), tests.xml, bench_kernel.json, bench_host.json,
+# bench_compile.json, bench_lr_find.json, suite/bench.json,
 # suite/bench.png.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -53,7 +54,7 @@ run() {  # run NAME SECONDS COMMAND...: at most SECONDS, and never past the budg
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
     python3 -c "import sys, torch, triton; print(sys.version); print('torch', torch.__version__,
 'triton', triton.__version__, torch.cuda.get_device_name())"
-} > "$OUT/env.txt" 2>&1
+} >> "$LOG" 2>&1
 
 run install 60 python3 -m pip install -q --no-deps --no-build-isolation -e .
 # pytest-xdist and pytest-timeout are not among the GPU machine's packages (no network there):
