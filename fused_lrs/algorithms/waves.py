@@ -21,8 +21,8 @@ _CONTIGUOUS = torch.Tensor.is_contiguous
 #: Elements per wave: 128K fp32 is 512 KB a list, 2.5 MB for Lion's five operands.
 WAVE = 1 << 17
 #: A bucket of at most this many elements runs whole, in one wave: its lists stay in the last
-#: level cache from one op to the next (4 MB a list in fp32; 32 MB of L3 on the 2-core
-#: development host), and every wave costs every op its fixed cost (~5 us a foreach call).
+#: level cache from one op to the next (4 MB a list in fp32, against the tens of MB of a
+#: server CPU's L3), and every wave costs every op its fixed cost (~5 us a foreach call).
 #: Measured (torch 2.13, one thread, benchmarks/bench_cpu_algorithms.py): at 7.1M parameters
 #: in 12 tensors waves take Lion from 1.09x lion_pytorch's foreach step to 0.5x, RMSprop from
 #: 1.0x torch's to 0.33x; at 0.7M in 76 tensors, waves of 64K cost Lion 20%.

@@ -293,9 +293,9 @@ class ScheduledOptimizer(torch.optim.Optimizer):
         """One update of every parameter with a gradient, at ``lr(t)`` for ``t`` steps completed.
 
         No host-device synchronisation: the schedule is evaluated on the device."""
-        # torch's Optimizer wraps step() in a profiler record and its step hooks, which cost
-        # ~10 us a step on a loaded 2-core host (benchmarks/bench_host.py): that wrapper runs
-        # only while a hook is registered or a profiler records.
+        # torch's Optimizer wraps step() in a profiler record and its step hooks, a cost
+        # benchmarks/bench_host.py shows next to the whole host work of a step: that wrapper
+        # runs only while a hook is registered or a profiler records.
         if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
                 or _global_optimizer_pre_hooks or _global_optimizer_post_hooks
                 or torch.autograd.profiler._is_profiler_enabled):

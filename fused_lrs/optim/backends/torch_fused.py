@@ -55,7 +55,7 @@ class Bucket:
     steps: list[torch.Tensor]
     options: dict                           # the update's numbers (its record's ``options``)
     counts: torch.Tensor | None = None      # one buffer that ``steps`` are views of
-    warm: bool = False                      # the update no longer tells first updates apart
+    warm: bool = False                      # every count is past 0: no first update to tell
     # Per scalar state of the record, one float32 buffer that the parameters' states are views of.
     scalars: list[torch.Tensor] = field(default_factory=list)
     # What the update keeps between steps (buffers and their views), made on its first run.
