@@ -30,6 +30,24 @@ def gradients(grads: list, weights: list, maximize: bool, weight_decay: float
     return grads, owned
 
 
+def adam_moments(bucket, grads: list, lr: torch.Tensor, o: dict) -> tuple[list, list, list]:
+    """The opening torch's ``_multi_tensor_nadam`` and ``_multi_tensor_radam`` share: the
+    weight decay (decoupled: the weights scaled by ``1 - lr * wd``; else the L2 term in the
+    gradients), ``maximize``, then ``exp_avg.lerp_(g, 1 - beta1)`` and
+    ``exp_avg_sq.mul_(beta2).addcmul_(g, g, 1 - beta2)`` on the bucket's first two slots.
+    Returns the gradients used and the two moments."""
+    weight_decay = o["weight_decay"]
+    if o["decoupled"] and weight_decay != 0:
+        torch._foreach_mul_(bucket.weights, 1 - lr * weight_decay)
+        weight_decay = 0.0
+    g, _ = gradients(grads, bucket.weights, o["maximize"], weight_decay)
+    m, v = bucket.states[0], bucket.states[1]
+    torch._foreach_lerp_(m, g, 1 - o["beta1"])
+    torch._foreach_mul_(v, o["beta2"])
+    torch._foreach_addcmul_(v, g, g, 1 - o["beta2"])
+    return g, m, v
+
+
 def per_tensor(bucket, name: str, values: torch.Tensor) -> list[torch.Tensor]:
     """``values`` (one per tensor of ``bucket``) as 0-dim tensors, the operand of a foreach op
     with no tensor-of-scalars overload. They are views of a buffer the bucket keeps under

@@ -72,15 +72,7 @@ def _cpu_run(b, grads, lr, amp) -> None:
     one of ``c`` and ``u`` zero."""
     o = b.options
     b.counts.add_(1)
-    weight_decay = o["weight_decay"]
-    if o["decoupled"] and weight_decay != 0:
-        torch._foreach_mul_(b.weights, 1 - lr * weight_decay)
-        weight_decay = 0.0
-    g, _ = foreach.gradients(grads, b.weights, o["maximize"], weight_decay)
-    m, v = b.states[0], b.states[1]
-    torch._foreach_lerp_(m, g, 1 - o["beta1"])
-    torch._foreach_mul_(v, o["beta2"])
-    torch._foreach_addcmul_(v, g, g, 1 - o["beta2"])
+    g, m, v = foreach.adam_moments(b, grads, lr, o)
     k = b.counts.double()
     step_size = -lr / (1 - o["beta1"] ** k)
     on, rect = rectification(k, o["beta2"])
