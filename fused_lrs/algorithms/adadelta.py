@@ -1,15 +1,5 @@
 r"""Adadelta: ``FusedAdadeltaScheduled``, its record and updates.
 
-.. math::
-    \begin{aligned}
-    &\eta_t = \mathrm{schedule}(t, \mathrm{lr}), \quad
-      g \leftarrow \pm\nabla_\theta f + \lambda\theta \\
-    &v \leftarrow \rho v + (1-\rho) g^2, \quad
-      \Delta = \frac{\sqrt{u + \epsilon}}{\sqrt{v + \epsilon}} g, \quad
-      u \leftarrow \rho u + (1-\rho) \Delta^2 \\
-    &\theta \leftarrow \theta - \eta_t \Delta
-    \end{aligned}
-
 Adadelta has no momentum-like coefficient (``rho`` averages squares): ``momentum_schedule`` is
 refused. The kernel block is ``kernels/adadelta.py``; on CPU, torch's foreach ops (torch fuses
 no Adadelta).
@@ -74,8 +64,20 @@ def _cpu_run(b, grads, lr, amp) -> None:
     torch._foreach_add_(b.weights, deltas)
 
 
+#: The update, as the class docstring shows it (``fused_lrs/optim/docstring.py``).
+MATH = r"""
+\begin{aligned}
+&\eta_t = \mathrm{schedule}(t, \mathrm{lr}), \quad
+  g \leftarrow \pm\nabla_\theta f + \lambda\theta \\
+&v \leftarrow \rho v + (1-\rho) g^2, \quad
+  \Delta = \frac{\sqrt{u + \epsilon}}{\sqrt{v + \epsilon}} g, \quad
+  u \leftarrow \rho u + (1-\rho) \Delta^2 \\
+&\theta \leftarrow \theta - \eta_t \Delta
+\end{aligned}
+"""
+
 ADADELTA = Algorithm(
-    name="adadelta", peer="torch.optim.Adadelta",
+    name="adadelta", peer="torch.optim.Adadelta", math=MATH,
     group_keys=("lr", "rho", "eps", "weight_decay"),
     row_keys=("lr", "rho", "eps", "weight_decay", "maximize"),
     columns=(("rho", lambda group, defaults: float(group["rho"])),
@@ -97,12 +99,7 @@ class FusedAdadeltaScheduled(ScheduledOptimizer):
         eps: added inside both square roots for numerical stability.
         weight_decay: the L2 penalty, added to the gradient.
         maximize: maximize the objective instead of minimizing it.
-        schedule: a spec from ``fused_lrs.schedules`` (default: constant).
-        impl: ``"auto"``, ``"triton"``, ``"torch_fused"`` (torch's foreach ops on CPU) or
-            ``"reference"`` (see ``FusedAdamScheduled``).
         foreach, capturable: accepted so that existing code runs. differentiable: must be False.
-        hold_schedule_on_skip, weight_decay_schedule, master_weights: see
-            ``FusedAdamScheduled``.
         momentum_schedule: refused: Adadelta has no momentum-like coefficient.
 
     The state holds torch's ``square_avg``, ``acc_delta`` and ``step``.

@@ -1,14 +1,5 @@
 r"""Adagrad: ``FusedAdagradScheduled``, its record and updates (peer: ``torch.optim.Adagrad``).
 
-.. math::
-    \begin{aligned}
-    &\eta_t = \mathrm{schedule}(t, \mathrm{lr}), \quad
-      \tilde\eta = \frac{\eta_t}{1 + (k - 1)\,\mathrm{lr\_decay}}
-      \quad (k = \text{this parameter's step count}) \\
-    &g \leftarrow \pm\nabla_\theta f + \lambda\theta, \quad s \leftarrow s + g^2, \quad
-      \theta \leftarrow \theta - \tilde\eta \frac{g}{\sqrt{s} + \epsilon}
-    \end{aligned}
-
 As torch's, every parameter's state (``step``, ``sum`` filled with the constructor's
 ``initial_accumulator_value``) is made at construction. The decayed lr is computed from the step
 count where the update runs: on the device in the kernel, from the float32 count in the
@@ -65,8 +56,19 @@ def _cpu_run(b, grads, lr, amp) -> None:
     torch._fused_adagrad_(b.weights, grads, b.states[0], b.steps, lr=lr, **b.options, **amp)
 
 
+#: The update, as the class docstring shows it (``fused_lrs/optim/docstring.py``).
+MATH = r"""
+\begin{aligned}
+&\eta_t = \mathrm{schedule}(t, \mathrm{lr}), \quad
+  \tilde\eta = \frac{\eta_t}{1 + (k - 1)\,\mathrm{lr\_decay}}
+  \quad (k = \text{this parameter's step count}) \\
+&g \leftarrow \pm\nabla_\theta f + \lambda\theta, \quad s \leftarrow s + g^2, \quad
+  \theta \leftarrow \theta - \tilde\eta \frac{g}{\sqrt{s} + \epsilon}
+\end{aligned}
+"""
+
 ADAGRAD = Algorithm(
-    name="adagrad", peer="torch.optim.Adagrad",
+    name="adagrad", peer="torch.optim.Adagrad", math=MATH,
     group_keys=("lr", "lr_decay", "eps", "weight_decay", "initial_accumulator_value"),
     row_keys=("lr", "lr_decay", "eps", "weight_decay", "maximize"),
     columns=(("lr_decay", lambda group, defaults: float(group["lr_decay"])),
@@ -91,8 +93,6 @@ class FusedAdagradScheduled(ScheduledOptimizer):
         foreach, fused: accepted so that existing code runs; the step is always fused.
         maximize: maximize the objective instead of minimizing it.
         differentiable: must be False.
-        schedule, impl, hold_schedule_on_skip, weight_decay_schedule, master_weights: see
-            ``FusedAdamScheduled``.
 
     Adagrad has no momentum: ``momentum_schedule=`` is refused. As torch's, the state of every
     parameter exists from construction (``step`` 0, ``sum``).

@@ -1,18 +1,5 @@
 r"""Adam and AdamW: ``FusedAdamScheduled``, ``FusedAdamWScheduled``, their records and updates.
 
-.. math::
-    \begin{aligned}
-    &\eta_t = \mathrm{schedule}(t, \mathrm{lr}) \quad (t = \text{steps completed}) \\
-    &g \leftarrow \pm\nabla_\theta f \;(\text{maximize}), \quad
-      g \leftarrow g + \lambda\theta \;(\text{Adam}) \quad\text{or}\quad
-      \theta \leftarrow \theta(1 - \eta_t\lambda) \;(\text{AdamW}) \\
-    &m \leftarrow \beta_1 m + (1-\beta_1) g, \quad v \leftarrow \beta_2 v + (1-\beta_2) g^2,
-      \quad \hat v = \max(\hat v, v) \;(\text{amsgrad}) \\
-    &\theta \leftarrow \theta - \frac{\eta_t}{1-\beta_1^k}
-      \frac{m}{\sqrt{v}/\sqrt{1-\beta_2^k} + \epsilon}
-      \quad (k = \text{this parameter's step count})
-    \end{aligned}
-
 The kernel block is ``kernels/adam.py``; on CPU, torch's ``_fused_adam_`` / ``_fused_adamw_``.
 """
 
@@ -81,8 +68,23 @@ def _cpu_run(b, grads, lr, amp) -> None:
            maximize=o["maximize"], **amp)
 
 
+#: The update, as the class docstring shows it (``fused_lrs/optim/docstring.py``).
+MATH = r"""
+\begin{aligned}
+&\eta_t = \mathrm{schedule}(t, \mathrm{lr}) \quad (t = \text{steps completed}) \\
+&g \leftarrow \pm\nabla_\theta f \;(\text{maximize}), \quad
+  g \leftarrow g + \lambda\theta \;(\text{Adam}) \quad\text{or}\quad
+  \theta \leftarrow \theta(1 - \eta_t\lambda) \;(\text{AdamW}) \\
+&m \leftarrow \beta_1 m + (1-\beta_1) g, \quad v \leftarrow \beta_2 v + (1-\beta_2) g^2,
+  \quad \hat v = \max(\hat v, v) \;(\text{amsgrad}) \\
+&\theta \leftarrow \theta - \frac{\eta_t}{1-\beta_1^k}
+  \frac{m}{\sqrt{v}/\sqrt{1-\beta_2^k} + \epsilon}
+  \quad (k = \text{this parameter's step count})
+\end{aligned}
+"""
+
 ADAM = Algorithm(
-    name="adam", peer="torch.optim.Adam",
+    name="adam", peer="torch.optim.Adam", math=MATH,
     group_keys=("lr", "betas", "eps", "weight_decay"),
     row_keys=("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
               "decoupled_weight_decay"),
@@ -107,20 +109,12 @@ _ARGS_DOC = """
         weight_decay: the L2 penalty (Adam) or the decoupled decay rate (AdamW).
         amsgrad: keep the maximum of the second moment estimates (``max_exp_avg_sq``).
         maximize: maximize the objective instead of minimizing it.
-        schedule: a spec from ``fused_lrs.schedules`` (default: constant).
-        impl: ``"auto"`` (Triton on CUDA, torch's fused kernels on CPU, else the reference),
-            ``"triton"``, ``"torch_fused"`` or ``"reference"``.
+        decoupled_weight_decay: (``FusedAdamScheduled``) decay the weights by ``lr * wd``
+            instead of adding the L2 term to the gradient: AdamW.
         foreach, fused, capturable: accepted so that existing code runs; the step is always
             fused, capturable and sync-free.
-        hold_schedule_on_skip: when GradScaler skips a step (inf/NaN gradients), hold the
-            schedule counter too (default False: it advances, as torch's usual loop of
-            ``scaler.step(opt); sched.step()`` does).
         momentum_schedule: a spec for beta1 (base: the group's beta1), e.g.
             ``one_cycle_momentum(...)``, torch's ``OneCycleLR(cycle_momentum=True)``.
-        weight_decay_schedule: a spec for the weight decay (base: the group's).
-        master_weights: bf16/fp16 parameters get an fp32 master copy (``state["master"]``) and
-            fp32 states; the step updates the master and writes its rounding to the parameter.
-            Without it, states take the parameter's dtype, as in torch.
         differentiable: must be False.
 """
 

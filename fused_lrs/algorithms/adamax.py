@@ -1,15 +1,5 @@
 r"""Adamax: ``FusedAdamaxScheduled``, its record and updates.
 
-.. math::
-    \begin{aligned}
-    &\eta_t = \mathrm{schedule}(t, \mathrm{lr}) \quad (t = \text{steps completed}), \quad
-      g \leftarrow \pm\nabla_\theta f + \lambda\theta \\
-    &m \leftarrow \beta_1 m + (1-\beta_1) g, \quad
-      u \leftarrow \max(\beta_2 u, |g| + \epsilon) \\
-    &\theta \leftarrow \theta - \frac{\eta_t}{1-\beta_1^k} \frac{m}{u}
-      \quad (k = \text{this parameter's step count})
-    \end{aligned}
-
 The kernel block is ``kernels/adamax.py``; on CPU, torch's foreach ops (torch fuses no Adamax).
 """
 
@@ -59,8 +49,20 @@ def _cpu_run(b, grads, lr, amp) -> None:
     torch._foreach_addcdiv_(b.weights, m, u, step_size)
 
 
+#: The update, as the class docstring shows it (``fused_lrs/optim/docstring.py``).
+MATH = r"""
+\begin{aligned}
+&\eta_t = \mathrm{schedule}(t, \mathrm{lr}) \quad (t = \text{steps completed}), \quad
+  g \leftarrow \pm\nabla_\theta f + \lambda\theta \\
+&m \leftarrow \beta_1 m + (1-\beta_1) g, \quad
+  u \leftarrow \max(\beta_2 u, |g| + \epsilon) \\
+&\theta \leftarrow \theta - \frac{\eta_t}{1-\beta_1^k} \frac{m}{u}
+  \quad (k = \text{this parameter's step count})
+\end{aligned}
+"""
+
 ADAMAX = Algorithm(
-    name="adamax", peer="torch.optim.Adamax",
+    name="adamax", peer="torch.optim.Adamax", math=MATH,
     group_keys=("lr", "betas", "eps", "weight_decay"),
     row_keys=("lr", "betas", "eps", "weight_decay", "maximize"),
     momentum="beta1", read_momentum=lambda group: group["betas"][0],
@@ -83,12 +85,7 @@ class FusedAdamaxScheduled(ScheduledOptimizer):
         eps: added to the infinity norm's new entries.
         weight_decay: the L2 penalty, added to the gradient.
         maximize: maximize the objective instead of minimizing it.
-        schedule: a spec from ``fused_lrs.schedules`` (default: constant).
-        impl: ``"auto"``, ``"triton"``, ``"torch_fused"`` (torch's foreach ops on CPU) or
-            ``"reference"`` (see ``FusedAdamScheduled``).
         foreach, capturable: accepted so that existing code runs. differentiable: must be False.
-        hold_schedule_on_skip, weight_decay_schedule, master_weights: see
-            ``FusedAdamScheduled``.
         momentum_schedule: a spec for beta1 (base: the group's beta1).
 
     The state holds torch's ``exp_avg``, ``exp_inf`` and ``step``.

@@ -1,17 +1,5 @@
 r"""ASGD (averaged SGD): ``FusedASGDScheduled``, its record and updates.
 
-.. math::
-    \begin{aligned}
-    &\eta_t = \mathrm{schedule}(t, \mathrm{lr}), \quad
-      g \leftarrow \pm\nabla_\theta f + \lambda\theta \\
-    &\theta \leftarrow \theta (1 - \lambda_d e) - e g, \quad
-      \bar\theta \leftarrow \theta \;(\mu = 1) \;\text{else}\;
-      \bar\theta + \mu (\theta - \bar\theta) \\
-    &e \leftarrow \frac{\eta_t}{(1 + \lambda_d \eta_t k)^\alpha}, \quad
-      \mu \leftarrow \frac{1}{\max(1, k - t_0)}
-      \quad (k = \text{this parameter's step count})
-    \end{aligned}
-
 ``eta`` (:math:`e`) and ``mu`` are scalar states (float32, 0-dim, torch's keys), not closed
 forms: each update uses the values the parameter's previous update computed, and ``eta`` is
 computed from the lr of the step that computes it, so a schedule drives it exactly as torch's
@@ -91,8 +79,22 @@ def _cpu_run(b, grads, lr, amp) -> None:
     mu.copy_(new_mu)
 
 
+#: The update, as the class docstring shows it (``fused_lrs/optim/docstring.py``).
+MATH = r"""
+\begin{aligned}
+&\eta_t = \mathrm{schedule}(t, \mathrm{lr}), \quad
+  g \leftarrow \pm\nabla_\theta f + \lambda\theta \\
+&\theta \leftarrow \theta (1 - \lambda_d e) - e g, \quad
+  \bar\theta \leftarrow \theta \;(\mu = 1) \;\text{else}\;
+  \bar\theta + \mu (\theta - \bar\theta) \\
+&e \leftarrow \frac{\eta_t}{(1 + \lambda_d \eta_t k)^\alpha}, \quad
+  \mu \leftarrow \frac{1}{\max(1, k - t_0)}
+  \quad (k = \text{this parameter's step count})
+\end{aligned}
+"""
+
 ASGD = Algorithm(
-    name="asgd", peer="torch.optim.ASGD",
+    name="asgd", peer="torch.optim.ASGD", math=MATH,
     group_keys=("lr", "lambd", "alpha", "t0", "weight_decay"),
     row_keys=("lr", "lambd", "alpha", "t0", "weight_decay", "maximize"),
     columns=(("lambd", lambda group, defaults: float(group["lambd"])),
@@ -117,12 +119,7 @@ class FusedASGDScheduled(ScheduledOptimizer):
         t0: the step count after which the parameters are averaged into ``ax``.
         weight_decay: the L2 penalty, added to the gradient.
         maximize: maximize the objective instead of minimizing it.
-        schedule: a spec from ``fused_lrs.schedules`` (default: constant).
-        impl: ``"auto"``, ``"triton"``, ``"torch_fused"`` (torch's foreach ops on CPU) or
-            ``"reference"`` (see ``FusedAdamScheduled``).
         foreach, capturable: accepted so that existing code runs. differentiable: must be False.
-        hold_schedule_on_skip, weight_decay_schedule, master_weights: see
-            ``FusedAdamScheduled``.
         momentum_schedule: refused: ASGD has no momentum-like coefficient.
 
     The state holds torch's ``ax``, ``eta`` and ``mu`` (0-dim float32 tensors on the

@@ -1,15 +1,5 @@
 r"""Lion: ``FusedLionScheduled``, its record and updates (peer: ``lion_pytorch.Lion``).
 
-.. math::
-    \begin{aligned}
-    &\eta_t = \mathrm{schedule}(t, \mathrm{lr}), \quad
-      g \leftarrow \pm\nabla_\theta f \;(\text{maximize}), \quad
-      \lambda' = \lambda \;\text{or}\; \lambda / \mathrm{lr}_0 \;(\text{decoupled}) \\
-    &\theta \leftarrow \theta (1 - \eta_t \lambda'), \quad
-      \theta \leftarrow \theta - \eta_t\, \mathrm{sign}(\beta_1 m + (1-\beta_1) g), \quad
-      m \leftarrow \beta_2 m + (1-\beta_2) g
-    \end{aligned}
-
 ``lr_0`` is the constructor's lr (lion_pytorch's ``_init_lr``), for every group. Every operation
 is lion_pytorch's, in its order (``mul_``, ``add(alpha=)``, ``sgn_``), so float32 results match
 it: ``sign`` is exact, and ``lr * sign`` too, so only an element whose ``c`` rounds to the other
@@ -99,8 +89,20 @@ def _cpu_unsupported(dtypes) -> str | None:
     return None
 
 
+#: The update, as the class docstring shows it (``fused_lrs/optim/docstring.py``).
+MATH = r"""
+\begin{aligned}
+&\eta_t = \mathrm{schedule}(t, \mathrm{lr}), \quad
+  g \leftarrow \pm\nabla_\theta f \;(\text{maximize}), \quad
+  \lambda' = \lambda \;\text{or}\; \lambda / \mathrm{lr}_0 \;(\text{decoupled}) \\
+&\theta \leftarrow \theta (1 - \eta_t \lambda'), \quad
+  \theta \leftarrow \theta - \eta_t\, \mathrm{sign}(\beta_1 m + (1-\beta_1) g), \quad
+  m \leftarrow \beta_2 m + (1-\beta_2) g
+\end{aligned}
+"""
+
 LION = Algorithm(
-    name="lion", peer="lion_pytorch.Lion",
+    name="lion", peer="lion_pytorch.Lion", math=MATH,
     group_keys=("lr", "betas", "weight_decay"),
     row_keys=("lr", "betas", "weight_decay", "maximize", "decoupled_weight_decay"),
     momentum="beta1", read_momentum=lambda group: group["betas"][0],
@@ -133,8 +135,6 @@ class FusedLionScheduled(ScheduledOptimizer):
         decoupled_weight_decay: divide the weight decay by the constructor's lr (every group),
             as lion_pytorch does, so that the decay per step is ``lr(t) / lr * weight_decay``.
         maximize: maximize the objective instead of minimizing it (lion_pytorch has none).
-        schedule, impl, hold_schedule_on_skip, weight_decay_schedule, master_weights: see
-            ``FusedAdamScheduled``.
         momentum_schedule: a spec for beta1 (base: the group's beta1).
 
     lion_pytorch checks its arguments with ``assert``; this class raises ``ValueError`` for

@@ -1,19 +1,5 @@
 r"""NAdam: ``FusedNAdamScheduled``, its record and updates.
 
-.. math::
-    \begin{aligned}
-    &\eta_t = \mathrm{schedule}(t, \mathrm{lr}), \quad g \leftarrow \pm\nabla_\theta f, \quad
-      g \leftarrow g + \lambda\theta \;\text{or}\; \theta \leftarrow \theta(1 - \eta_t\lambda)
-      \;(\text{decoupled}) \\
-    &\mu_k = \beta_1 (1 - \tfrac12 0.96^{k\psi}), \quad
-      \mu_{k+1} = \beta_1 (1 - \tfrac12 0.96^{(k+1)\psi}), \quad
-      \Pi_k = \Pi_{k-1}\mu_k \;(\texttt{mu\_product}) \\
-    &m \leftarrow \beta_1 m + (1-\beta_1) g, \quad v \leftarrow \beta_2 v + (1-\beta_2) g^2,
-      \quad d = \sqrt{v / (1 - \beta_2^k)} + \epsilon \\
-    &\theta \leftarrow \theta - \eta_t \frac{1-\mu_k}{1-\Pi_k} \frac{g}{d}
-      - \eta_t \frac{\mu_{k+1}}{1-\Pi_k\mu_{k+1}} \frac{m}{d}
-    \end{aligned}
-
 ``mu_product`` is a running product, not a closed form of ``k``: with a momentum schedule each
 factor takes that step's beta1. So it is a scalar state (float32, 0-dim, torch's key), which
 every backend advances on the device: torch rounds each product to float32
@@ -94,8 +80,24 @@ def _cpu_run(b, grads, lr, amp) -> None:
     torch._foreach_addcdiv_(b.weights, m, denom, -lr * mu_next / (1 - product * mu_next))
 
 
+#: The update, as the class docstring shows it (``fused_lrs/optim/docstring.py``).
+MATH = r"""
+\begin{aligned}
+&\eta_t = \mathrm{schedule}(t, \mathrm{lr}), \quad g \leftarrow \pm\nabla_\theta f, \quad
+  g \leftarrow g + \lambda\theta \;\text{or}\; \theta \leftarrow \theta(1 - \eta_t\lambda)
+  \;(\text{decoupled}) \\
+&\mu_k = \beta_1 (1 - \tfrac12 0.96^{k\psi}), \quad
+  \mu_{k+1} = \beta_1 (1 - \tfrac12 0.96^{(k+1)\psi}), \quad
+  \Pi_k = \Pi_{k-1}\mu_k \;(\texttt{mu\_product}) \\
+&m \leftarrow \beta_1 m + (1-\beta_1) g, \quad v \leftarrow \beta_2 v + (1-\beta_2) g^2,
+  \quad d = \sqrt{v / (1 - \beta_2^k)} + \epsilon \\
+&\theta \leftarrow \theta - \eta_t \frac{1-\mu_k}{1-\Pi_k} \frac{g}{d}
+  - \eta_t \frac{\mu_{k+1}}{1-\Pi_k\mu_{k+1}} \frac{m}{d}
+\end{aligned}
+"""
+
 NADAM = Algorithm(
-    name="nadam", peer="torch.optim.NAdam",
+    name="nadam", peer="torch.optim.NAdam", math=MATH,
     group_keys=("lr", "betas", "eps", "weight_decay", "momentum_decay"),
     row_keys=("lr", "betas", "eps", "weight_decay", "momentum_decay", "maximize",
               "decoupled_weight_decay"),
@@ -125,12 +127,7 @@ class FusedNAdamScheduled(ScheduledOptimizer):
         decoupled_weight_decay: decay the weights (``theta * (1 - lr * weight_decay)``) rather
             than add the penalty to the gradient.
         maximize: maximize the objective instead of minimizing it.
-        schedule: a spec from ``fused_lrs.schedules`` (default: constant).
-        impl: ``"auto"``, ``"triton"``, ``"torch_fused"`` (torch's foreach ops on CPU) or
-            ``"reference"`` (see ``FusedAdamScheduled``).
         foreach, capturable: accepted so that existing code runs. differentiable: must be False.
-        hold_schedule_on_skip, weight_decay_schedule, master_weights: see
-            ``FusedAdamScheduled``.
         momentum_schedule: a spec for beta1 (base: the group's beta1); each step's momentum
             cache takes that step's beta1, and ``mu_product`` multiplies them up.
 

@@ -1,19 +1,5 @@
 r"""RAdam: ``FusedRAdamScheduled``, its record and updates.
 
-.. math::
-    \begin{aligned}
-    &\eta_t = \mathrm{schedule}(t, \mathrm{lr}), \quad g \leftarrow \pm\nabla_\theta f, \quad
-      g \leftarrow g + \lambda\theta \;\text{or}\; \theta \leftarrow \theta(1 - \eta_t\lambda)
-      \;(\text{decoupled}) \\
-    &m \leftarrow \beta_1 m + (1-\beta_1) g, \quad v \leftarrow \beta_2 v + (1-\beta_2) g^2,
-      \quad \hat m = m / (1 - \beta_1^k) \\
-    &\rho_\infty = \frac{2}{1-\beta_2} - 1, \quad
-      \rho_k = \rho_\infty - \frac{2k\beta_2^k}{1-\beta_2^k}, \quad
-      r_k = \sqrt{\frac{(\rho_k-4)(\rho_k-2)\rho_\infty}{(\rho_\infty-4)(\rho_\infty-2)\rho_k}} \\
-    &\theta \leftarrow \theta - \eta_t \hat m \, r_k \frac{\sqrt{1-\beta_2^k}}{\sqrt v + \epsilon}
-      \;\text{if}\; \rho_k > 5, \;\text{else}\; \theta - \eta_t \hat m
-    \end{aligned}
-
 The switch on :math:`\rho_k > 5` is per parameter, from its own step count ``k``, on the device.
 The kernel block is ``kernels/radam.py``; on CPU, torch's foreach ops (torch fuses no RAdam).
 """
@@ -84,8 +70,24 @@ def _cpu_run(b, grads, lr, amp) -> None:
         b, "unrectified", torch.where(on, 0.0, step_size)))
 
 
+#: The update, as the class docstring shows it (``fused_lrs/optim/docstring.py``).
+MATH = r"""
+\begin{aligned}
+&\eta_t = \mathrm{schedule}(t, \mathrm{lr}), \quad g \leftarrow \pm\nabla_\theta f, \quad
+  g \leftarrow g + \lambda\theta \;\text{or}\; \theta \leftarrow \theta(1 - \eta_t\lambda)
+  \;(\text{decoupled}) \\
+&m \leftarrow \beta_1 m + (1-\beta_1) g, \quad v \leftarrow \beta_2 v + (1-\beta_2) g^2,
+  \quad \hat m = m / (1 - \beta_1^k) \\
+&\rho_\infty = \frac{2}{1-\beta_2} - 1, \quad
+  \rho_k = \rho_\infty - \frac{2k\beta_2^k}{1-\beta_2^k}, \quad
+  r_k = \sqrt{\frac{(\rho_k-4)(\rho_k-2)\rho_\infty}{(\rho_\infty-4)(\rho_\infty-2)\rho_k}} \\
+&\theta \leftarrow \theta - \eta_t \hat m \, r_k \frac{\sqrt{1-\beta_2^k}}{\sqrt v + \epsilon}
+  \;\text{if}\; \rho_k > 5, \;\text{else}\; \theta - \eta_t \hat m
+\end{aligned}
+"""
+
 RADAM = Algorithm(
-    name="radam", peer="torch.optim.RAdam",
+    name="radam", peer="torch.optim.RAdam", math=MATH,
     group_keys=("lr", "betas", "eps", "weight_decay"),
     row_keys=("lr", "betas", "eps", "weight_decay", "maximize", "decoupled_weight_decay"),
     momentum="beta1", read_momentum=lambda group: group["betas"][0],
@@ -113,12 +115,7 @@ class FusedRAdamScheduled(ScheduledOptimizer):
         decoupled_weight_decay: decay the weights (``theta * (1 - lr * weight_decay)``) rather
             than add the penalty to the gradient.
         maximize: maximize the objective instead of minimizing it.
-        schedule: a spec from ``fused_lrs.schedules`` (default: constant).
-        impl: ``"auto"``, ``"triton"``, ``"torch_fused"`` (torch's foreach ops on CPU) or
-            ``"reference"`` (see ``FusedAdamScheduled``).
         foreach, capturable: accepted so that existing code runs. differentiable: must be False.
-        hold_schedule_on_skip, weight_decay_schedule, master_weights: see
-            ``FusedAdamScheduled``.
         momentum_schedule: a spec for beta1 (base: the group's beta1).
 
     The state holds torch's ``exp_avg``, ``exp_avg_sq`` and ``step``; the rectification term

@@ -135,6 +135,8 @@ class Algorithm:
     reference: Callable
     #: The Triton module that holds this algorithm's ``prepare`` and ``update`` (``kernels/``).
     kernel: str
+    #: The update in LaTeX (an ``aligned`` block), which the class docstring shows.
+    math: str = ""
     #: The compiled variant of the kernel's update a group needs, from its row (bits of options
     #: that change which states exist, e.g. amsgrad); only the variants present are compiled.
     variant: Callable[[Mapping[str, float]], int] = lambda hp: 0

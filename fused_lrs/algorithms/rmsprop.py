@@ -1,17 +1,5 @@
 r"""RMSprop: ``FusedRMSpropScheduled``, its record and updates (peer: ``torch.optim.RMSprop``).
 
-.. math::
-    \begin{aligned}
-    &\eta_t = \mathrm{schedule}(t, \mathrm{lr}), \quad
-      g \leftarrow \pm\nabla_\theta f + \lambda\theta, \quad
-      v \leftarrow \alpha v + (1-\alpha) g^2 \\
-    &\bar g \leftarrow \alpha \bar g + (1-\alpha) g, \;
-      \tilde v = v - \bar g^2 \;(\text{centered}), \quad \text{else } \tilde v = v \\
-    &b \leftarrow \mu b + \frac{g}{\sqrt{\tilde v} + \epsilon}, \;
-      \theta \leftarrow \theta - \eta_t b \;(\mu > 0), \quad \text{else }
-      \theta \leftarrow \theta - \eta_t \frac{g}{\sqrt{\tilde v} + \epsilon}
-    \end{aligned}
-
 The kernel block is ``kernels/rmsprop.py``; on CPU, torch's foreach ops in the order of torch's
 ``_multi_tensor_rmsprop`` (torch has no fused RMSprop), with the lr as a tensor operand.
 """
@@ -110,8 +98,22 @@ def _cpu_unsupported(dtypes) -> str | None:
     return None
 
 
+#: The update, as the class docstring shows it (``fused_lrs/optim/docstring.py``).
+MATH = r"""
+\begin{aligned}
+&\eta_t = \mathrm{schedule}(t, \mathrm{lr}), \quad
+  g \leftarrow \pm\nabla_\theta f + \lambda\theta, \quad
+  v \leftarrow \alpha v + (1-\alpha) g^2 \\
+&\bar g \leftarrow \alpha \bar g + (1-\alpha) g, \;
+  \tilde v = v - \bar g^2 \;(\text{centered}), \quad \text{else } \tilde v = v \\
+&b \leftarrow \mu b + \frac{g}{\sqrt{\tilde v} + \epsilon}, \;
+  \theta \leftarrow \theta - \eta_t b \;(\mu > 0), \quad \text{else }
+  \theta \leftarrow \theta - \eta_t \frac{g}{\sqrt{\tilde v} + \epsilon}
+\end{aligned}
+"""
+
 RMSPROP = Algorithm(
-    name="rmsprop", peer="torch.optim.RMSprop",
+    name="rmsprop", peer="torch.optim.RMSprop", math=MATH,
     group_keys=("lr", "momentum", "alpha", "eps", "centered", "weight_decay"),
     row_keys=("lr", "momentum", "alpha", "eps", "centered", "weight_decay", "maximize"),
     momentum="momentum", read_momentum=lambda group: group["momentum"],
@@ -142,8 +144,6 @@ class FusedRMSpropScheduled(ScheduledOptimizer):
             capturable and sync-free.
         maximize: maximize the objective instead of minimizing it.
         differentiable: must be False.
-        schedule, impl, hold_schedule_on_skip, weight_decay_schedule, master_weights: see
-            ``FusedAdamScheduled``.
         momentum_schedule: a spec for the momentum (base: the group's); a group needs
             momentum > 0 to keep a buffer.
     """

@@ -1,15 +1,5 @@
 r"""SGD: ``FusedSGDScheduled``, its record and updates.
 
-.. math::
-    \begin{aligned}
-    &\eta_t = \mathrm{schedule}(t, \mathrm{lr}), \quad
-      g \leftarrow \pm\nabla_\theta f + \lambda\theta \\
-    &b \leftarrow g \;(\text{first step}), \quad
-      b \leftarrow \mu b + (1-\tau) g \;(\text{after}), \quad
-      g \leftarrow g + \mu b \;(\text{nesterov}) \;\text{or}\; g \leftarrow b \\
-    &\theta \leftarrow \theta - \eta_t g
-    \end{aligned}
-
 The kernel block is ``kernels/sgd.py``; on CPU, torch's ``_fused_sgd_``.
 """
 
@@ -88,8 +78,20 @@ def _cpu_unsupported(dtypes) -> str | None:
     return None
 
 
+#: The update, as the class docstring shows it (``fused_lrs/optim/docstring.py``).
+MATH = r"""
+\begin{aligned}
+&\eta_t = \mathrm{schedule}(t, \mathrm{lr}), \quad
+  g \leftarrow \pm\nabla_\theta f + \lambda\theta \\
+&b \leftarrow g \;(\text{first step}), \quad
+  b \leftarrow \mu b + (1-\tau) g \;(\text{after}), \quad
+  g \leftarrow g + \mu b \;(\text{nesterov}) \;\text{or}\; g \leftarrow b \\
+&\theta \leftarrow \theta - \eta_t g
+\end{aligned}
+"""
+
 SGD = Algorithm(
-    name="sgd", peer="torch.optim.SGD",
+    name="sgd", peer="torch.optim.SGD", math=MATH,
     group_keys=("lr", "momentum", "dampening", "weight_decay", "nesterov"),
     row_keys=("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"),
     momentum="momentum", read_momentum=lambda group: group["momentum"],
@@ -115,12 +117,7 @@ class FusedSGDScheduled(ScheduledOptimizer):
         weight_decay: the L2 penalty, added to the gradient.
         nesterov: Nesterov momentum (needs momentum > 0 and dampening 0).
         maximize: maximize the objective instead of minimizing it.
-        schedule: a spec from ``fused_lrs.schedules`` (default: constant).
-        impl: ``"auto"``, ``"triton"``, ``"torch_fused"`` or ``"reference"`` (see
-            ``FusedAdamScheduled``).
         foreach, fused: accepted so that existing code runs. differentiable: must be False.
-        hold_schedule_on_skip, weight_decay_schedule, master_weights: see
-            ``FusedAdamScheduled``.
         momentum_schedule: a spec for the momentum (base: the group's), e.g.
             ``cyclic_momentum(...)``; a group needs momentum != 0 to keep a buffer.
 

@@ -35,7 +35,7 @@ from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimize
 
 from fused_lrs import adapters
 from fused_lrs.kernels import layout
-from fused_lrs.optim import backends, checkpoint, compiled, dtensor, validate
+from fused_lrs.optim import backends, checkpoint, compiled, docstring, dtensor, validate
 from fused_lrs.optim.backends import IMPLS
 from fused_lrs.optim.op import forget as forget_owner
 from fused_lrs.optim.op import know as op_knows
@@ -83,8 +83,9 @@ class ScheduledOptimizer(torch.optim.Optimizer):
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        if "algorithm" in cls.__dict__:      # the compiled step's op runs it by name
-            op_knows(cls.algorithm)
+        if "algorithm" in cls.__dict__:      # a class of the registry
+            op_knows(cls.algorithm)          # the compiled step's op runs it by name
+            cls.__doc__ = docstring.compose(cls.__doc__, cls.algorithm)
 
     def __init__(self, params, defaults: dict[str, Any], *, schedule: Schedule | None,
                  impl: str, hold_schedule_on_skip: bool = False,
