@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch._dynamo
 from conftest import KERNEL_DEVICE, assert_close, assert_same_optimizer
-from optimizers import ANY, OPTIMIZER_INFOS, swept
+from optimizers import ANY, OPTIMIZER_INFOS, representatives, swept
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from fused_lrs import schedules as S
@@ -83,6 +83,13 @@ def compare_compiled_step(backend, impl, steps, device="cpu", info=ANY):
     run(*compiled, step, steps)
     assert counter.frame_count == 1
     assert_same(eager, compiled)
+
+
+# Every row: the traced part of a step reads the row's hyperparameters through its record.
+@pytest.mark.parametrize("info", [p.values[0] for p in representatives()],
+                         ids=lambda info: info.name)
+def test_every_row_compiles_its_step_as_one_graph(info):
+    compare_compiled_step("aot_eager", "torch_fused", 20, info=info)
 
 
 @pytest.mark.parametrize("impl", ["reference", "torch_fused"])
