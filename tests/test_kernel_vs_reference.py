@@ -1,12 +1,14 @@
 """impl="triton" against impl="reference": every optimizer of the table (``tests/optimizers.py``)
 in its representative and sample configurations (with them every option value and every
-compiled variant of its update), every schedule family through the rows that carry the sweeps,
-16-bit storage, views and layouts.
+compiled variant of its update), its whole option grid in one launch, scheduled momentum and
+weight decay, every schedule family through the rows that carry the sweeps, 16-bit storage,
+views and layouts.
 
 Without CUDA the kernel runs under the Triton interpreter (conftest sets TRITON_INTERPRET=1);
 with CUDA the same tests run the compiled kernel. The interpreter walks every block in Python
-(2 to 5 s a test here), so a row adds its few configurations, not its grid (the grid runs on
-the reference and the CPU backend, test_optim_vs_torch.py).
+(0.3 to 3 s a test here), so a row runs its few configurations one by one and its grid only
+once, as the groups of one optimizer (the grid runs one by one on the reference and the CPU
+backend, test_optim_vs_torch.py).
 
 Tolerance: params and states within 1e-6 relative, where "relative" is to the tensor's own
 scale (atol = 1e-6 * max|reference|). The two paths evaluate the schedule and beta**k with

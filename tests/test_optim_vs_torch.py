@@ -5,7 +5,8 @@ Every test runs our optimizer (``impl="reference"``; ``"torch_fused"`` too where
 the peer side by side on clones of the same parameters, feeds both the same gradients, steps
 torch's loop ``opt.step(); sched.step()``, and compares the parameters and every state tensor
 (``assert_same_optimizer``). Tolerances: float32 rtol 1e-5 / atol 1e-7, float64 rtol 1e-12 /
-atol 1e-15; the lr lists to rtol 1e-12.
+atol 1e-15; the lr lists to rtol 1e-12. Bit for bit at a constant lr, over the whole grid, for
+the backends a row claims it for (``bitwise_peer``).
 """
 
 import random
