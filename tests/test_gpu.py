@@ -164,7 +164,7 @@ def test_grad_scaler_step_never_synchronises():
     assert bool(skipped)
 
 
-# ---------------------------------------------------------------- issue 11: GPU-ready checks
+# ---------------------------------------------------------------- programs, layouts, streams
 
 def reference_pair(make, params, steps, grads_for):
     """The kernel and the reference from the same parameters: returns both (params, opt).
