@@ -59,7 +59,7 @@ def optimizer(name: str, params):
     """(optimizer, the step to time)."""
     from torch.optim import lr_scheduler as tls
 
-    from fused_lrs.optim import FusedAdamWScheduled
+    from fused_lrs import FusedAdamWScheduled
     from fused_lrs.schedules import cosine, linear, sequential
     if name == "fused_lrs":
         opt = FusedAdamWScheduled(params, lr=1e-3, schedule=sequential(

@@ -11,9 +11,8 @@
 #      (test_gpu.py, test_cuda_graphs.py, test_schedules_triton.py, test_lr_find_gpu.py) and
 #      the ahead-of-time resource checks; then the suites that run the compiled kernel on CUDA
 #      against the reference (kernel_vs_reference, master_weights, grad_scaler,
-#      scheduled_hyperparameters, per_group, compile, optim_vs_torch), and the kernel-side
-#      tests of the optimizers torch fuses none of (test_more_optimizers.py: launches, sync,
-#      CUDA graphs, vs the reference);
+#      scheduled_hyperparameters, per_group, compile, optim_vs_torch), every row of the
+#      tests' table of optimizers in each;
 #   3. bench_kernel.py: kernel-only time (do_bench_cudagraph), S1 10.8M/76, GPT-2 small, 1.36B
 #      fp32 and 256M bf16 + masters, each as % of a copy of the same bytes;
 #   4. bench_host.py: host us per eager step, launch stubbed, both gradient patterns vs torch;
@@ -70,8 +69,6 @@ run tests_compiled 120 python3 -m pytest -q -rs -p no:cacheprovider "${par[@]}" 
     tests/test_kernel_vs_reference.py tests/test_master_weights.py tests/test_grad_scaler.py \
     tests/test_scheduled_hyperparameters.py tests/test_per_group.py tests/test_compile.py \
     tests/test_optim_vs_torch.py
-run tests_more 60 python3 -m pytest -q -rs -p no:cacheprovider "${par[@]}" "${per_test[@]}" \
-    tests/test_more_optimizers.py -k "kernel or cuda or compiled or scaler"
 run bench_kernel 70 python3 benchmarks/bench_kernel.py --rep 100 --out "$OUT/bench_kernel.json"
 run bench_host 40 python3 benchmarks/bench_host.py --rounds 5 --steps 100 \
     --out "$OUT/bench_host.json"

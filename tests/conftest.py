@@ -27,8 +27,8 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def one_thread():
     """torch on one CPU thread for the test. For tests that check what a command writes, not its
-    speed: on a loaded 2-core machine a preempted OpenMP worker stalls every parallel op for a
-    scheduler quantum (measured: a 1 ms optimizer step taking 100+ ms)."""
+    speed: where other jobs share the cores, a preempted OpenMP worker stalls every parallel op
+    for a scheduler quantum (a 1 ms optimizer step then takes 100+ ms)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -2,7 +2,7 @@
 runs (DDP, FSDP2, ZeRO, torch.distributed.checkpoint), on CPU with gloo.
 
 ``launch`` starts ``WORLD`` spawned processes once for every scenario (starting a process that
-imports torch costs seconds on a loaded 2-core machine, so one start serves them all), on a
+imports torch costs seconds, so one start serves them all), on a
 free port, and kills them after a deadline. Each rank runs each scenario, catches its error, and
 saves ``{scenario: result or {"error": traceback}}``; the tests compare in the parent, so a
 failing scenario fails its own test with the first mismatching entries. Every result also
@@ -102,7 +102,7 @@ def launch(scenarios: list[str], out: str, timeout: float) -> list[dict]:
 
 
 def _worker(rank: int, port: int, scenarios: list[str], out: str) -> None:
-    torch.set_num_threads(1)           # two ranks on a 2-core machine
+    torch.set_num_threads(1)           # a core a rank: CI has two cores for the two ranks
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=WORLD, timeout=timedelta(seconds=60))
     results = {}

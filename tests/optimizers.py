@@ -15,6 +15,9 @@ holds the two equal). A row gives what the suites need to drive the class and it
   * ``changes``: hyperparameter changes made to every group between steps;
   * ``invalid``: hyperparameter values ours refuses (with the peer's checks and messages where
     the peer has them: torch does not check every one), and the message it refuses them with;
+  * ``peer_unchecked`` (default: none): the ``(key, value)`` pairs of ``invalid`` that the peer
+    does not refuse with a ValueError (it takes them, or fails later with another error); the
+    peer refuses every other one with our message, word for word;
   * ``extra_state``: state keys ours keeps that the peer does not (torch's SGD keeps no
     ``step``; our SGD counts its updates to tell the first, which copies the gradient);
   * ``fused_peer``: the peer has a fused CPU kernel (``fused=True``): the CPU backend, which
@@ -33,6 +36,10 @@ holds the two equal). A row gives what the suites need to drive the class and it
     interpreter every operation, and with bf16 storage a float32 difference of one ulp can flip
     a rounding, which that comparison (1e-6) reports (SGD's representative, weight decay 0.1:
     3 bf16 ulps in one of 1025 momentum_buffer entries after 20 steps);
+  * ``bitwise_peer`` (default: none): the backends (``"reference"``, ``"torch_fused"``) whose
+    run at a constant lr equals the peer's bit for bit in fp32, every state, over the whole
+    grid: each operation is the peer's, in its order (the CPU backend runs the peer's own fused
+    kernel where it has one); elsewhere the comparisons keep their tolerances;
   * ``sweep`` (default False): the costly suites whose subject every algorithm shares (every
     schedule family through the interpreted kernel, torch.compile, CUDA graphs, the 2-rank
     distributed runs beyond one FSDP2 comparison per row) run this row; one or two rows carry
@@ -94,6 +101,8 @@ class OptimizerInfo:
     sixteen_bit: dict | None = None
     sweep: bool = False
     peer_maximize: bool = True
+    bitwise_peer: frozenset = frozenset()
+    peer_unchecked: tuple[tuple[str, object], ...] = ()
 
     @property
     def name(self) -> str:
@@ -174,11 +183,16 @@ _ADAM_INVALID = (("lr", -1e-3, "learning rate"), ("lr", NAN, "learning rate"),
                  ("betas", (NAN, 0.999), "beta"), ("betas", (0.9, NAN), "beta"),
                  ("betas", (0.9,), "beta"))
 
+# torch's Adam indexes betas[1] before it checks the pair: an IndexError.
+_ADAM_UNCHECKED = (("betas", (0.9,)),)
 # What torch's Adamax, NAdam and RAdam refuse (Adam's list but betas=(0.9,), an IndexError there).
 _BETAS_INVALID = _ADAM_INVALID[:-1]
 _LR_WD_INVALID = (("lr", -1e-3, "learning rate"), ("lr", NAN, "learning rate"),
                   ("lr", torch.tensor([1e-3, 1e-3]), "lr"), ("weight_decay", -0.1, "weight_decay"),
                   ("weight_decay", NAN, "weight_decay"))
+
+_FUSED = frozenset({"torch_fused"})
+_BOTH = frozenset({"reference", "torch_fused"})
 
 OPTIMIZER_INFOS = [
     OptimizerInfo(
@@ -189,18 +203,22 @@ OPTIMIZER_INFOS = [
         changes={10: dict(weight_decay=0.2), 20: dict(betas=(0.8, 0.99)), 30: dict(eps=1e-3),
                  40: dict(maximize=True)},
         invalid=_ADAM_INVALID, fused_peer=True, fused_peer_on_dtensor=True,
+        peer_unchecked=_ADAM_UNCHECKED,
         sample=(("maximize-betas-eps", dict(maximize=True, betas=(0.8, 0.99), eps=1e-6)),
                 ("decoupled-maximize", dict(decoupled_weight_decay=True, weight_decay=0.1,
-                                            maximize=True)))),
+                                            maximize=True))),
+        bitwise_peer=_FUSED),
     OptimizerInfo(
         cls=FusedAdamWScheduled,
         options=_flags(amsgrad=(False, True), maximize=(False, True), weight_decay=(0.0, 0.1)),
         representative=dict(weight_decay=0.1),
         changes={10: dict(weight_decay=0.3), 25: dict(betas=(0.5, 0.9))},
         invalid=_ADAM_INVALID, fused_peer=True, fused_peer_on_dtensor=True, sweep=True,
+        peer_unchecked=_ADAM_UNCHECKED,
         sample=(("amsgrad-maximize-betas-eps", dict(amsgrad=True, maximize=True,
                                                     weight_decay=0.0, betas=(0.8, 0.99),
-                                                    eps=1e-6)),)),
+                                                    eps=1e-6)),),
+        bitwise_peer=_FUSED),
     OptimizerInfo(
         cls=FusedSGDScheduled,
         options=tuple((f"{m}-maximize={x}-weight_decay={wd}",
@@ -216,10 +234,15 @@ OPTIMIZER_INFOS = [
                  ("dampening", -0.1, "dampening"), ("dampening", NAN, "dampening"),
                  ("dampening", 1.5, "dampening"), ("weight_decay", -0.1, "weight_decay"),
                  ("weight_decay", NAN, "weight_decay")),
+        # torch's SGD checks lr, momentum and weight decay with `< 0.0` (NaN passes), and not
+        # the dampening.
+        peer_unchecked=(("lr", NAN), ("momentum", NAN), ("dampening", -0.1),
+                        ("dampening", NAN), ("dampening", 1.5), ("weight_decay", NAN)),
         extra_state=frozenset({"step"}), fused_peer=True, sweep=True,
         sixteen_bit=dict(momentum=0.9),
         sample=(("plain-maximize", dict(maximize=True)),
-                ("dampening", dict(momentum=0.5, dampening=0.3, weight_decay=0.02)))),
+                ("dampening", dict(momentum=0.5, dampening=0.3, weight_decay=0.02))),
+        bitwise_peer=_FUSED),
     # The five torch fuses none of: the CPU backend's foreach updates are compared with torch's
     # default CPU path, the single-tensor one.
     OptimizerInfo(
@@ -230,7 +253,7 @@ OPTIMIZER_INFOS = [
         sample=(("maximize-betas-eps", dict(maximize=True, betas=(0.4, 0.9), eps=1e-3)),),
         changes={10: dict(weight_decay=0.2), 20: dict(betas=(0.8, 0.99)), 30: dict(eps=1e-3),
                  40: dict(maximize=True)},
-        invalid=_BETAS_INVALID),
+        invalid=_BETAS_INVALID, bitwise_peer=_BOTH),
     OptimizerInfo(
         cls=FusedNAdamScheduled,
         options=(("defaults", {}), ("weight_decay", dict(weight_decay=0.1)),
@@ -301,7 +324,7 @@ OPTIMIZER_INFOS = [
         # The representative rounds one fp16 momentum_buffer entry of 1023 one ulp apart from
         # the reference after 20 steps (the kernel's fused multiply-adds follow torch's); with
         # alpha 0 and no momentum, centering or decay every operation rounds alike.
-        sixteen_bit=dict(alpha=0.0, maximize=True)),
+        sixteen_bit=dict(alpha=0.0, maximize=True), bitwise_peer=_BOTH),
     OptimizerInfo(
         cls=FusedAdagradScheduled,
         options=_flags(lr_decay=(0.0, 0.05), weight_decay=(0.0, 0.1), maximize=(False, True))
@@ -320,7 +343,8 @@ OPTIMIZER_INFOS = [
                  ("eps", -1e-10, "epsilon"), ("eps", NAN, "epsilon")),
         fused_peer=True,
         sample=(("plain", {}), ("maximize-eps", dict(maximize=True, eps=1e-3, lr_decay=0.1,
-                                                     initial_accumulator_value=0.5)))),
+                                                     initial_accumulator_value=0.5))),
+        bitwise_peer=_BOTH),
     OptimizerInfo(
         cls=FusedLionScheduled,
         # Decoupled decay divides by the constructor's lr (1e-4 by default): 1e-5 is 0.1.
@@ -345,7 +369,8 @@ OPTIMIZER_INFOS = [
         extra_state=frozenset({"step"}), peer_maximize=False,
         sample=(("decoupled-maximize", dict(weight_decay=1e-5, decoupled_weight_decay=True,
                                             maximize=True)),
-                ("plain-betas", dict(betas=(0.5, 0.9))))),
+                ("plain-betas", dict(betas=(0.5, 0.9)))),
+        bitwise_peer=_BOTH),
 ]
 INFO = {info.cls: info for info in OPTIMIZER_INFOS}
 

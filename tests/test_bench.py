@@ -17,9 +17,9 @@ import fused_lrs.bench as bench
 from fused_lrs.bench import estimate, report
 from fused_lrs.bench import providers as P
 from fused_lrs.bench.scenarios import (
-    ADAMW,
-    ADAMW_MASTER,
-    SGD,
+    CNN,
+    TRANSFORMER,
+    TRANSFORMER_MASTER,
     Recipe,
     scenarios,
     select,
@@ -58,7 +58,8 @@ def test_select_scenarios():
             select(bad)
 
 
-@pytest.mark.parametrize("recipe", [ADAMW, SGD, ADAMW_MASTER], ids=["adamw", "sgd", "master"])
+@pytest.mark.parametrize("recipe", [TRANSFORMER, CNN, TRANSFORMER_MASTER],
+                         ids=["transformer", "cnn", "master"])
 def test_eager_providers_step_the_same_recipe(recipe: Recipe):
     # fused_lrs's schedule spec and the torch scheduler are the same curve, across the warmup
     # and milestone boundaries, and the baselines' master weights are fused_lrs's: every
@@ -90,7 +91,7 @@ def test_any_registry_optimizer_steps_the_recipe_as_its_peer_does(name):
     # --optimizer NAME: fused_lrs's class and its peer (foreach=True, fused=True where it takes
     # them; lion_pytorch's own step) on the same warmup-cosine recipe end at the same
     # parameters (fp32 rtol 1e-5).
-    recipe = dataclasses.replace(ADAMW, optimizer=name, momentum=0.9)
+    recipe = dataclasses.replace(TRANSFORMER, optimizer=name, momentum=0.9)
     shapes, device = [(33, 7), (7,), (5, 3, 3, 3)], torch.device("cpu")
     results = {}
     for provider in P.EAGER:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch._dynamo
 from conftest import KERNEL_DEVICE, assert_close, assert_same_optimizer
-from optimizers import ANY, swept
+from optimizers import ANY, OPTIMIZER_INFOS, representatives, swept
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from fused_lrs import schedules as S
@@ -70,11 +70,12 @@ def test_200_steps_one_graph_no_recompile(info, options, impl):
     assert_close(compiled[1].get_last_lr(), eager[1].get_last_lr(), rtol=0)
 
 
-def compare_compiled_step(backend, impl, steps, device="cpu"):
-    """A compiled ``opt.step`` against eager steps: one compile, the same result bitwise.
-    With ``init_state()`` first, which CUDA-graph capture needs and compile accepts."""
-    eager = make(ANY, impl, device=device, **ANY.representative)
-    compiled = make(ANY, impl, device=device, **ANY.representative)
+def compare_compiled_step(backend, impl, steps, device="cpu", info=ANY):
+    """A compiled ``opt.step`` of ``info``'s representative against eager steps: one compile,
+    the same result bitwise. With ``init_state()`` first, which CUDA-graph capture needs and
+    compile accepts."""
+    eager = make(info, impl, device=device, **info.representative)
+    compiled = make(info, impl, device=device, **info.representative)
     counter = CompileCounterWithBackend(backend)
     step = torch.compile(compiled[1].step, backend=counter, fullgraph=True)
     compiled[1].init_state()
@@ -84,14 +85,25 @@ def compare_compiled_step(backend, impl, steps, device="cpu"):
     assert_same(eager, compiled)
 
 
+# Every row: the traced part of a step reads the row's hyperparameters through its record.
+@pytest.mark.parametrize("info", [p.values[0] for p in representatives()],
+                         ids=lambda info: info.name)
+def test_every_row_compiles_its_step_as_one_graph(info):
+    compare_compiled_step("aot_eager", "torch_fused", 20, info=info)
+
+
 @pytest.mark.parametrize("impl", ["reference", "torch_fused"])
 def test_inductor_compiles_the_step_once(impl):
     compare_compiled_step("inductor", impl, 30)
 
 
-def test_the_kernel_path_compiles_too():
+# ANY, and the rows whose record has scalar states (NAdam's mu_product, ASGD's eta and mu): the
+# op carries those too, and the kernel's last program writes them.
+@pytest.mark.parametrize("info", [ANY, *(info for info in OPTIMIZER_INFOS if info.record.scalars)],
+                         ids=lambda info: info.name)
+def test_the_kernel_path_compiles_too(info):
     # impl="triton": the op launches the kernel (interpreted on CPU, compiled on CUDA).
-    compare_compiled_step("aot_eager", "triton", 12, device=KERNEL_DEVICE)
+    compare_compiled_step("aot_eager", "triton", 12, device=KERNEL_DEVICE, info=info)
 
 
 def test_the_op_declares_exactly_what_it_mutates():

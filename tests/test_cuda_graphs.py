@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch._dynamo
 from conftest import assert_same_optimizer
-from optimizers import ANY, representatives, swept
+from optimizers import ANY, OPTIMIZER_INFOS, representatives, swept
 
 from fused_lrs import schedules as S
 
@@ -216,6 +216,41 @@ def test_found_inf_toggling_across_replays(info, options):
         ref.step()
         assert bool(opt.last_step_skipped) == (k % 3 == 1)
     assert_same(opt, ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("info", [info for info in OPTIMIZER_INFOS if info.record.scalars],
+                         ids=lambda info: info.name)
+def test_replays_advance_the_scalar_states(info):
+    """For the rows whose record has scalar states (NAdam's mu_product, ASGD's eta and mu), a
+    captured step replayed is the eager run, step for step: the scalar states advance inside
+    the launch (its last program), not in a host-side copy."""
+    def make():
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        ps = [torch.randn(n, device="cuda", generator=gen).requires_grad_()
+              for n in (4096, 77, 0)]
+        for p in ps:
+            p.grad = torch.zeros_like(p)
+        return ps, info.cls(ps, lr=0.01, schedule=S.cosine(30), **info.representative)
+
+    (ps, eager), (qs, captured) = make(), make()
+    grads = [[torch.randn_like(p) for p in ps] for _ in range(12)]
+    for opt, params in ((eager, ps), (captured, qs)):
+        for p, g in zip(params, grads[0]):
+            p.grad.copy_(g)
+        opt.step()                                 # warm-up: state, tables, compile
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured.step()
+    for k in range(1, 12):
+        for p, q, g in zip(ps, qs, grads[k]):
+            p.grad.copy_(g)
+            q.grad.copy_(g)
+        eager.step()
+        graph.replay()
+    torch.cuda.synchronize()
+    assert int(captured.schedule_step) == int(eager.schedule_step) == 12
+    assert_same(captured, eager)
 
 
 @pytest.mark.parametrize("info, options", representatives())

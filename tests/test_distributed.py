@@ -49,7 +49,8 @@ if os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("trito
 DDP = ["ddp:torch_fused", "ddp:reference"]
 RESUME = ["ddp_save:torch_fused", "zero:torch_fused", "zero:reference", "dcp:ddp",
           "dcp:fsdp2", "dcp:fsdp2-flat", "full:fsdp2"]
-# Seconds for the whole module's workers; measured ~25 s on a loaded 2-core machine.
+# Seconds for the whole module's workers: they take ~25 s on two cores; the rest is room for
+# other jobs on those cores.
 TIMEOUT = 240
 TOL = dict(rtol=1e-5, atol=1e-7)
 

@@ -71,6 +71,12 @@ def test_exactly_one_kernel_per_step(make):
     opt.step()                                   # builds tables, compiles
     names = kernels_in(opt.step)
     assert len(names) == 1 and "fused_step_kernel" in names[0], names
+    torch.cuda.set_sync_debug_mode("error")      # and no step waits for the device
+    try:
+        for _ in range(3):
+            opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 @pytest.mark.parametrize("impl", ["triton", "reference"])
@@ -158,7 +164,7 @@ def test_grad_scaler_step_never_synchronises():
     assert bool(skipped)
 
 
-# ---------------------------------------------------------------- issue 11: GPU-ready checks
+# ---------------------------------------------------------------- programs, layouts, streams
 
 def reference_pair(make, params, steps, grads_for):
     """The kernel and the reference from the same parameters: returns both (params, opt).

@@ -1,12 +1,14 @@
 """impl="triton" against impl="reference": every optimizer of the table (``tests/optimizers.py``)
 in its representative and sample configurations (with them every option value and every
-compiled variant of its update), every schedule family through the rows that carry the sweeps,
-16-bit storage, views and layouts.
+compiled variant of its update), its whole option grid in one launch, scheduled momentum and
+weight decay, every schedule family through the rows that carry the sweeps, 16-bit storage,
+views and layouts.
 
 Without CUDA the kernel runs under the Triton interpreter (conftest sets TRITON_INTERPRET=1);
 with CUDA the same tests run the compiled kernel. The interpreter walks every block in Python
-(2 to 5 s a test here), so a row adds its few configurations, not its grid (the grid runs on
-the reference and the CPU backend, test_optim_vs_torch.py).
+(0.3 to 3 s a test here), so a row runs its few configurations one by one and its grid only
+once, as the groups of one optimizer (the grid runs one by one on the reference and the CPU
+backend, test_optim_vs_torch.py).
 
 Tolerance: params and states within 1e-6 relative, where "relative" is to the tensor's own
 scale (atol = 1e-6 * max|reference|). The two paths evaluate the schedule and beta**k with
@@ -84,6 +86,56 @@ def assert_same(runs, rtol=RTOL):
 @pytest.mark.parametrize("info, options", few_options())
 def test_options(info, options):
     assert_same(run_pair(info, options, SCHEDULES["warmup_cosine"], [torch.float32] * 6))
+
+
+@pytest.mark.parametrize("info", [p.values[0] for p in representatives()],
+                         ids=lambda info: info.name)
+def test_every_option_in_one_launch(info):
+    """One optimizer whose groups are the row's whole option grid (a tensor each, SIZES in
+    turn), so every option and every variant of the update runs in one launch."""
+    gen = torch.Generator().manual_seed(0)
+    grid = [options for _, options in info.options]
+    init = [torch.randn(SIZES[i % len(SIZES)], generator=gen) for i in range(len(grid))]
+    runs = []
+    for impl in ("reference", "triton"):
+        ps = [p.clone().to(KERNEL_DEVICE).requires_grad_() for p in init]
+        groups = [{"params": [p], **options} for p, options in zip(ps, grid)]
+        runs.append((ps, info.cls(groups, lr=0.05, schedule=SCHEDULES["warmup_cosine"],
+                                  impl=impl)))
+    for k in range(8):
+        grads = [torch.randn(p.shape, generator=gen) for p in init]
+        for ps, opt in runs:
+            for i, (p, g) in enumerate(zip(ps, grads)):
+                p.grad = None if (i + k) % 5 == 3 else g.to(KERNEL_DEVICE)
+            opt.step()
+    assert_same(runs)
+
+
+@pytest.mark.parametrize("info, options", representatives())
+def test_scheduled_momentum_and_weight_decay(info, options):
+    """momentum_schedule= (for a row whose record has a momentum: Adam's beta1, RMSprop's
+    momentum, Lion's beta1, ...) and weight_decay_schedule=, evaluated in the kernel like the lr
+    and read by each algorithm's ``prepare`` its own way, against the reference, which takes
+    them as device tensors too; two groups, the second with its own lr and weight decay."""
+    extra = {"weight_decay_schedule": S.cosine(10)}
+    if info.record.momentum is not None:
+        extra["momentum_schedule"] = S.cyclic_momentum(0.8, 0.95, 3)
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(n, generator=gen) for n in (1, 3, 1025, 0)]
+    runs = []
+    for impl in ("reference", "triton"):
+        ps = [p.clone().to(KERNEL_DEVICE).requires_grad_() for p in init]
+        groups = [{"params": ps[:2]}, {"params": ps[2:], "lr": 0.03, "weight_decay": 0.02}]
+        runs.append((ps, info.cls(groups, lr=0.01, schedule=S.warmup(S.cosine(12), 3),
+                                  impl=impl, **options, **extra)))
+    for k in range(8):
+        grads = [torch.randn(p.shape, generator=gen) for p in init]
+        for ps, opt in runs:
+            for i, (p, g) in enumerate(zip(ps, grads)):
+                p.grad = None if (i + k) % 4 == 3 else g.to(KERNEL_DEVICE)
+            opt.step()
+    assert runs[1][1].impl == "triton"
+    assert_same(runs)
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))

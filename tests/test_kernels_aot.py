@@ -36,7 +36,7 @@ DTYPE_SETS = {"fp32": (0,), "bf16": (1,), "bf16-master": (3,), "mixed": (0, 1, 2
 # Register budgets on sm_90 (ptxas -v): 96 registers allow 5 resident programs of 4 warps,
 # 128 allow 4 (programs_per_sm in the launcher). One storage dtype: 96. Several dtypes, and the
 # scheduled variants' fp64 schedule math: 128. Every one of the 8 lr leaf kinds in one
-# schedule: fp64 math before the loop, not the loop, sets that one (165 measured).
+# schedule: fp64 math before the loop, not the loop, sets that one (ptxas -v: 165).
 ONE_DTYPE_REGISTERS, MAX_REGISTERS, ALL_KINDS_REGISTERS = 96, 128, 192
 
 

@@ -12,9 +12,9 @@ from fused_lrs.cli import main
 from fused_lrs.range_test import LRFindResult, overlay
 from fused_lrs.schedules import parse
 
-# One CPU thread: these steps are tiny, and on a loaded 2-core machine a preempted OpenMP worker
-# stalls each of them (conftest.one_thread; measured here: a restore test 0.07 s on one thread,
-# 0.6-4 s on two).
+# One CPU thread: these steps are tiny, and where other jobs share the cores a preempted OpenMP
+# worker stalls each of them (conftest.one_thread): a restore test takes 0.07 s on one thread,
+# 0.6-4 s on two.
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 EXPR = "warmup(cosine(T_max=90), steps=10)"

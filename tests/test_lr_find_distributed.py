@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
                                 reason="needs torch.distributed with gloo")
 
 SCENARIOS = ["lr_find:ddp/torch_fused", "lr_find:ddp/reference", "lr_find:fsdp2/torch_fused"]
-TIMEOUT = 180      # seconds for both workers; ~10 s on a loaded 2-core machine
+TIMEOUT = 180      # seconds for both workers, which take ~10 s on two cores
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from fused_lrs import FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled, lr_find
 from fused_lrs import schedules as S
 
-# One CPU thread: these steps are tiny, and on a loaded 2-core machine a preempted OpenMP worker
-# stalls each of them (conftest.one_thread; measured here: a restore test 0.07 s on one thread,
-# 0.6-4 s on two).
+# One CPU thread: these steps are tiny, and where other jobs share the cores a preempted OpenMP
+# worker stalls each of them (conftest.one_thread): a restore test takes 0.07 s on one thread,
+# 0.6-4 s on two.
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PLATEAU = S.warmup(S.plateau(patience=0, factor=0.5), steps=3)

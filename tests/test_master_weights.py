@@ -46,16 +46,19 @@ def fp32_view(opt):
 
 @pytest.mark.parametrize("info, kw", representatives())
 @pytest.mark.parametrize("dtype", LOW)
-def test_master_follows_an_fp32_run_exactly(info, kw, dtype):
-    # The fp32 run starts from the 16-bit values and sees the 16-bit gradients, upcast.
-    low, low_opt = run(info, [dtype] * 3, "reference", True, **kw)
+@pytest.mark.parametrize("impl", ["reference", "torch_fused"])
+def test_master_follows_an_fp32_run_exactly(info, kw, dtype, impl):
+    # The fp32 run starts from the 16-bit values and sees the 16-bit gradients, upcast. On the
+    # CPU backend the row's CPU update runs on the masters as it runs on fp32 parameters.
+    low, low_opt = run(info, [dtype] * 3, impl, True, **kw)
     gen = torch.Generator().manual_seed(0)
     ref = [torch.randn(s, generator=gen).to(dtype).float().requires_grad_() for s in SHAPES]
-    ref_opt = make(info, ref, "reference", False, **kw)
+    ref_opt = make(info, ref, impl, False, **kw)
     for _ in range(STEPS):
         for p in ref:
             p.grad = torch.randn(p.shape, generator=gen).to(dtype).float()
         ref_opt.step()
+    assert low_opt.impl == ref_opt.impl == impl
     # Masters and states fp32, bitwise the fp32 run's.
     assert_same_optimizer(fp32_view(low_opt), ref_opt, rtol=0, atol=0, what="masters")
     for p, q in zip(low, ref):

@@ -32,7 +32,7 @@ from test_optim_vs_torch import (
     run_both,
 )
 
-from fused_lrs.optim import FusedAdamScheduled, FusedAdamWScheduled
+from fused_lrs import FusedAdamScheduled, FusedAdamWScheduled
 from fused_lrs.schedules import cosine, from_torch, torch_position
 
 # Each row's representative and sample, each with the next schedule of the table in turn.
@@ -168,6 +168,26 @@ def test_torch_loads_our_checkpoint(case, tmp_path):
     bases = [g["lr"] for g in theirs.param_groups]
     run_both(ours, theirs, None, torch.float64, n=N - K,
              on_step=lambda k: drive_torch_lr(theirs, spec, bases, k))
+
+
+@pytest.mark.parametrize("info", [info for info in OPTIMIZER_INFOS if info.record.scalars],
+                         ids=lambda info: info.name)
+def test_scalar_states_load_back_exactly_for_16_bit_parameters(info):
+    """torch's load_state_dict casts every state but "step" to its parameter's dtype: the scalar
+    states come back float32 and exact (in bf16, NAdam's mu_product after 3 steps keeps 8
+    bits)."""
+    p = torch.randn(8, dtype=torch.bfloat16, requires_grad=True)
+    opt = info.cls([p], lr=0.01, impl="reference", **info.representative)
+    for _ in range(3):
+        p.grad = torch.randn_like(p)
+        opt.step()
+    q = p.detach().clone().requires_grad_()
+    loaded = info.cls([q], lr=0.01, impl="reference", **info.representative)
+    loaded.load_state_dict(opt.state_dict())
+    for key in info.record.scalar_keys:
+        value = loaded.state[q][key]
+        assert value.dtype == torch.float32 and value.shape == (), key
+        assert torch.equal(value, opt.state[p][key]), key
 
 
 # ---------------------------------------------------------------- resume in a new process

@@ -5,10 +5,10 @@ import inspect
 import pytest
 import torch
 from conftest import assert_identical, snapshot
-from optimizers import ANY, OPTIMIZER_INFOS, infos
+from optimizers import ANY, INFO, OPTIMIZER_INFOS, infos
 from torch.optim import lr_scheduler as tls
 
-from fused_lrs.optim import FusedSGDScheduled
+from fused_lrs import FusedLionScheduled, FusedSGDScheduled
 from fused_lrs.schedules import cosine
 
 INFOS = infos()
@@ -118,6 +118,27 @@ def test_bad_hyperparameter(info, key, value, match):
 
 
 @pytest.mark.parametrize("info, key, value, match", HYPER)
+def test_the_peer_refuses_the_same_values_with_the_same_message(info, key, value, match):
+    with pytest.raises(ValueError, match=match) as ours:
+        info.cls(params(3), **{key: value})
+    if (key, repr(value)) in {(k, repr(v)) for k, v in info.peer_unchecked}:
+        try:            # the table says the peer does not check it: it must still not
+            info.peer(params(3), **{key: value})
+        except ValueError as theirs:
+            raise AssertionError(f"{info.record.peer} refuses {key}={value!r} ({theirs}): "
+                                 "drop it from the row's peer_unchecked") from None
+        except Exception:   # noqa: BLE001  (another error: torch's Adam indexes betas[1])
+            pass
+    elif info.record.peer.startswith("torch."):
+        with pytest.raises(ValueError) as theirs:
+            info.peer(params(3), **{key: value})
+        assert str(ours.value) == str(theirs.value)
+    else:       # lion_pytorch asserts (or fails comparing a 2-element lr)
+        with pytest.raises((AssertionError, RuntimeError)):
+            info.peer(params(3), **{key: value})
+
+
+@pytest.mark.parametrize("info, key, value, match", HYPER)
 def test_add_param_group_with_a_bad_group_changes_nothing(info, key, value, match):
     opt = stepped(info)
     before = snapshot(opt)
@@ -156,6 +177,20 @@ def test_nesterov_needs_momentum_and_no_dampening():
         FusedSGDScheduled(params(3), momentum=0.9, dampening=0.1, nesterov=True)
 
 
+def test_lion_arguments():
+    # Lion alone: its peer (lion_pytorch) asserts instead of raising, and takes arguments of
+    # its own.
+    with pytest.raises(ValueError, match="Invalid learning rate: 0.0"):
+        FusedLionScheduled(params(3), lr=0.0)      # lion_pytorch asserts lr > 0
+    with pytest.raises(AssertionError):
+        INFO[FusedLionScheduled].peer(params(3), lr=0.0)
+    with pytest.raises(ValueError, match="expected a pair"):
+        FusedLionScheduled(params(3), betas=(0.9,))
+    # beta = 1 is allowed, as in lion_pytorch; use_triton is accepted and changes nothing.
+    opt = FusedLionScheduled(params(3), betas=(1.0, 1.0), use_triton=True, impl="reference")
+    assert opt.param_groups[0]["betas"] == (1.0, 1.0)
+
+
 # ---------------------------------------------------------------- schedule, impl, flags
 
 @pytest.mark.parametrize("schedule", ["cosine(T_max=10)", 0.5, lambda t: 1.0, cosine],
@@ -179,6 +214,13 @@ def test_torch_scheduler_as_schedule_hints_at_from_torch(info):
     opt = stepped(info)
     with pytest.raises(TypeError, match="from_torch"):
         opt.set_schedule(sched)
+
+
+@pytest.mark.parametrize("info", [p for p in INFOS if p.values[0].record.momentum is None])
+def test_momentum_schedule_without_a_momentum_is_refused(info):
+    with pytest.raises(ValueError, match=f"momentum_schedule: {info.record.peer} has no "
+                                         "momentum coefficient"):
+        info.cls(params(3), momentum_schedule=cosine(10))
 
 
 @pytest.mark.parametrize("t", [-1, 1.5, True, "3"])

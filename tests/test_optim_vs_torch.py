@@ -5,17 +5,20 @@ Every test runs our optimizer (``impl="reference"``; ``"torch_fused"`` too where
 the peer side by side on clones of the same parameters, feeds both the same gradients, steps
 torch's loop ``opt.step(); sched.step()``, and compares the parameters and every state tensor
 (``assert_same_optimizer``). Tolerances: float32 rtol 1e-5 / atol 1e-7, float64 rtol 1e-12 /
-atol 1e-15; the lr lists to rtol 1e-12.
+atol 1e-15; the lr lists to rtol 1e-12. Bit for bit at a constant lr, over the whole grid, for
+the backends a row claims it for (``bitwise_peer``).
 """
+
+import random
 
 import pytest
 import torch
 from conftest import assert_close, assert_same_optimizer
-from optimizers import INFO, every_option, representatives
+from optimizers import INFO, OPTIMIZER_INFOS, every_option, infos, representatives
 from schedule_table import SCHEDULES
 from torch.optim import lr_scheduler as tls
 
-from fused_lrs import FusedAdamScheduled, FusedAdamWScheduled
+from fused_lrs import FusedAdagradScheduled, FusedAdamScheduled, FusedAdamWScheduled
 from fused_lrs.schedules import cosine, exponential, linear, step
 
 N_STEPS = 50
@@ -131,6 +134,58 @@ def test_every_schedule_matches_torch(name, factory, spec, info, options, dtype)
     run_both(*make_pair(info, options, dtype, spec, schedule_factory=factory), dtype)
 
 
+def random_options(info, rng):
+    """A union of a random number of the row's option entries, drawn again while the class
+    refuses the union (SGD's nesterov entry with its dampening one)."""
+    entries = [options for _, options in info.options]
+    while True:
+        options = {}
+        for entry in rng.sample(entries, rng.randint(1, len(entries))):
+            options.update(entry)
+        try:
+            info.cls([torch.zeros(1, requires_grad=True)], **options)
+        except ValueError:
+            continue
+        return options
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("info", infos())
+def test_random_configurations_match_torch(info, seed):
+    """A random union of the row's option entries, schedule, dtype, backend and group lrs,
+    against the peer (three groups; some gradients None; every state tensor)."""
+    rng = random.Random(f"{info.name}-{seed}")
+    options = random_options(info, rng)
+    _, factory, spec = rng.choice(SCHEDULES)
+    dtype = rng.choice([torch.float32, torch.float64])
+    impl = rng.choice(["reference", "torch_fused"])
+    scales = tuple(rng.choice([0.5, 1.0, 2.0, 3.0]) for _ in GROUPS)
+    run_both(*make_pair(info, options, dtype, spec, lr_scales=scales, schedule_factory=factory,
+                        impl=impl), dtype, n=30)
+
+
+@pytest.mark.parametrize("info, options, impl", [
+    pytest.param(*param.values, impl, id=f"{param.id}-{impl}")
+    for info in OPTIMIZER_INFOS for impl in sorted(info.bitwise_peer) for param in info.grid()])
+def test_bitwise_the_peer_at_a_constant_lr(info, options, impl):
+    """At a constant lr (the same double on both sides) the rows that claim it (the table's
+    ``bitwise_peer``) run every operation the peer runs, in its order: fp32, every state,
+    bit for bit (the CPU backend against the peer's fused kernel where it has one)."""
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(s, generator=gen) for s in ((33, 7), (7,), (1,))]
+    ps, qs = ([p.clone().requires_grad_() for p in init] for _ in range(2))
+    ours = info.cls(ps, lr=0.01, impl=impl, **options)
+    theirs = info.peer(qs, lr=0.01, fused=impl == "torch_fused", **options)
+    for _ in range(10):
+        for p, q in zip(ps, qs):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        ours.step()
+        theirs.step()
+    assert ours.impl == impl
+    assert_same_optimizer(ours, theirs, rtol=0.0, extra_state=info.extra_state)
+
+
 def test_adamw_class_matches_torch_adam_decoupled():
     """FusedAdamWScheduled is torch.optim.Adam(decoupled_weight_decay=True)."""
     def adam_decoupled(groups, fused=False, **kw):
@@ -139,6 +194,20 @@ def test_adamw_class_matches_torch_adam_decoupled():
     run_both(*make_pair(INFO[FusedAdamWScheduled], dict(weight_decay=0.1), torch.float64,
                         cosine(20), schedule_factory=lambda o: tls.CosineAnnealingLR(o, 20),
                         peer=adam_decoupled), torch.float64)
+
+
+def test_adagrad_fills_every_sum_with_the_constructors_initial_value():
+    # Adagrad alone (its state is made at construction): torch fills every parameter's sum with
+    # the constructor's initial_accumulator_value, whatever a group says.
+    def params(*shape):
+        return [torch.zeros(shape, requires_grad=True)]
+
+    groups = [{"params": params(3)}, {"params": params(2), "initial_accumulator_value": 0.5}]
+    ours = FusedAdagradScheduled(groups, initial_accumulator_value=0.1)
+    theirs = torch.optim.Adagrad([{**g, "params": [p.detach().clone().requires_grad_()
+                                                  for p in g["params"]]} for g in groups],
+                                 initial_accumulator_value=0.1)
+    assert_same_optimizer(ours, theirs, rtol=0.0)
 
 
 @pytest.mark.parametrize("info, options", representatives())

@@ -83,8 +83,9 @@ def test_cosine_weight_decay(info, options):
              before_torch_step=torch_wd)
 
 
-# The kernel's scheduled variant evaluates the momentum and weight-decay schedules in code every
-# algorithm shares: the sweep rows carry it.
+# The kernel evaluates the momentum and weight-decay schedules in code every algorithm shares:
+# the sweep rows carry one-cycle momentum and warmup-cosine decay over 25 steps; every row's
+# prepare reads the scheduled values in test_kernel_vs_reference.py.
 @pytest.mark.parametrize("info, options", [p for p in swept()
                                            if p.values[0].record.momentum is not None])
 def test_kernel_matches_reference_with_scheduled_momentum_and_decay(info, options):

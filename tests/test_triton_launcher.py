@@ -22,10 +22,10 @@ pytestmark = pytest.mark.skipif(KERNEL_DEVICE != "cpu", reason="CPU stand-ins fo
 @pytest.mark.parametrize("n_regs, programs", [
     # 4 warps of 32 threads; registers granted per warp in units of 256 of an SM's 65536.
     (72, 65536 // (9 * 256) // 4),      # 72 * 32 = 2304 = 9 units: 28 warps, 7 programs
-    (80, 65536 // (10 * 256) // 4),     # issue 11: 6 programs per SM
+    (80, 65536 // (10 * 256) // 4),     # 6 programs per SM
     (96, 65536 // (12 * 256) // 4),     # 5
     (128, 65536 // (16 * 256) // 4),    # 4
-    (146, 65536 // (19 * 256) // 4),    # 146 * 32 = 4672, rounded up to 4864: 3 (issue 11)
+    (146, 65536 // (19 * 256) // 4),    # 146 * 32 = 4672, rounded up to 4864: 3
 ])
 def test_programs_per_sm_follow_the_register_file(n_regs, programs):
     assert T.programs_per_sm(n_regs, num_warps=4) == programs

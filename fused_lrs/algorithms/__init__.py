@@ -31,6 +31,12 @@ OPTIMIZERS = (FusedAdamScheduled, FusedAdamWScheduled, FusedSGDScheduled,
               FusedLionScheduled)
 #: Every algorithm record, by name.
 ALGORITHMS: dict[str, Algorithm] = {cls.algorithm.name: cls.algorithm for cls in OPTIMIZERS}
+#: The algorithm a tool uses where none is named: AdamW, what transformers train with (the
+#: bench's GPT scenarios, the examples in messages).
+DEFAULT = "adamw"
+#: The algorithm convolutional networks train with in torchvision's ResNet recipe, SGD with
+#: momentum (the bench's ResNet-50 scenario).
+CONVNET = "sgd"
 
 
 def optimizer_class(name: str) -> type:
@@ -49,5 +55,6 @@ def for_peer(peer: type) -> type | None:
     return None
 
 
-__all__ = ["ALGORITHMS", "OPTIMIZERS", "Algorithm", "for_peer", "optimizer_class",
+__all__ = ["ALGORITHMS", "CONVNET", "DEFAULT", "OPTIMIZERS", "Algorithm", "for_peer",
+           "optimizer_class",
            *(cls.__name__ for cls in OPTIMIZERS)]

@@ -21,8 +21,9 @@ import time
 
 import torch
 
+from fused_lrs.algorithms import ALGORITHMS
 from fused_lrs.bench import estimate, measure, providers, report
-from fused_lrs.bench.scenarios import GROUPS, select, with_optimizer
+from fused_lrs.bench.scenarios import CNN, GROUPS, TRANSFORMER, select, with_optimizer
 
 DEFAULT_STEPS = 200
 # Where the GPU figures are: benchmarks/gpu_check.sh writes them, the benchmarks page shows them.
@@ -45,9 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"steps per timed loop (default {DEFAULT_STEPS}; --quick: "
                              f"{QUICK_STEPS['cpu']} on CPU, {QUICK_STEPS['cuda']} on CUDA)")
     parser.add_argument("--optimizer", metavar="NAME",
-                        help="a fused_lrs.algorithms name (adam, adamw, sgd, rmsprop, adagrad, "
-                             "lion, ...) for every scenario, against its peer (default: each "
-                             "scenario's recipe: AdamW; SGD for the ResNet-50 scenario S3)")
+                        help=f"a fused_lrs.algorithms name ({', '.join(ALGORITHMS)}) for "
+                             "every scenario, against its peer (default: each scenario's "
+                             f"recipe: {TRANSFORMER.label}; {CNN.label} for the ResNet-50 "
+                             "scenario S3)")
     parser.add_argument("--providers",
                         help="comma-separated baselines to run next to fused_lrs (default: all "
                              "for the device; --quick on CPU: all but torch_compiled)")

@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from fused_lrs.bench.scenarios import ADAMW, gpt_shapes
+from fused_lrs.bench.scenarios import TRANSFORMER, bytes_per_param, gpt_shapes
 
 # Building an item's parameters and gradients (random normal fills of both) costs about as much
 # as a couple of optimizer steps over the same bytes.
@@ -90,19 +90,20 @@ class Eta:
 def probe(plan, device: torch.device, shapes=None, steps: int | None = None
           ) -> dict[str, float]:
     """Seconds per byte of each eager provider of ``plan``, from the median of ``steps`` timed
-    steps of fp32 AdamW on ``shapes`` (default ``PROBE_STEPS`` on ``PROBE_SHAPES``), after one
-    untimed step that creates the state. Compiled providers are left out: a probe would spend
-    its time compiling."""
+    fp32 steps of the transformer recipe (``scenarios.TRANSFORMER``) on ``shapes`` (default
+    ``PROBE_STEPS`` on ``PROBE_SHAPES``), after one untimed step that creates the state.
+    Compiled providers are left out: a probe would spend its time compiling."""
     from fused_lrs.bench import measure, providers
 
     shapes, steps = shapes or PROBE_SHAPES, steps or PROBE_STEPS
-    per_step = 28 * sum(torch.Size(s).numel() for s in shapes)      # fp32 AdamW bytes a step
+    per_step = (bytes_per_param(TRANSFORMER.states)
+                * sum(torch.Size(s).numel() for s in shapes))
     rates = {}
     for provider in plan:
         if provider.compiled:
             continue
         params = providers.make_params(shapes, device)
-        step = provider.build(params, ADAMW, device)
+        step = provider.build(params, TRANSFORMER, device)
         step()
         times = []
         for _ in range(steps):

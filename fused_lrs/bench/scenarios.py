@@ -21,6 +21,8 @@ import inspect
 import math
 from dataclasses import dataclass
 
+from fused_lrs.algorithms import ALGORITHMS, CONVNET, DEFAULT, optimizer_class
+
 GROUPS = ("S1", "S2", "S3", "S4")
 
 
@@ -41,14 +43,14 @@ class Recipe:
     The schedule boundaries are early on purpose: the warm-up steps before any timing cross them,
     so a compiled baseline that recompiles at a milestone does so outside the timed loops."""
 
-    optimizer: str                    # a registry name (fused_lrs.algorithms): "adamw", "sgd"
+    optimizer: str                    # a registry name (fused_lrs.algorithms.ALGORITHMS)
     lr: float
     weight_decay: float
     momentum: float = 0.0
-    warmup: int = 0                   # adamw: linear warmup steps, then cosine over t_max
+    warmup: int = 0                   # linear warmup steps, then cosine over t_max
     start_factor: float = 0.01        # torch's LinearLR needs a start factor > 0
     t_max: int = 0
-    milestones: tuple[int, ...] = ()  # sgd: multistep
+    milestones: tuple[int, ...] = ()  # or: multistep
     gamma: float = 0.1
     master_weights: bool = False      # bf16 parameters, fp32 master copies and states
 
@@ -64,13 +66,17 @@ class Recipe:
 
     @property
     def fused_class(self) -> type:
-        from fused_lrs.algorithms import optimizer_class
         return optimizer_class(self.optimizer)
 
     @property
     def peer(self) -> str:
         """The class fused_lrs's optimizer is compared with (its record's peer)."""
         return self.fused_class.algorithm.peer
+
+    @property
+    def label(self) -> str:
+        """The peer's class name, as the scenario titles say it ("AdamW")."""
+        return self.peer.rpartition(".")[2]
 
     @property
     def states(self) -> int:
@@ -82,10 +88,12 @@ class Recipe:
         return sum(slot.present(group) for slot in cls.algorithm.slots)
 
 
-ADAMW = Recipe("adamw", lr=3e-4, weight_decay=0.1, warmup=10, t_max=10_000)
-SGD = Recipe("sgd", lr=0.1, weight_decay=1e-4, momentum=0.9, milestones=(5, 10))
-ADAMW_MASTER = Recipe("adamw", lr=3e-4, weight_decay=0.1, warmup=10, t_max=10_000,
-                      master_weights=True)
+#: The GPT scenarios' recipe: the registry's default algorithm, warmup-cosine.
+TRANSFORMER = Recipe(DEFAULT, lr=3e-4, weight_decay=0.1, warmup=10, t_max=10_000)
+#: The ResNet-50 scenario's: the registry's convnet algorithm with momentum, multistep.
+CNN = Recipe(CONVNET, lr=0.1, weight_decay=1e-4, momentum=0.9, milestones=(5, 10))
+#: The mixed-precision scenario's: the transformer recipe on bf16 parameters with fp32 masters.
+TRANSFORMER_MASTER = dataclasses.replace(TRANSFORMER, master_weights=True)
 
 
 @dataclass(frozen=True)
@@ -169,20 +177,21 @@ def scenarios(quick: bool = False, cpu: bool = False) -> list[Scenario]:
     s2 = (gpt_shapes(1, 768, 0, 0, embeddings=False) if small else gpt2_small_shapes())
     s3 = resnet50_shapes(4, 250) if small else resnet50_shapes()
     return [
-        Scenario("S1", "S1", "launch-bound: 6-layer 384-wide GPT, fp32 AdamW, warmup-cosine",
-                 tuple(s1), ADAMW,
+        Scenario("S1", "S1", f"launch-bound: 6-layer 384-wide GPT, fp32 {TRANSFORMER.label}, "
+                 "warmup-cosine", tuple(s1), TRANSFORMER,
                  reduced="width 96 instead of 384 (same 76 tensors)" if small else ""),
-        Scenario("S2", "S2", "bandwidth-bound: GPT-2 small, fp32 AdamW, warmup-cosine",
-                 tuple(s2), ADAMW,
+        Scenario("S2", "S2", f"bandwidth-bound: GPT-2 small, fp32 {TRANSFORMER.label}, "
+                 "warmup-cosine", tuple(s2), TRANSFORMER,
                  reduced="one GPT-2-small block (12 tensors, 7.1M) instead of 148 tensors, 124M"
                  if small else ""),
-        Scenario("S2-llama", "S2", "bandwidth-bound: LLaMA-shaped 1.36B, fp32 AdamW, "
-                 "warmup-cosine", tuple(llama_shapes()), ADAMW, gpu_only=True),
-        Scenario("S3", "S3", "CNN: ResNet-50, SGD momentum + weight decay, multistep",
-                 tuple(s3), SGD,
+        Scenario("S2-llama", "S2", f"bandwidth-bound: LLaMA-shaped 1.36B, fp32 "
+                 f"{TRANSFORMER.label}, warmup-cosine", tuple(llama_shapes()), TRANSFORMER,
+                 gpu_only=True),
+        Scenario("S3", "S3", f"CNN: ResNet-50, {CNN.label} momentum + weight decay, multistep",
+                 tuple(s3), CNN,
                  reduced="channels / 4, 250 classes (same 161 tensors)" if small else ""),
         Scenario("S4", "S4", "mixed precision: GPT-2 small in bf16, fp32 master weights, "
-                 "AdamW, warmup-cosine", tuple(s2), ADAMW_MASTER,
+                 f"{TRANSFORMER_MASTER.label}, warmup-cosine", tuple(s2), TRANSFORMER_MASTER,
                  reduced="one GPT-2-small block (12 tensors, 7.1M) instead of 148 tensors, 124M"
                  if small else ""),
     ]
@@ -203,7 +212,6 @@ def with_optimizer(chosen: list[Scenario], optimizer: str | None) -> list[Scenar
     its recipe's lr, schedule and options."""
     if optimizer is None:
         return chosen
-    from fused_lrs.algorithms import ALGORITHMS
     if optimizer not in ALGORITHMS:
         raise ValueError(f"--optimizer: unknown {optimizer!r}; known: {', '.join(ALGORITHMS)}")
     record = ALGORITHMS[optimizer]

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.utils._pytree as pytree
 
+from fused_lrs.algorithms import DEFAULT, optimizer_class
 from fused_lrs.range_test.result import LRFindResult
 from fused_lrs.range_test.snapshot import Snapshot
 from fused_lrs.range_test.suggest import smooth, suggest
@@ -214,8 +215,9 @@ def _process_group(group):
 def _check(optimizer, start_lr, end_lr, steps, diverge_threshold, beta) -> None:
     if not all(hasattr(optimizer, a) for a in ("set_schedule", "schedule_step")) or not getattr(
             optimizer, "_step_supports_amp_scaling", False):
+        example = optimizer_class(DEFAULT).__name__
         raise TypeError("lr_find: optimizer must be a fused_lrs optimizer (one with a device "
-                        f"schedule, e.g. FusedAdamWScheduled), got {type(optimizer).__name__}")
+                        f"schedule, e.g. {example}), got {type(optimizer).__name__}")
     if not (isinstance(start_lr, (int, float)) and isinstance(end_lr, (int, float))
             and 0 < start_lr < end_lr and math.isfinite(end_lr)):
         raise ValueError(f"lr_find: need 0 < start_lr < end_lr, finite, got start_lr="
