@@ -11,14 +11,13 @@ neither, and lion_pytorch's foreach class), each plus torch's warmup-cosine sche
   <algorithm>-0.7M   76 tensors, 0.70M parameters (the GPT shapes of bench_cpu.py's adamw-0.7M)
   <algorithm>-7.1M   12 tensors, 7.1M (one GPT-2 small block)
 
-Issue 17's target: fused_lrs takes at most 1.1x the time of the faster of the peer's
-implementations. Timing: a round times ``--steps`` steps of each side back to back (the order
-rotates between rounds); a round's ratio is fused_lrs's time over the faster baseline's in that
-round; the figure is the median of the rounds' ratios and their interquartile range, so a
-neighbour's load that lasts a round moves every side. Before timing, fused_lrs and the peer as
-the tests drive it (its default implementation) take 25 identical steps from identical
-parameters and gradients, and every parameter and state tensor is compared: |a - b| <= atol +
-rtol |b|, rtol 1e-5, atol 1e-7 times the tensor's largest magnitude.
+The target: fused_lrs takes at most 1.1x the time of the faster of the peer's implementations.
+Timing as ``side_by_side.rounds``: a round's ratio is fused_lrs's time over the faster
+baseline's in that round, and the figure is the median of the rounds' ratios. Before timing,
+fused_lrs and the peer as the tests drive it (its default implementation, on CPU the
+single-tensor loop) take 25 identical steps from identical parameters and gradients, and every
+parameter and state tensor is compared: |a - b| <= atol + rtol |b|, rtol 1e-5, atol 1e-7 times
+the tensor's largest magnitude.
 """
 
 from __future__ import annotations
@@ -28,18 +27,23 @@ import importlib
 import inspect
 import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
-import time
 
 import torch
-from bench_cpu import BLOCK, CHECK_STEPS, make, time_steps
+from bench_cpu import BLOCK
+from side_by_side import (
+    add_timing_arguments,
+    clock_of,
+    environment,
+    error_of_tolerance,
+    make,
+    rounds,
+    step_together,
+)
 
 from fused_lrs.algorithms import ALGORITHMS, optimizer_class
 from fused_lrs.bench.providers import fused_schedule, torch_scheduler
-from fused_lrs.bench.scenarios import ADAMW, gpt_shapes
+from fused_lrs.bench.scenarios import TRANSFORMER, gpt_shapes
 
 SIZES = {"0.7M": gpt_shapes(6, 96, 65, 256), "7.1M": BLOCK}
 # What each algorithm steps with (anything else: its class's defaults); the lr is the base the
@@ -51,6 +55,11 @@ OPTIONS = {
     "rmsprop": dict(lr=1e-3, momentum=0.9, weight_decay=1e-4),
     "adagrad": dict(lr=1e-2, weight_decay=1e-4),
     "lion": dict(lr=1e-4, weight_decay=0.1),
+    "adamax": dict(lr=2e-3, weight_decay=0.01),
+    "nadam": dict(lr=2e-3, weight_decay=0.01, decoupled_weight_decay=True),
+    "radam": dict(lr=1e-3, weight_decay=0.01, decoupled_weight_decay=True),
+    "adadelta": dict(lr=1.0, weight_decay=0.01),
+    "asgd": dict(lr=1e-2, weight_decay=0.01, t0=5),     # averaging from step 5
 }
 # Implementations of a peer that live in another class of its package.
 ALTERNATES = {"lion_pytorch.Lion": {"foreach": "lion_pytorch.foreach.Lion"}}
@@ -88,12 +97,12 @@ def build(name, shapes, impl=None):
     if impl is None:
         cls = optimizer_class(name)
         lr = lr if lr is not None else inspect.signature(cls).parameters["lr"].default
-        opt = cls(params, lr=lr, schedule=fused_schedule(ADAMW), impl="auto", **options)
+        opt = cls(params, lr=lr, schedule=fused_schedule(TRANSFORMER), impl="auto", **options)
         return opt.step, opt, params
     cls, extra, tensor_lr = impl
     lr = lr if lr is not None else inspect.signature(cls).parameters["lr"].default
     opt = cls(params, lr=torch.tensor(lr) if tensor_lr else lr, **options, **extra)
-    sched = torch_scheduler(opt, ADAMW)     # first: it wraps opt.step to check the call order
+    sched = torch_scheduler(opt, TRANSFORMER)     # first: it wraps opt.step to check the call order
 
     def step():
         opt.step()
@@ -102,90 +111,46 @@ def build(name, shapes, impl=None):
 
 
 def check(name, shapes) -> float:
-    """CHECK_STEPS steps of fused_lrs and of the peer as the tests drive it (default options),
-    fresh gradients each step; the worst error over params and states, as a fraction of TOL."""
+    """The worst error over params and states after CHECK_STEPS steps of fused_lrs and of the
+    peer as the tests drive it (default options), as a fraction of TOL."""
     record = ALGORITHMS[name]
     peer = (record.peer_class(), {}, False)
     (ours, opt, mine), (theirs, topt, their_params) = build(name, shapes), build(name, shapes,
                                                                                  peer)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(CHECK_STEPS):
-        for p, q in zip(mine, their_params):
-            g = torch.randn(p.shape, generator=gen) * 1e-3
-            p.grad.copy_(g)
-            q.grad.copy_(g)
-        ours()
-        theirs()
+    step_together([ours, theirs], mine, their_params)
     assert opt.impl == "torch_fused", opt.impl
     worst = 0.0
     for i, (p, q) in enumerate(zip(mine, their_params)):
-        pairs = [("param", p.detach(), q.detach())]
+        pairs = [("param", p, q)]
         pairs += [(k, opt.state[p][k], v) for k, v in topt.state[q].items()
                   if isinstance(v, torch.Tensor) and v.dim() > 0]
         for what, a, b in pairs:
-            scale = b.abs().max().clamp_min(1e-30)
-            ratio = ((a - b).abs() / (TOL["atol"] * scale + TOL["rtol"] * b.abs())).max().item()
-            if not ratio <= 1.0:
-                raise AssertionError(f"{name} tensor {i} {what}: {ratio:.2f}x the tolerance")
-            worst = max(worst, ratio)
+            worst = max(worst, error_of_tolerance(f"{name} tensor {i} {what}", a, b, **TOL))
     return worst
 
 
-def measure(name, shapes, rounds: int, steps: int, clock) -> dict:
+def measure(name, shapes, n: int, steps: int, clock) -> dict:
     record = ALGORITHMS[name]
     impls = implementations(record)
     sides = {"fused_lrs": build(name, shapes)[0]}
     sides.update({impl: build(name, shapes, value)[0] for impl, value in impls.items()})
-    for step in sides.values():
-        for _ in range(3):             # state, tables, the schedules' first boundary
-            step()
-    times = {side: [] for side in sides}
-    ratios = []
-    order = list(sides)
-    for r in range(rounds):
-        for side in order[r % len(order):] + order[:r % len(order)]:
-            times[side].append(time_steps(sides[side], steps, clock))
-        ratios.append(times["fused_lrs"][-1] / min(times[b][-1] for b in impls))
-    medians = {side: statistics.median(t) for side, t in times.items()}
-    best = min(impls, key=lambda b: medians[b])
+    timed = rounds(sides, "fused_lrs", n, steps, clock)
+    baselines = {b: timed["ms"][b] for b in impls}
     return {"algorithm": name, "peer": record.peer, "options": OPTIONS.get(name, {}),
             "tensors": len(shapes), "params": sum(torch.Size(s).numel() for s in shapes),
-            "dtype": "float32", "impl": "torch_fused", "ours_ms": medians["fused_lrs"],
-            "baselines_ms": {b: medians[b] for b in impls}, "best_baseline": best,
-            "ratio": statistics.median(ratios),
-            "ratio_quartiles": statistics.quantiles(ratios, n=4) if rounds > 1 else ratios,
+            "dtype": "float32", "impl": "torch_fused", "ours_ms": timed["ms"]["fused_lrs"],
+            "baselines_ms": baselines, "best_baseline": min(baselines, key=baselines.get),
+            "ratio": timed["ratio"], "ratio_quartiles": timed["ratio_quartiles"],
             "target": TARGET}
-
-
-def environment() -> dict:
-    import triton
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except OSError:
-        commit = None
-    return {"device": f"CPU: {platform.processor() or platform.machine()}, "
-                      f"{os.cpu_count()} cores",
-            "device_type": "cpu", "torch": torch.__version__, "triton": triton.__version__,
-            "python": platform.python_version(), "threads": torch.get_num_threads(),
-            "cores": os.cpu_count(), "commit": commit or None,
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "load_average_before": list(os.getloadavg())}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--algorithms", default=",".join(ALGORITHMS))
     ap.add_argument("--sizes", default=",".join(SIZES))
-    ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
-    ap.add_argument("--json")
+    add_timing_arguments(ap)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    clock = clock_of(args)
     env = environment()
     print(f"{env['device']}; torch {env['torch']}, python {env['python']}; {env['date']}; "
           f"load {env['load_average_before'][0]:.2f}; median of {args.rounds} rounds of "

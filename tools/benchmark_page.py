@@ -53,29 +53,35 @@ def provenance(env: dict) -> str:
             f"{env.get('date', 'date not recorded')}{commit}.*")
 
 
+def _rounds(d: dict) -> str:
+    """How the side-by-side CPU benchmarks timed: rounds, steps, clock, threads, load."""
+    cfg, env = d.get("config", {}), d.get("environment", {})
+    load = env.get("load_average_before")
+    return (f"{cfg.get('rounds', '?')} rounds of {cfg.get('steps', '?')} steps, "
+            f"{cfg.get('clock', 'wall')} clock"
+            + (f", {cfg['threads']} thread(s)" if cfg.get("threads") else "")
+            + (f"; load average {load[0]:.2f} when the run began" if load else "") + ".")
+
+
 # One renderer per kind of file: (name, recognises(data), render(data) -> list of lines).
 
 def _is_cpu_vs_torch(d):
     rows = d.get("results")
     return isinstance(rows, dict) and rows and all(
-        isinstance(r, dict) and "fused_lrs_ms" in r and "ratio" in r
-        and "torch_foreach_ms" not in r for r in rows.values())
+        isinstance(r, dict) and "fused_lrs_ms" in r and "ratio" in r for r in rows.values())
 
 
 def cpu_vs_torch(d: dict) -> list[str]:
-    cfg = d.get("config", {})
     rows = d["results"]
     target = next(iter(rows.values())).get("target")
     lines = [
         "`python benchmarks/bench_cpu.py` steps fused_lrs (`impl=\"auto\"`, on CPU "
         "`torch_fused`) and `torch.optim.AdamW(fused=True)` / `SGD(fused=True)` with their "
-        "torch schedulers side by side, in alternating rounds, after checking that 25 steps of "
+        "torch schedulers side by side, in rotating rounds, after checking that 25 steps of "
         "both give the same parameters and states. The ratio is the median over rounds of "
         "fused_lrs's time over torch's (below 1: fused_lrs is faster), the range its "
         "interquartile range" + (f"; the target is at most {target}x." if target else "."),
-        "",
-        f"{cfg.get('rounds', '?')} rounds of {cfg.get('steps', '?')} steps, "
-        f"{cfg.get('clock', 'wall')} clock.", ""]
+        "", _rounds(d), ""]
     body = []
     for name, r in rows.items():
         q = r.get("ratio_quartiles") or [None, None, None]
@@ -96,10 +102,8 @@ def _is_cpu_algorithms(d):
 
 
 def cpu_algorithms(d: dict) -> list[str]:
-    cfg, env = d.get("config", {}), d.get("environment", {})
     rows = d["results"]
     target = next(iter(rows.values())).get("target")
-    load = env.get("load_average_before")
     lines = [
         "`python benchmarks/bench_cpu_algorithms.py` steps every optimizer of the registry with "
         "`impl=\"auto\"` (on CPU `torch_fused`) and each implementation its peer has "
@@ -110,10 +114,7 @@ def cpu_algorithms(d: dict) -> list[str]:
         "the faster peer implementation's in the same round (below 1: fused_lrs is faster), "
         "the range its interquartile range"
         + (f"; the target is at most {target}x." if target else "."), "",
-        f"{cfg.get('rounds', '?')} rounds of {cfg.get('steps', '?')} steps, "
-        f"{cfg.get('clock', 'wall')} clock"
-        + (f", {cfg['threads']} thread(s)" if cfg.get("threads") else "")
-        + (f"; load average {load[0]:.2f} when the run began" if load else "") + ".", ""]
+        _rounds(d), ""]
     body = []
     for name, r in rows.items():
         q = r.get("ratio_quartiles") or [None, None, None]
@@ -125,38 +126,6 @@ def cpu_algorithms(d: dict) -> list[str]:
     return lines + _table(["case", "peer", "tensors", "parameters", "fused_lrs ms",
                            "peer ms", "fused_lrs / faster peer", "range",
                            "worst state error / tolerance"], body)
-
-
-def _is_foreach_peers(d):
-    rows = d.get("results")
-    return isinstance(rows, dict) and rows and all(
-        isinstance(r, dict) and "torch_foreach_ms" in r and "ratio" in r for r in rows.values())
-
-
-def foreach_peers(d: dict) -> list[str]:
-    cfg, env, rows = d.get("config", {}), d.get("environment", {}), d["results"]
-    target = next(iter(rows.values())).get("target")
-    load = [env.get("load_before"), env.get("load_after")]
-    lines = [
-        "`python benchmarks/bench_cpu_foreach_peers.py` steps fused_lrs (`impl=\"auto\"`, on "
-        "CPU foreach ops with the lr and the step-dependent scalars as tensors) and torch's "
-        "class with `foreach=True` plus its warmup-cosine scheduler side by side, for the "
-        "optimizers torch fuses none of, after checking that 25 steps of both give the same "
-        "parameters and states. The ratio is the median over rounds of fused_lrs's time over "
-        "torch's, the range its interquartile range"
-        + (f"; the target is at most {target}x." if target else "."), "",
-        f"{cfg.get('rounds', '?')} rounds of {cfg.get('steps', '?')} steps, "
-        f"{cfg.get('clock', 'wall')} clock; load average (1, 5, 15 min) "
-        + " then ".join(", ".join(_f(x, ".2f") for x in v) for v in load if v) + ".", ""]
-    body = []
-    for name, r in rows.items():
-        q = r.get("ratio_quartiles") or [None, None, None]
-        body.append([name, r.get("tensors"), _f(r["params"] / 1e6, ".2f") + "M",
-                     _f(r["fused_lrs_ms"], ".3f"), _f(r["torch_foreach_ms"], ".3f"),
-                     _f(r["ratio"], ".3f"), f"{_f(q[0], '.3f')}-{_f(q[-1], '.3f')}",
-                     _f(r.get("state_error_of_tolerance"), ".2f")])
-    return lines + _table(["case", "tensors", "parameters", "fused_lrs ms", "torch foreach ms",
-                           "fused_lrs / torch", "range", "worst state error / tolerance"], body)
 
 
 def _is_host(d):
@@ -348,8 +317,6 @@ KINDS = (
     ("Every optimizer on CPU against its peer", _is_cpu_algorithms, cpu_algorithms),
 
 
-    ("The CPU backend against torch's foreach optimizers (those torch fuses none of)",
-     _is_foreach_peers, foreach_peers),
     ("Host time per eager step", _is_host, host),
     ("FSDP2: the optimizer step on sharded parameters", _is_fsdp, fsdp),
     ("fused-lrs bench: scenarios S1-S4", _is_suite, suite),
