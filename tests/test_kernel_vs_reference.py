@@ -88,6 +88,19 @@ def test_options(info, options):
     assert_same(run_pair(info, options, SCHEDULES["warmup_cosine"], [torch.float32] * 6))
 
 
+def step_with_gaps(runs, init, gen, every: int, steps: int = 8) -> None:
+    """``steps`` steps of each (params, optimizer) of ``runs`` with the same fresh gradients,
+    one tensor in ``every`` without a gradient each step (a different one each step), then
+    ``assert_same``."""
+    for k in range(steps):
+        grads = [torch.randn(p.shape, generator=gen) for p in init]
+        for ps, opt in runs:
+            for i, (p, g) in enumerate(zip(ps, grads)):
+                p.grad = None if (i + k) % every == 3 else g.to(KERNEL_DEVICE)
+            opt.step()
+    assert_same(runs)
+
+
 @pytest.mark.parametrize("info", [p.values[0] for p in representatives()],
                          ids=lambda info: info.name)
 def test_every_option_in_one_launch(info):
@@ -102,13 +115,7 @@ def test_every_option_in_one_launch(info):
         groups = [{"params": [p], **options} for p, options in zip(ps, grid)]
         runs.append((ps, info.cls(groups, lr=0.05, schedule=SCHEDULES["warmup_cosine"],
                                   impl=impl)))
-    for k in range(8):
-        grads = [torch.randn(p.shape, generator=gen) for p in init]
-        for ps, opt in runs:
-            for i, (p, g) in enumerate(zip(ps, grads)):
-                p.grad = None if (i + k) % 5 == 3 else g.to(KERNEL_DEVICE)
-            opt.step()
-    assert_same(runs)
+    step_with_gaps(runs, init, gen, every=5)
 
 
 @pytest.mark.parametrize("info, options", representatives())
@@ -128,14 +135,8 @@ def test_scheduled_momentum_and_weight_decay(info, options):
         groups = [{"params": ps[:2]}, {"params": ps[2:], "lr": 0.03, "weight_decay": 0.02}]
         runs.append((ps, info.cls(groups, lr=0.01, schedule=S.warmup(S.cosine(12), 3),
                                   impl=impl, **options, **extra)))
-    for k in range(8):
-        grads = [torch.randn(p.shape, generator=gen) for p in init]
-        for ps, opt in runs:
-            for i, (p, g) in enumerate(zip(ps, grads)):
-                p.grad = None if (i + k) % 4 == 3 else g.to(KERNEL_DEVICE)
-            opt.step()
+    step_with_gaps(runs, init, gen, every=4)
     assert runs[1][1].impl == "triton"
-    assert_same(runs)
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
