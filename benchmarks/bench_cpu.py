@@ -22,8 +22,6 @@ for both).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 
 import torch
@@ -34,6 +32,7 @@ from side_by_side import (
     error_of_tolerance,
     make,
     rounds,
+    save,
     step_together,
 )
 
@@ -126,12 +125,7 @@ def main(argv=None) -> int:
         print(f"{name:>13} {row['tensors']:>7} {row['params']:>11,} {row['fused_lrs_ms']:>12.3f} "
               f"{row['torch_fused_ms']:>9.3f} {row['ratio']:>6.3f} {q[0]:>6.3f}-{q[-1]:<6.3f} "
               f"{margin:>7.2f}  {'met' if met else 'NOT met'}", flush=True)
-    env["load_average_after"] = list(os.getloadavg())
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"environment": env, "config": vars(args), "results": results}, f,
-                      indent=1)
-            f.write("\n")
+    save(args, env, results)
     return 0 if ok else 1
 
 

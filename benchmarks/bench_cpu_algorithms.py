@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
-import json
-import os
 import sys
 
 import torch
@@ -38,6 +36,7 @@ from side_by_side import (
     error_of_tolerance,
     make,
     rounds,
+    save,
     step_together,
 )
 
@@ -174,12 +173,7 @@ def main(argv=None) -> int:
                   f"{best + ' ' + format(row['baselines_ms'][best], '.3f'):>18} "
                   f"{row['ratio']:>6.3f} {q[0]:>6.3f}-{q[-1]:<6.3f} {margin:>6.2f}  "
                   f"{'met' if met else 'NOT met'}", flush=True)
-    env["load_average_after"] = list(os.getloadavg())
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"environment": env, "config": vars(args), "results": results}, f,
-                      indent=1)
-            f.write("\n")
+    save(args, env, results)
     return 0 if ok else 1
 
 

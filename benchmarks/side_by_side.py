@@ -9,6 +9,7 @@ every side of it together.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -102,6 +103,17 @@ def environment() -> dict:
             "cores": os.cpu_count(), "commit": commit or None,
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "load_average_before": list(os.getloadavg())}
+
+
+def save(args, env: dict, results: dict) -> None:
+    """Write ``--json`` (when given): the environment with the load average at the end, the
+    arguments, the results."""
+    env["load_average_after"] = list(os.getloadavg())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": env, "config": vars(args), "results": results}, f,
+                      indent=1)
+            f.write("\n")
 
 
 def add_timing_arguments(ap) -> None:
