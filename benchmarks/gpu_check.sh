@@ -7,12 +7,12 @@
 # Steps, each under `timeout` and the whole run under a 415 s budget (a hung step costs its own
 # limit, never the rest):
 #   1. install: pip install --no-deps --no-build-isolation -e .
-#   2. tests (pytest-xdist with 8 workers where installed): every gpu-marked test
-#      (test_gpu.py, test_cuda_graphs.py, test_schedules_triton.py, test_lr_find_gpu.py) and
-#      the ahead-of-time resource checks; then the suites that run the compiled kernel on CUDA
-#      against the reference (kernel_vs_reference, master_weights, grad_scaler,
-#      scheduled_hyperparameters, per_group, compile, optim_vs_torch), every row of the
-#      tests' table of optimizers in each;
+#   2. tests, in 8 processes (pytest-xdist where installed, else pytest_shards.py): every
+#      gpu-marked test (test_gpu.py, test_cuda_graphs.py, test_schedules_triton.py,
+#      test_lr_find_gpu.py) and the ahead-of-time resource checks; then the suites that run
+#      the compiled kernel on CUDA against the reference (kernel_vs_reference, master_weights,
+#      grad_scaler, scheduled_hyperparameters, per_group, compile, optim_vs_torch), every row
+#      of the tests' table of optimizers in each;
 #   3. bench_kernel.py: kernel-only time (do_bench_cudagraph), S1 10.8M/76, GPT-2 small, 1.36B
 #      fp32 and 256M bf16 + masters, each as % of a copy of the same bytes;
 #   4. bench_host.py: host us per eager step, launch stubbed, both gradient patterns vs torch;
@@ -56,19 +56,26 @@ run() {  # run NAME SECONDS COMMAND...: at most SECONDS, and never past the budg
 } >> "$LOG" 2>&1
 
 run install 60 python3 -m pip install -q --no-deps --no-build-isolation -e .
-# pytest-xdist and pytest-timeout are not among the GPU machine's packages (no network there):
-# use them where present, else run serially, the gpu-marked tests first, so that a slow
-# compiled suite cannot take their place within the limits.
-par=(); python3 -c "import xdist" 2>/dev/null && par=(-n 8)
-per_test=(); python3 -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 170)
-run tests_gpu 120 python3 -m pytest -q -rs -p no:cacheprovider "${par[@]}" "${per_test[@]}" \
-    --junitxml="$OUT/tests.xml" \
-    tests/test_gpu.py tests/test_cuda_graphs.py tests/test_schedules_triton.py \
-    tests/test_lr_find_gpu.py tests/test_kernels_aot.py
-run tests_compiled 120 python3 -m pytest -q -rs -p no:cacheprovider "${par[@]}" "${per_test[@]}" \
-    tests/test_kernel_vs_reference.py tests/test_master_weights.py tests/test_grad_scaler.py \
-    tests/test_scheduled_hyperparameters.py tests/test_per_group.py tests/test_compile.py \
-    tests/test_optim_vs_torch.py
+# pytest-xdist and pytest-timeout are not among the GPU machine's packages (no network there).
+# Without xdist, benchmarks/pytest_shards.py runs 8 pytest processes side by side, each on whole
+# optimizers (their kernels compile on 8 cores rather than one: ~125 kernels of 1-3 s each).
+# The gpu-marked tests go first, so that a slow compiled suite cannot take their place.
+tests() {  # tests NAME SECONDS JUNIT_XML FILES... (the XML: "" for none)
+    local name=$1 limit=$2 xml=()
+    [[ -n $3 ]] && xml=(--junitxml="$3")
+    shift 3
+    if python3 -c "import xdist" 2>/dev/null; then
+        run "$name" "$limit" python3 -m pytest -q -rs -p no:cacheprovider -n 8 "${xml[@]}" "$@"
+    else
+        run "$name" "$limit" python3 benchmarks/pytest_shards.py --shards 8 "${xml[@]}" -- -rs "$@"
+    fi
+}
+# The compiled suites' results are in the log (each shard's line; a failing shard's output).
+tests tests_gpu 120 "$OUT/tests.xml" tests/test_gpu.py tests/test_cuda_graphs.py \
+    tests/test_schedules_triton.py tests/test_lr_find_gpu.py tests/test_kernels_aot.py
+tests tests_compiled 150 "" tests/test_kernel_vs_reference.py tests/test_master_weights.py \
+    tests/test_grad_scaler.py tests/test_scheduled_hyperparameters.py tests/test_per_group.py \
+    tests/test_compile.py tests/test_optim_vs_torch.py
 run bench_kernel 70 python3 benchmarks/bench_kernel.py --rep 100 --out "$OUT/bench_kernel.json"
 run bench_host 40 python3 benchmarks/bench_host.py --rounds 5 --steps 100 \
     --out "$OUT/bench_host.json"
