@@ -209,6 +209,20 @@ def test_bench_bad_arguments_are_one_line(argv, message, tmp_path, capsys):
     assert message in err and err.count("\n") == 1
 
 
+def test_an_optimizer_whose_peer_is_missing_says_what_to_install(tmp_path, capsys,
+                                                                monkeypatch):
+    # A peer outside torch (a package of the test extra) that is not installed: the error
+    # names the peer and the pip command, in one line.
+    from fused_lrs.algorithms import ALGORITHMS
+    record = next(r for r in ALGORITHMS.values() if not r.peer.startswith("torch."))
+    monkeypatch.setattr(type(record), "peer_class", lambda self: None)
+    assert main(["bench", "--optimizer", record.name, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    package = record.peer.partition(".")[0].replace("_", "-")
+    assert f"its peer {record.peer} is not installed (pip install {package}," in err
+    assert err.count("\n") == 1
+
+
 def test_no_chart_without_figures(tmp_path):
     result = {"scenarios": [{"name": "S1", "results": [{"status": "failed: OOM"}]}]}
     assert "no scenario" in report.write_chart(result, str(tmp_path / "x.png"))

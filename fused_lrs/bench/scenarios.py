@@ -216,7 +216,10 @@ def with_optimizer(chosen: list[Scenario], optimizer: str | None) -> list[Scenar
         raise ValueError(f"--optimizer: unknown {optimizer!r}; known: {', '.join(ALGORITHMS)}")
     record = ALGORITHMS[optimizer]
     if record.peer_class() is None:
-        raise ValueError(f"--optimizer {optimizer}: its peer {record.peer} is not installed")
+        package = record.peer.partition(".")[0].replace("_", "-")
+        raise ValueError(f"--optimizer {optimizer}: its peer {record.peer} is not installed "
+                         f"(pip install {package}, or the test extra: "
+                         f"pip install 'fused-lrs[test]')")
     return [dataclasses.replace(s, title=f"{s.title.split(',')[0]}, {optimizer}",
                                 recipe=dataclasses.replace(s.recipe, optimizer=optimizer))
             for s in chosen]
