@@ -40,6 +40,38 @@ def test_state_clear_resets_the_state_as_in_torch(info, options, impl):
     assert set(ours.state_dict()["state"]) == {0}
 
 
+@pytest.mark.parametrize("edit", ["replace", "reorder"])
+@pytest.mark.parametrize("impl", [*CPU_IMPLS, "triton"])
+def test_a_group_list_edited_in_place_steps_the_tensors_it_now_holds(impl, edit):
+    # torch reads param_groups every step: a tensor put in place of another, or the list
+    # reordered, steps the tensors the list holds now, each with its own gradient (sizes 3 and
+    # 5: a stale description would hand a tensor another's gradient). The old tensor keeps a
+    # stale gradient and must not move.
+    device = KERNEL_DEVICE if impl == "triton" else "cpu"
+    init = [torch.randn(3), torch.randn(5), torch.randn(3)]
+    runs = []
+    for cls, kw in ((ANY.cls, dict(impl=impl)), (ANY.peer, {})):
+        a, b, new = (torch.nn.Parameter(t.clone().to(device)) for t in init)
+        opt = cls([a, b], lr=0.1, **kw)
+        a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+        opt.step()
+        params = opt.param_groups[0]["params"]
+        if edit == "replace":
+            params[0] = new
+        else:
+            params.reverse()
+        gen = torch.Generator().manual_seed(1)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen).to(device)
+        a_before = a.detach().clone()
+        opt.step()
+        runs.append((opt, a, a_before))
+    (ours, a, a_before), (theirs, *_) = runs
+    assert_same_optimizer(ours, theirs, rtol=1e-5, atol=1e-7)
+    if edit == "replace":
+        assert torch.equal(a.detach(), a_before), "the replaced tensor moved"
+
+
 @pytest.mark.parametrize("impl", CPU_IMPLS)
 def test_hold_schedule_on_skip_may_change_after_the_first_step(impl):
     p = torch.nn.Parameter(torch.randn(8))
