@@ -9,9 +9,14 @@ import weakref
 import pytest
 import torch
 from conftest import KERNEL_DEVICE, assert_close, assert_same_optimizer
-from optimizers import ANY, representatives
+from optimizers import ANY, INFO, representatives
 
-from fused_lrs import FusedSGDScheduled
+from fused_lrs import (
+    FusedAdamScheduled,
+    FusedAdamWScheduled,
+    FusedRMSpropScheduled,
+    FusedSGDScheduled,
+)
 from fused_lrs.optim import op
 from fused_lrs.schedules import cosine, plateau
 
@@ -70,6 +75,44 @@ def test_a_group_list_edited_in_place_steps_the_tensors_it_now_holds(impl, edit)
     assert_same_optimizer(ours, theirs, rtol=1e-5, atol=1e-7)
     if edit == "replace":
         assert torch.equal(a.detach(), a_before), "the replaced tensor moved"
+
+
+# Options whose state tensor a group keeps only while the option is on, (on, then off).
+TURNED_OFF = [
+    (FusedSGDScheduled, dict(momentum=0.9, dampening=0.5), dict(momentum=0.0)),
+    (FusedAdamScheduled, dict(amsgrad=True), dict(amsgrad=False)),
+    (FusedAdamWScheduled, dict(amsgrad=True), dict(amsgrad=False)),
+    (FusedRMSpropScheduled, dict(centered=True, momentum=0.9), dict(centered=False)),
+    (FusedRMSpropScheduled, dict(centered=True, momentum=0.9), dict(momentum=0.0)),
+]
+
+
+@pytest.mark.parametrize("impl", [*CPU_IMPLS, "triton"])
+@pytest.mark.parametrize("cls, on, off", TURNED_OFF,
+                         ids=[f"{c.__name__}-{next(iter(off))}" for c, _, off in TURNED_OFF])
+def test_an_option_turned_off_mid_run_steps_as_torch_does(cls, on, off, impl):
+    # torch reads the group's options every step: the state tensor stays, untouched, and the
+    # update runs without it. Two groups, the option turned off in the second only.
+    device = KERNEL_DEVICE if impl == "triton" else "cpu"
+    info = INFO[cls]
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(5, generator=gen) for _ in range(2)]
+    runs = []
+    for make, kw in ((cls, dict(impl=impl)), (info.peer, {})):
+        ps = [torch.nn.Parameter(t.clone().to(device)) for t in init]
+        opt = make([{"params": [ps[0]]}, {"params": [ps[1]]}], lr=0.01, **on, **kw)
+        runs.append((ps, opt))
+    for k in range(5):
+        if k == 2:
+            for _, opt in runs:
+                opt.param_groups[1].update(off)
+        grads = [torch.randn(5, generator=gen) for _ in range(2)]
+        for ps, opt in runs:
+            for p, g in zip(ps, grads):
+                p.grad = g.to(device)
+            opt.step()
+    (_, ours), (_, theirs) = runs
+    assert_same_optimizer(ours, theirs, rtol=1e-5, atol=1e-7, extra_state=info.extra_state)
 
 
 @pytest.mark.parametrize("impl", CPU_IMPLS)

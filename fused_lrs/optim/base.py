@@ -430,17 +430,24 @@ class ScheduledOptimizer(torch.optim.Optimizer):
         the groups' ``rows``."""
         params = [p for ps in work for p in ps]
         states = [self.state[p] for p in params]
-        keys = [slot.key for slot in self.algorithm.slots]
-        keys += [None] * (3 - len(keys))
+        group_of = [g for g, ps in enumerate(work) for _ in ps]
+        # A slot goes to the update only where its group's options keep it now, as torch reads
+        # the group every step: a group that turned amsgrad, centered or momentum off keeps its
+        # tensor in the state, untouched, and steps without it.
+        slots = self.algorithm.slots
+        kept = [self.algorithm.keeps(group) for group in self.param_groups]
+        columns = tuple([s[slot.key] if kept[g][i] and slot.key in s else None
+                         for s, g in zip(states, group_of)] for i, slot in enumerate(slots))
+        columns += ([None] * len(params),) * (3 - len(slots))
         grad_scale, found_inf = self._amp_tensors()
         # The schedule state's tensors are read through __dict__: dynamo proxies a dict lookup,
         # while it cannot proxy an object's own tensor attributes.
         schedules = self._schedule_state.__dict__
         d = StepDescription(
             algorithm=self.algorithm, params=params, grads=[p.grad for p in params],
-            states=tuple([s.get(k) if k else None for s in states] for k in keys),
+            states=columns,
             steps=[s["step"] for s in states], masters=[s.get("master") for s in states],
-            group_of=[g for g, ps in enumerate(work) for _ in ps], rows=rows,
+            group_of=group_of, rows=rows,
             schedules=schedules["specs"], table=schedules["table"], t=schedules["t"],
             skipped=schedules["skipped"], grad_scale=grad_scale, found_inf=found_inf,
             hold_on_skip=self.hold_schedule_on_skip,
