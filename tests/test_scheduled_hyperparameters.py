@@ -10,9 +10,10 @@ import math
 import pytest
 import torch
 from conftest import KERNEL_DEVICE, assert_close, assert_same_optimizer
-from optimizers import representatives, swept
+from optimizers import INFO, representatives, swept
 from torch.optim import lr_scheduler as tls
 
+from fused_lrs import FusedSGDScheduled
 from fused_lrs import schedules as S
 
 STEPS = 60
@@ -21,16 +22,16 @@ SHAPES = [(6, 5), (9,), (1,)]
 WITH_MOMENTUM = [p for p in representatives() if p.values[0].record.momentum is not None]
 
 
-def run_pair(info, ours_factory, torch_factory, before_torch_step=None):
+def run_pair(info, ours_factory, torch_factory, before_torch_step=None, device="cpu"):
     gen = torch.Generator().manual_seed(0)
-    init = [torch.randn(s, generator=gen) for s in SHAPES]
+    init = [torch.randn(s, generator=gen).to(device) for s in SHAPES]
     ps = [x.clone().requires_grad_() for x in init]
     qs = [x.clone().requires_grad_() for x in init]
     ours = ours_factory(ps)
     theirs, sched = torch_factory(qs)
     for k in range(STEPS):
         for p, q in zip(ps, qs):
-            g = torch.randn(p.shape, generator=gen)
+            g = torch.randn(p.shape, generator=gen).to(device)
             p.grad, q.grad = g.clone(), g.clone()
         if before_torch_step:
             before_torch_step(theirs, k)
@@ -53,6 +54,25 @@ def test_one_cycle_with_cycled_momentum(info, options, three_phase):
                                  impl="reference", **options),
              lambda qs: (opt := info.peer(qs, lr=0.05, **options),
                          tls.OneCycleLR(opt, 0.05, **cycle, cycle_momentum=True, **momenta)))
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+@pytest.mark.parametrize("options", [dict(momentum=0.9, dampening=0.3),
+                                     dict(momentum=0.9, nesterov=True)],
+                         ids=["dampening", "nesterov"])
+def test_a_scheduled_momentum_of_zero_skips_the_buffer_as_torch_does(options, impl):
+    # OneCycleLR with base_momentum=0 writes momentum 0 at its peak (step 15 of 60): torch's
+    # SGD then skips the buffer, which keeps its value, and steps on the gradient alone.
+    info = INFO[FusedSGDScheduled]
+    cycle = dict(total_steps=STEPS, pct_start=0.25, anneal_strategy="linear")
+    momenta = dict(base_momentum=0.0, max_momentum=0.9)
+    run_pair(info,
+             lambda ps: info.cls(ps, schedule=S.one_cycle(0.05, **cycle),
+                                 momentum_schedule=S.one_cycle_momentum(**cycle, **momenta),
+                                 impl=impl, **options),
+             lambda qs: (opt := info.peer(qs, lr=0.05, **options),
+                         tls.OneCycleLR(opt, 0.05, **cycle, cycle_momentum=True, **momenta)),
+             device=KERNEL_DEVICE if impl == "triton" else "cpu")
 
 
 @pytest.mark.parametrize("info, options", WITH_MOMENTUM)

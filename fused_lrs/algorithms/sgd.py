@@ -34,10 +34,16 @@ def reference(p, g, state, k, hp):
     d_p = add(g, p, hp["weight_decay"]) if applies(hp["weight_decay"]) else g
     new = {}
     if "momentum_buffer" in state:
-        momentum = hp["momentum"]
-        later = add(state["momentum_buffer"] * momentum, d_p, 1 - hp["dampening"])
-        buf = new["momentum_buffer"] = torch.where(k == 1, d_p, later)
-        d_p = add(d_p, buf, momentum) if hp["nesterov"] else buf
+        momentum, old = hp["momentum"], state["momentum_buffer"]
+        later = add(old * momentum, d_p, 1 - hp["dampening"])
+        buf = torch.where(k == 1, d_p, later)
+        step = add(d_p, buf, momentum) if hp["nesterov"] else buf
+        if isinstance(momentum, torch.Tensor):
+            # Scheduled, it may reach 0, where torch's `if momentum != 0` skips the buffer,
+            # which keeps its value, and steps on d_p.
+            on = momentum != 0
+            buf, step = torch.where(on, buf, old), torch.where(on, step, d_p)
+        new["momentum_buffer"], d_p = buf, step
     return p - hp["lr"].to(p.dtype) * d_p, new
 
 
