@@ -28,8 +28,9 @@ Layouts: a record's ``flat`` update (torch's fused kernels) walks memory in stor
 the plan sets aside each parameter that is not dense or whose states are in another order
 (``flat.py``): the reference updates it, or, with ``impl="torch_fused"`` named, it is refused.
 Per step, each flat bucket's gradients are checked against its weights' layout: one C-level
-``is_contiguous`` map (or ``stride`` map, for weights that are not all contiguous), ~1 us for
-76 tensors; a gradient in another order is copied into its weight's layout for the kernel.
+``is_contiguous`` map (or ``stride`` map, for weights that are not all contiguous): 6.5 us
+(10 us) for 76 tensors, 1% of adamw-0.7M's 0.54 ms step (torch 2.13, 2-core x86_64); a gradient
+in another order is copied into its weight's layout for the kernel.
 """
 
 from __future__ import annotations
