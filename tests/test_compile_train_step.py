@@ -55,8 +55,8 @@ def backend_calls(monkeypatch):
     calls = []
     create = backends.create
 
-    def spying_create(name, device):
-        backend = create(name, device)
+    def spying_create(name, device, explicit=False):
+        backend = create(name, device, explicit)
         step = backend.step
 
         def spy(description):

@@ -210,7 +210,7 @@ def test_compiled_steps_keep_one_backend_per_optimizer_and_free_it():
         for _ in range(4):
             p.grad = torch.randn(64)
             step()
-        assert [k for k in op._BACKENDS if k[2] == owner] == [("torch_fused", "cpu", owner)]
+        assert [k for k in op._BACKENDS if k[2] == owner] == [("torch_fused", "cpu", owner, False)]
         refs.append(weakref.ref(p))
         del opt, step, p
         torch._dynamo.reset()

@@ -75,7 +75,7 @@ ADAGRAD = Algorithm(
              ("eps", lambda group, defaults: float(group["eps"]))),
     slots=(Slot("sum", initial="initial_accumulator_value"),),
     check_group=check_group, reference=reference, kernel="fused_lrs.kernels.adagrad",
-    cpu=CpuUpdate(run=_cpu_run, options=_cpu_options), eager_state=True)
+    cpu=CpuUpdate(run=_cpu_run, options=_cpu_options, flat=True), eager_state=True)
 
 
 class FusedAdagradScheduled(ScheduledOptimizer):

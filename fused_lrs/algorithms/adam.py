@@ -97,7 +97,7 @@ ADAM = Algorithm(
            Slot("max_exp_avg_sq", present=lambda group: bool(group.get("amsgrad")))),
     variant=lambda hp: int(hp["amsgrad"] != 0), variants=(0, 1),
     check_group=check_group, reference=reference, kernel="fused_lrs.kernels.adam",
-    cpu=CpuUpdate(run=_cpu_run, options=_cpu_options))
+    cpu=CpuUpdate(run=_cpu_run, options=_cpu_options, flat=True))
 ADAMW = ADAM.renamed("adamw", peer="torch.optim.AdamW")
 
 _ARGS_DOC = """

@@ -100,12 +100,17 @@ class CpuUpdate:
     ``options(hp)``: what ``run`` needs of the row, computed once per plan (``bucket.options``).
     ``unsupported(dtypes)`` says why it cannot update such storage dtypes, or None.
     ``amp``: whether ``run`` handles GradScaler's tensors itself; if not, a step that has them
-    runs on the reference (which skips and unscales on the device)."""
+    runs on the reference (which skips and unscales on the device).
+    ``flat``: whether ``run`` walks each tensor's memory in storage order (torch's fused
+    kernels): then a parameter, its gradient and its states must share one dense layout, and
+    the backend gives ``run`` only such tensors (``backends/torch_fused.py``). Foreach ops are
+    elementwise over any strides."""
 
     run: Callable
     options: Callable[[Mapping[str, float]], dict]
     unsupported: Callable[[set], str | None] = lambda dtypes: None
     amp: bool = True
+    flat: bool = False
 
 
 @dataclass(frozen=True, eq=False)

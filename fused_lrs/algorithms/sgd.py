@@ -107,7 +107,8 @@ SGD = Algorithm(
                 required=False),),
     variant=lambda hp: int(hp["momentum"] != 0), variants=(0, 1),
     check_group=check_group, reference=reference, kernel="fused_lrs.kernels.sgd",
-    cpu=CpuUpdate(run=_cpu_run, options=_cpu_options, unsupported=_cpu_unsupported),
+    cpu=CpuUpdate(run=_cpu_run, options=_cpu_options, unsupported=_cpu_unsupported,
+                flat=True),
     saves_step=False, first_update_copies=True)
 
 

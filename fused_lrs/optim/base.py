@@ -336,7 +336,8 @@ class ScheduledOptimizer(torch.optim.Optimizer):
             description = self._describe()
             cache = self._cache
             if cache.backend is None:
-                cache.backend = backends.create(self.impl, self._device)
+                cache.backend = backends.create(self.impl, self._device,
+                                                explicit=self.impl_requested != "auto")
             cache.backend.step(description)
         finally:
             torch._C._set_grad_enabled(grad_enabled)

@@ -53,7 +53,8 @@ def step(opt) -> None:
     # are made afresh (dynamo guards on the hyperparameters), and the impl is only read.
     rows = [opt.algorithm.row(g, opt.defaults) for g in opt.param_groups]
     impl = opt._cache.impl or opt._choose_impl()
-    step_op(**to_flat(opt._build_description(work, rows)), impl=impl, owner=opt._owner)
+    step_op(**to_flat(opt._build_description(work, rows)), impl=impl,
+            explicit=opt.impl_requested != "auto", owner=opt._owner)
 
 
 def init_group(opt) -> None:

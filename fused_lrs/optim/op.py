@@ -33,18 +33,18 @@ def step(params: list[Tensor], grads: list[Tensor], state1: list[Tensor], state2
          scalars: list[Tensor], presence: list[int], group_of: list[int], groups: list[float],
          schedule: str, algorithm: str, table: Tensor, t: Tensor, skipped: Tensor,
          grad_scale: Tensor | None, found_inf: Tensor | None, hold_on_skip: bool, impl: str,
-         owner: int) -> None:
+         explicit: bool, owner: int) -> None:
     schedules = tuple(_spec(text) if text else None for text in schedule.split("\n"))
     description = from_flat(params, grads, state1, state2, state3, steps, masters, scalars,
                             presence, group_of, groups, schedules, _record(algorithm), table, t,
                             skipped, grad_scale, found_inf, hold_on_skip)
-    backend_for(impl, t.device, owner).step(description)
+    backend_for(impl, t.device, owner, explicit).step(description)
 
 
 @step.register_fake
 def _(params, grads, state1, state2, state3, steps, masters, scalars, presence, group_of, groups,
       schedule, algorithm, table, t, skipped, grad_scale, found_inf, hold_on_skip, impl,
-      owner) -> None:
+      explicit, owner) -> None:
     return None
 
 
@@ -74,14 +74,14 @@ def _spec(schedule: str):
 # functionalization (aot_eager) the op receives clones, whose addresses change every call, and a
 # backend holds its last step's tensors. A backend only caches, and checks on every call that its
 # caches still describe the tensors it is given, so a rebuild is the worst a change can cost.
-_BACKENDS: dict[tuple[str, str, int], object] = {}
+_BACKENDS: dict[tuple[str, str, int, bool], object] = {}
 
 
-def backend_for(impl: str, device: torch.device, owner: int):
-    key = (impl, str(device), owner)
+def backend_for(impl: str, device: torch.device, owner: int, explicit: bool = False):
+    key = (impl, str(device), owner, explicit)
     backend = _BACKENDS.get(key)
     if backend is None:
-        backend = _BACKENDS[key] = backends.create(impl, device)
+        backend = _BACKENDS[key] = backends.create(impl, device, explicit)
     return backend
 
 

@@ -47,5 +47,10 @@ def choose(owner: str, requested: str, device, algorithm, dtypes,
     return requested
 
 
-def create(name: str, device: torch.device):
+def create(name: str, device: torch.device, explicit: bool = False):
+    """A backend object. ``explicit``: the user named it (``impl=name``), so where the CPU
+    backend would leave a tensor whose layout its kernels cannot walk to the reference, it
+    refuses (``backends/flat.py``)."""
+    if explicit and name == TorchFusedBackend.name:
+        return TorchFusedBackend(device, explicit=True)
     return BACKENDS[name](device)
