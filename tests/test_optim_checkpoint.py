@@ -309,6 +309,10 @@ def corruptions(info):
         ("no schedule counter", _set(("fused_lrs", "t"), DELETE), "fused_lrs"),
         ("a negative schedule counter", _set(("fused_lrs", "t"), torch.tensor(-1)),
          "negative"),
+        # int() would truncate either to 2, a counter the checkpoint does not hold
+        ("a fractional schedule counter", _set(("fused_lrs", "t"), torch.tensor(2.5)),
+         "fused_lrs.*integer count.*torch.float32"),
+        ("a float schedule counter", _set(("fused_lrs", "t"), 2.5), "fused_lrs.*integer count"),
     ]
     if required:        # (torch's SGD saves its buffer, or None, once momentum made one)
         bad += [("a missing state tensor", _set(("state", 0, required[-1]), DELETE), "needs"),

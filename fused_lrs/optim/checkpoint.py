@@ -375,7 +375,7 @@ def _check_checkpoint(opt, sd, extra):
         specs = (parse(extra["schedule"]),
                  *(parse(extra[k]) if extra.get(k) is not None else None
                    for k in ("momentum_schedule", "weight_decay_schedule")))
-        t = int(extra["t"])
+        t = _count(extra["t"])
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{name}: the checkpoint's 'fused_lrs' entry is unreadable: {e}"
                          ) from None

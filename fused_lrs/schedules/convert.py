@@ -305,14 +305,14 @@ def _sequential(s):
 # product of the members' factors only when every member multiplies the lr by a factor of the
 # step count. CosineAnnealingLR is such a factor while eta_min = 0 and t <= T_max (past T_max
 # torch adds an increment computed from its own base lr).
-_FACTORS = (lrs.StepLR, lrs.MultiStepLR, lrs.ExponentialLR, lrs.LinearLR, lrs.PolynomialLR,
-            lrs.ConstantLR)
+FACTORS = (lrs.StepLR, lrs.MultiStepLR, lrs.ExponentialLR, lrs.LinearLR, lrs.PolynomialLR,
+           lrs.ConstantLR)
 
 
 def _is_factor(s) -> bool:
     if type(s) is lrs.ChainedScheduler:
         return all(map(_is_factor, s._schedulers))
-    return type(s) in _FACTORS or (type(s) is lrs.CosineAnnealingLR and s.eta_min == 0)
+    return type(s) in FACTORS or (type(s) is lrs.CosineAnnealingLR and s.eta_min == 0)
 
 
 def _chained(s):
