@@ -39,6 +39,7 @@ import torch
 
 from fused_lrs.kernels import layout as L
 from fused_lrs.optim import validate
+from fused_lrs.optim.backends.flat import dense
 from fused_lrs.optim.step import KERNEL_DTYPES, StepDescription
 
 # Elements per inner iteration: 4 warps x 32 threads x 8 fp32 = two 128-bit accesses per thread
@@ -86,20 +87,6 @@ def programs_per_sm(n_regs: int, num_warps: int, shared: int = 0, regs_per_sm: i
     return max(1, min(by_regs, by_threads, by_shared, max_blocks))
 
 
-def _dense(x: torch.Tensor) -> bool:
-    """Whether ``x`` covers exactly ``numel`` consecutive elements in some order of its
-    dimensions (contiguous, channels_last, a transpose...): what walking it in storage order
-    needs."""
-    if x.numel() == 0:
-        return True
-    expected = 1
-    for stride, size in sorted((s, n) for n, s in zip(x.shape, x.stride()) if n != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
 def _strides(x: torch.Tensor) -> tuple:
     # Strides of dimensions of size 1 say nothing about where elements are.
     return tuple(s for n, s in zip(x.shape, x.stride()) if n != 1)
@@ -112,7 +99,7 @@ def requirements(p: torch.Tensor, grad: torch.Tensor, states: list[torch.Tensor]
     if p.dtype not in KERNEL_DTYPES:
         raise TypeError(f"impl='triton' updates float32, bfloat16 and float16 parameters, got "
                         f"{p.dtype}; use impl='reference'")
-    if not _dense(p):
+    if not dense(p):
         raise ValueError(f"impl='triton' needs dense, non-overlapping parameters (any memory "
                          f"format), got strides {p.stride()} for shape {tuple(p.shape)}; use "
                          "impl='reference'")
