@@ -26,10 +26,21 @@ MOMENTUM = tl.constexpr(1)     # the variant bit
 @triton.jit
 def prepare(lr, momentum, weight_decay, step, cols):
     """Per-program scalars from the group's fp64 values (``cols``: its own columns), and
-    whether the group is centered."""
+    whether the group is centered.
+
+    A scheduled momentum can reach 0, where torch's ``if momentum > 0`` skips the buffer,
+    which keeps its value, and takes the plain step ``p - lr * g / avg``. The scalars make one
+    straight-line update do either: off, the buffer is ``1 * buf + 0 * q`` (itself, bit for
+    bit) and the step ``p - 1 * q`` with ``q = (lr * g) / avg``; on, ``q = g / avg`` and
+    ``p - lr * buf`` as before. (A select of the two updates spills 12 B, ptxas sm_90.)"""
     alpha = tl.load(cols + ALPHA)
+    on = momentum > 0.0
+    keep = tl.where(on, momentum, 1.0).to(tl.float32)     # buf = keep * buf + take * q
+    take = tl.where(on, 1.0, 0.0).to(tl.float32)
+    scale = tl.where(on, 1.0, lr).to(tl.float32)          # q = (scale * g) / avg
+    signed = tl.where(on, -lr, -1.0).to(tl.float32)       # p + signed * (buf or q)
     return (weight_decay.to(tl.float32), alpha.to(tl.float32), (1.0 - alpha).to(tl.float32),
-            tl.load(cols + EPS).to(tl.float32), lr.to(tl.float32), momentum.to(tl.float32),
+            tl.load(cols + EPS).to(tl.float32), keep, take, scale, signed, on,
             tl.load(cols + CENTERED) != 0.0)
 
 
@@ -37,7 +48,7 @@ def prepare(lr, momentum, weight_decay, step, cols):
 def update(p, g, v_ptr, buf_ptr, g_avg_ptr, offs, mask, S, VARIANT: tl.constexpr,
            BF16: tl.constexpr):
     """The new weights of one block; writes the block's states."""
-    wd, alpha, one_minus_alpha, eps, lr, momentum, centered = S
+    wd, alpha, one_minus_alpha, eps, keep, take, scale, signed, on, centered = S
     # add(alpha=), addcmul and lerp round as torch's CPU ops do: fused multiply-adds
     g = fma(wd, p, g)                                 # grad.add(param, alpha=wd)
     # square_avg.mul_(alpha).addcmul_(g, g, value=1 - alpha)
@@ -50,7 +61,8 @@ def update(p, g, v_ptr, buf_ptr, g_avg_ptr, offs, mask, S, VARIANT: tl.constexpr
     # IEEE sqrt and division (tl.sqrt and `/` are approximate on CUDA), as torch computes.
     avg = tl.sqrt_rn(v) + eps
     if MOMENTUM & VARIANT:
-        buf = load(buf_ptr, offs, mask) * momentum + tl.div_rn(g, avg)   # mul_(m).addcdiv_
+        q = tl.div_rn(scale * g, avg)
+        buf = load(buf_ptr, offs, mask) * keep + take * q     # buf.mul_(m).addcdiv_(g, avg)
         store(buf_ptr, offs, mask, buf, BF16)
-        return fma(buf, -lr, p)                       # p.add_(buf, alpha=-lr)
-    return p - tl.div_rn(lr * g, avg)                 # p.addcdiv_(g, avg, value=-lr)
+        return fma(tl.where(on, buf, q), signed, p)           # p.add_(buf, alpha=-lr)
+    return p - tl.div_rn(scale * g, avg)    # p.addcdiv_(g, avg, value=-lr): momentum 0, scale lr

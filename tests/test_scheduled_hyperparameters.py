@@ -13,7 +13,7 @@ from conftest import KERNEL_DEVICE, assert_close, assert_same_optimizer
 from optimizers import INFO, representatives, swept
 from torch.optim import lr_scheduler as tls
 
-from fused_lrs import FusedSGDScheduled
+from fused_lrs import FusedRMSpropScheduled, FusedSGDScheduled
 from fused_lrs import schedules as S
 
 STEPS = 60
@@ -56,14 +56,20 @@ def test_one_cycle_with_cycled_momentum(info, options, three_phase):
                          tls.OneCycleLR(opt, 0.05, **cycle, cycle_momentum=True, **momenta)))
 
 
+ZERO_MOMENTUM = [(FusedSGDScheduled, dict(momentum=0.9, dampening=0.3)),
+                 (FusedSGDScheduled, dict(momentum=0.9, nesterov=True)),
+                 (FusedRMSpropScheduled, dict(momentum=0.9)),
+                 (FusedRMSpropScheduled, dict(momentum=0.9, centered=True))]
+
+
 @pytest.mark.parametrize("impl", ["reference", "triton"])
-@pytest.mark.parametrize("options", [dict(momentum=0.9, dampening=0.3),
-                                     dict(momentum=0.9, nesterov=True)],
-                         ids=["dampening", "nesterov"])
-def test_a_scheduled_momentum_of_zero_skips_the_buffer_as_torch_does(options, impl):
+@pytest.mark.parametrize("cls, options", ZERO_MOMENTUM,
+                         ids=["sgd-dampening", "sgd-nesterov", "rmsprop", "rmsprop-centered"])
+def test_a_scheduled_momentum_of_zero_skips_the_buffer_as_torch_does(cls, options, impl):
     # OneCycleLR with base_momentum=0 writes momentum 0 at its peak (step 15 of 60): torch's
-    # SGD then skips the buffer, which keeps its value, and steps on the gradient alone.
-    info = INFO[FusedSGDScheduled]
+    # SGD (`if momentum != 0`) and RMSprop (`if momentum > 0`) then skip the buffer, which
+    # keeps its value, and take the plain step.
+    info = INFO[cls]
     cycle = dict(total_steps=STEPS, pct_start=0.25, anneal_strategy="linear")
     momenta = dict(base_momentum=0.0, max_momentum=0.9)
     run_pair(info,

@@ -39,9 +39,16 @@ def reference(p, g, state, k, hp):
     else:
         avg = v.sqrt() + hp["eps"]
     if "momentum_buffer" in state:
-        buf = new["momentum_buffer"] = (state["momentum_buffer"] * scalar(momentum, p)
-                                        + g / avg)           # buf.mul_(m).addcdiv_(g, avg)
-        return torch.addcmul(p, buf, -lr), new               # p.add_(buf, alpha=-lr)
+        old = state["momentum_buffer"]
+        buf = old * scalar(momentum, p) + g / avg            # buf.mul_(m).addcdiv_(g, avg)
+        stepped = torch.addcmul(p, buf, -lr)                 # p.add_(buf, alpha=-lr)
+        if isinstance(momentum, torch.Tensor):
+            # Scheduled, it may reach 0, where torch's `if momentum > 0` skips the buffer,
+            # which keeps its value, and takes the plain step.
+            on = momentum > 0
+            buf, stepped = torch.where(on, buf, old), torch.where(on, stepped, p - lr * g / avg)
+        new["momentum_buffer"] = buf
+        return stepped, new
     return p - lr * g / avg, new                             # p.addcdiv_(g, avg, value=-lr)
 
 
