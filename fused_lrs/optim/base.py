@@ -435,11 +435,11 @@ class ScheduledOptimizer(torch.optim.Optimizer):
         # A slot goes to the update only where its group's options keep it now, as torch reads
         # the group every step: a group that turned amsgrad, centered or momentum off keeps its
         # tensor in the state, untouched, and steps without it.
-        slots = self.algorithm.slots
-        kept = [self.algorithm.keeps(group) for group in self.param_groups]
-        columns = tuple([s[slot.key] if kept[g][i] and slot.key in s else None
-                         for s, g in zip(states, group_of)] for i, slot in enumerate(slots))
-        columns += ([None] * len(params),) * (3 - len(slots))
+        keys = [slot.key for slot in self.algorithm.slots]
+        keys += [None] * (3 - len(keys))
+        kept = [self.algorithm.keeps(group) for group in self.param_groups]   # 3 flags each
+        columns = tuple([s.get(k) if kept[g][c] else None for s, g in zip(states, group_of)]
+                        for c, k in enumerate(keys))
         grad_scale, found_inf = self._amp_tensors()
         # The schedule state's tensors are read through __dict__: dynamo proxies a dict lookup,
         # while it cannot proxy an object's own tensor attributes.

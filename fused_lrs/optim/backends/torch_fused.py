@@ -160,8 +160,7 @@ class TorchFusedBackend:
         self._buckets, self._aside = [], []
         self._hps = [d.hyperparameters(g) for g in range(len(d.rows))]
         for g, members in enumerate(d.members):
-            hp = d.hyperparameters(g)
-            options = cpu.options(hp)
+            options = cpu.options(self._hps[g])
             kinds: dict[tuple, list[int]] = {}
             for i in members:
                 if cpu.flat and flat.misfit(*self._kernel_tensors(d, i)) is not None:
